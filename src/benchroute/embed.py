@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -198,7 +199,7 @@ class EmbeddingCache:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> EmbeddingCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -432,6 +433,28 @@ def import_pack(cache: EmbeddingCache, path: str | os.PathLike[str], expected_mo
     for start in range(0, len(hashes), 2048):
         cache.put_many(model_id, [bytes(h) for h in hashes[start : start + 2048]], vecs[start : start + 2048])
     return len(hashes)
+
+
+PACKS_DIR = Path(__file__).parent / "datasets" / "packs"
+
+
+def bundled_packs(model_id: str) -> list[Path]:
+    """Packs shipped with benchroute for its bundled data, made with this embedding model."""
+    from safetensors import safe_open
+
+    found = []
+    for pack in sorted(PACKS_DIR.glob("*.safetensors")):
+        with safe_open(str(pack), framework="numpy") as f:
+            if (f.metadata() or {}).get("model_id") == model_id:
+                found.append(pack)
+    return found
+
+
+def import_bundled_packs(embedder: Embedder) -> int:
+    """Import the shipped packs for ``embedder``'s model into its cache (verified); returns vectors added."""
+    if embedder._cache is None:
+        return 0
+    return sum(import_pack(embedder._cache, p, embedder.model_id) for p in bundled_packs(embedder.model_id))
 
 
 def pack_info(path: str | os.PathLike[str]) -> dict[str, str]:

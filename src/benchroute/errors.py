@@ -6,6 +6,8 @@ it into a 4xx JSON body. Anything else escaping is a bug in benchroute, not in t
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFitted
+
 
 class BenchrouteError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
@@ -52,8 +54,8 @@ class IntegrityError(BenchrouteError):
     """A file whose checksum, size or format version does not match what was written."""
 
 
-class NotFittedError(BenchrouteError, ValueError):
-    """An estimator or router used before ``fit``."""
+class NotFittedError(BenchrouteError, _SklearnNotFitted):
+    """An estimator or router used before ``fit`` (also a scikit-learn NotFittedError)."""
 
 
 class ConfigError(BenchrouteError):

@@ -1,0 +1,370 @@
+"""The ``benchroute`` command line: a thin shell over data, embed, Router and evaluate.
+
+Every user error (a :class:`BenchrouteError`) becomes one readable line on stderr and exit code 2;
+long loops show a Rich progress bar with items/s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .errors import BenchrouteError, ConfigError
+
+app = typer.Typer(
+    help="Pick the right LLM for a job by learning from benchmark results.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect benchmark directories.", no_args_is_help=True)
+import_app = typer.Typer(help="Convert other leaderboards' outputs into the benchmark format.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Run the paper's experiments and write a report.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(import_app, name="import")
+app.add_typer(experiment_app, name="experiment")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DirArg = Annotated[str, typer.Argument(help="Benchmark directory, or a bundled name (openllm_v2, llmrouter, alpacaeval2).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Embedding model: all-mpnet-base-v2 (default), all-MiniLM-L6-v2 or a model dir.")]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="Embedding cache file (default: $BENCHROUTE_CACHE or ~/.cache/benchroute).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str = "items") -> Iterator[Any]:
+    """A Rich progress bar with count, rate and ETA; yields ``advance(n)``."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False) as prog:
+        task = prog.add_task(description, total=total, rate="")
+
+        def advance(n: int = 1) -> None:
+            prog.advance(task, n)
+            speed = prog.tasks[0].speed
+            prog.update(task, rate=f"{speed:.1f} {unit}/s" if speed else "")
+
+        yield advance
+
+
+def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Path | None = None,
+                         drop_incomplete: bool = False) -> Any:
+    """Load a benchmark and attach its embeddings (bundled packs first, then the cache, then the model)."""
+    from .data import load_benchmark
+    from .embed import Embedder, import_bundled_packs
+
+    bench = load_benchmark(path, drop_incomplete=drop_incomplete)
+    embedder = Embedder(model, cache=cache)
+    inputs = bench.inputs
+    if embedder.missing(inputs):
+        import_bundled_packs(embedder)
+    todo = len(embedder.missing(inputs))
+    if todo:
+        with progress_bar(f"embedding {bench.name} with {embedder.model}", todo, "inputs") as advance:
+            emb = embedder.encode(inputs, progress=advance)
+    else:
+        emb = embedder.encode(inputs)
+    return bench.with_embeddings(emb)
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("info")
+def data_info(
+    path: DirArg = "openllm_v2",
+    as_json: JsonOpt = False,
+    drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items (reported).")] = False,
+) -> None:
+    """Tasks, items, models, and the BMA / task-oracle / per-item-oracle accuracy (leave-one-task-out)."""
+    from .data import load_benchmark
+
+    bench = load_benchmark(path, drop_incomplete=drop_incomplete)
+    info = bench.summary()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    console.print(
+        f"[bold]{info['name']}[/]: {info['n_tasks']} tasks, {info['n_items']} items "
+        f"(per task min {info['items_per_task']['min']} / median {info['items_per_task']['median']} / "
+        f"max {info['items_per_task']['max']}), {info['n_models']} models"
+    )
+    figs = Table(title="Leave-one-task-out figures (mean over tasks)")
+    for col in ("scores", "BMA (LOTO)", "task oracle", "per-item oracle"):
+        figs.add_column(col)
+    for kind, f in info["figures"].items():
+        label = "correctness (0/1)" if kind == "correct" else "raw scores"
+        figs.add_row(label, f"{f['bma_loto']:.4f}", f"{f['task_oracle']:.4f}", f"{f['instance_oracle']:.4f}")
+    console.print(figs)
+    tasks = Table(title="Tasks")
+    for col in ("task", "items", "threshold", "oracle model", "oracle acc", "per-item oracle", "BMA model", "BMA acc"):
+        tasks.add_column(col)
+    for t in info["tasks"]:
+        tasks.add_row(
+            t["task"], str(t["n_items"]), "" if t["threshold"] is None else str(t["threshold"]), t["oracle_model"],
+            f"{t['oracle_acc']:.3f}", f"{t['instance_oracle']:.3f}", t["bma_model"], f"{t['bma_acc']:.3f}",
+        )
+    console.print(tasks)
+    console.print(f"best model on average: [bold]{info['best_model']}[/] (macro accuracy {info['best_model_acc']:.4f})")
+    if info.get("dropped_models"):
+        console.print(f"dropped incomplete models: {', '.join(info['dropped_models'])}")
+
+
+# --------------------------------------------------------------------------- embed
+@app.command()
+def embed(
+    path: Annotated[str | None, typer.Argument(help="Benchmark directory or bundled name to embed.")] = None,
+    model: ModelOpt = "all-mpnet-base-v2",
+    cache: CacheOpt = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Write the benchmark's vectors to this pack file.")] = None,
+    import_: Annotated[Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+) -> None:
+    """Embed a benchmark's inputs into the persistent cache (resumable), or import/export packs."""
+    from .data import load_benchmark
+    from .embed import Embedder, EmbeddingCache, export_pack, import_pack
+
+    if path is None and import_ is None:
+        raise ConfigError("nothing to do", "give a benchmark DIR to embed and/or --import PACK")
+    store = EmbeddingCache(cache)
+    if import_ is not None:
+        n = import_pack(store, import_)
+        console.print(f"imported {n} vectors from {import_} into {store.path}")
+        if path is None:
+            return
+    bench = load_benchmark(path)
+    embedder = Embedder(model, cache=store, batch_size=batch_size)
+    todo = len(embedder.missing(bench.inputs))
+    if todo:
+        with progress_bar(f"embedding {bench.name}", todo, "inputs") as advance:
+            embedder.encode(bench.inputs, progress=advance)
+    console.print(
+        f"{bench.name}: {bench.n_items} inputs, {todo} newly embedded with {embedder.model_id}; cache {store.path}"
+    )
+    if export is not None:
+        n = export_pack(store, embedder.model_id, bench.inputs, export)
+        console.print(f"exported {n} vectors to {export}")
+
+
+# --------------------------------------------------------------------------- import
+OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Output benchmark directory.")]
+
+
+def _print_import(summary: dict[str, Any]) -> None:
+    console.print(", ".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+@import_app.command("helm")
+def import_helm_cmd(
+    runs_dir: Annotated[Path, typer.Argument(help="A HELM run directory or a folder of them (benchmark_output/runs/...).")],
+    out: OutOpt,
+    metric: Annotated[str | None, typer.Option(help="Per-instance metric (default: the run's main metric).")] = None,
+    split: Annotated[str | None, typer.Option(help="Keep only instances of this split (e.g. test).")] = None,
+) -> None:
+    """Import HELM benchmark_output run directories (one model per run)."""
+    from .adapters import import_helm
+
+    _print_import(import_helm(runs_dir, out, split=split, metric=metric))
+
+
+@import_app.command("table")
+def import_table_cmd(
+    file: Annotated[Path, typer.Argument(help="A long table: csv, tsv, csv.gz, parquet or jsonl.")],
+    out: OutOpt,
+    task_col: Annotated[str, typer.Option(help="Column with the task name.")],
+    input_col: Annotated[str, typer.Option(help="Column with the input text.")],
+    model_col: Annotated[str, typer.Option(help="Column with the model name.")],
+    score_col: Annotated[str, typer.Option(help="Column with the score.")],
+    item_col: Annotated[str | None, typer.Option(help="Column with an item id (default: derived from the input).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Correct = score > threshold (blank: scores are 0/1).")] = None,
+) -> None:
+    """Import a long table of per-question results exported by any leaderboard."""
+    from .adapters import import_table
+
+    _print_import(import_table(file, out, task_col=task_col, input_col=input_col, model_col=model_col,
+                               score_col=score_col, item_col=item_col, threshold=threshold))
+
+
+@import_app.command("lm-eval")
+def import_lmeval_cmd(
+    dir: Annotated[Path, typer.Argument(help="lm-evaluation-harness --log_samples output (one folder per model).")],
+    out: OutOpt,
+    metric: Annotated[str | None, typer.Option(help="Metric per sample (default: the task's first metric).")] = None,
+) -> None:
+    """Import lm-evaluation-harness sample logs."""
+    from .adapters import import_lmeval
+
+    _print_import(import_lmeval(dir, out, metric=metric))
+
+
+# --------------------------------------------------------------------------- fit / recommend / route
+def _router_from_options(**params: Any) -> Any:
+    from .router import Router
+
+    return Router(**{k: v for k, v in params.items() if v is not None})
+
+
+@app.command()
+def fit(
+    path: DirArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory to save the router in.")],
+    predictor: Annotated[str, typer.Option(help="knn, mlp or logreg.")] = "knn",
+    k: Annotated[int, typer.Option(help="kNN neighbours.")] = 5,
+    score: Annotated[str, typer.Option(help="S1, S2 or S3.")] = "S3",
+    eta: Annotated[float, typer.Option(help="Trust-rule threshold.")] = 0.6,
+    model: ModelOpt = "all-mpnet-base-v2",
+    cache: CacheOpt = None,
+    drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items.")] = False,
+) -> None:
+    """Learn a router from every task of a benchmark and save it."""
+    bench = load_with_embeddings(path, model, cache, drop_incomplete)
+    router = _router_from_options(predictor=predictor, k=k, score=score, eta=eta, embedding_model=model)
+    with console.status("fitting predictors and the confidence model"):
+        router.fit(bench)
+    router.save(out, card_extra={"benchmark": bench.summary()["figures"]})
+    console.print(f"saved router ({bench.n_tasks} tasks, {bench.n_models} models) to {out}")
+
+
+def read_inputs(file: Path) -> list[str]:
+    """Inputs of a new task from .txt (one per line), .jsonl ("input" field) or .csv (input column)."""
+    from .errors import DataError
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError("file not found", file=str(file), hint="check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text (byte {exc.start})", file=str(file), hint="save it as UTF-8") from exc
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line") from exc
+            if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
+                raise DataError('expected an object with a string "input" field', file=str(file), row=i)
+            out.append(rec["input"])
+    elif suffix == ".csv":
+        import io
+
+        import pandas as pd
+
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        if "input" not in frame:
+            raise DataError(f"no 'input' column (columns: {list(frame.columns)})", file=str(file), hint="name the text column 'input'")
+        out = frame["input"].tolist()
+    else:
+        out = [line for line in text.splitlines() if line.strip()]
+    empty = [i for i, x in enumerate(out, 1) if not x.strip()]
+    if empty:
+        raise DataError("empty input", file=str(file), row=empty[0])
+    if not out:
+        raise DataError("no inputs in the file", file=str(file), hint="give at least one input of the new task")
+    return out
+
+
+def _split_csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def recommend(
+    router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
+    inputs: Annotated[Path, typer.Option("--inputs", help="The new task's inputs: .txt, .jsonl or .csv.")],
+    as_json: JsonOpt = False,
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated subset of models to choose from.")] = None,
+) -> None:
+    """Recommend a model for a new task from a handful of its unlabeled inputs."""
+    from .router import Router
+
+    router = Router.load(router_dir)
+    rec = router.recommend(read_inputs(inputs), candidates=_split_csv(candidates))
+    if as_json:
+        print(json.dumps(rec.to_dict(), indent=2))
+        return
+    table = Table(title=f"Models ranked by {rec.score} for {rec.n_inputs} inputs")
+    for col in ("rank", "model", "S1", "S2", "S3", "p", "params (B)", "cost $/Mtok"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in rec.ranking:
+        style = "bold green" if r.model == rec.chosen else None
+        table.add_row(str(r.rank), r.model, f"{r.s1:.3f}", f"{r.s2:.3f}", f"{r.s3:.3f}", f"{r.p:.3f}",
+                      "" if r.params_b is None else f"{r.params_b:g}", "" if r.cost is None else f"{r.cost:g}",
+                      style=style)
+    console.print(table)
+    console.print(f"chosen: [bold]{rec.chosen}[/] — {rec.reason}")
+    console.print(f"distance u = {rec.distance:.3f}: {rec.closeness}")
+    near = ", ".join(f"{t['task']} ({t['share']:.0%})" for t in rec.nearest_tasks)
+    console.print(f"nearest benchmark tasks: {near}")
+
+
+@app.command()
+def route(
+    router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
+    texts: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    as_json: JsonOpt = False,
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated subset of models to choose from.")] = None,
+) -> None:
+    """Route single queries: the model most likely to answer each correctly."""
+    from dataclasses import asdict
+
+    from .router import Router
+
+    router = Router.load(router_dir)
+    decisions = router.route(texts, candidates=_split_csv(candidates))
+    if as_json:
+        print(json.dumps([asdict(d) for d in decisions], indent=2))
+        return
+    for text, d in zip(texts, decisions, strict=True):
+        console.print(f"{d.model}\t{d.probability:.3f}\t{d.reason}\t{text[:60]!r}")
+
+
+def main() -> None:
+    """Console-script entry point: user errors exit 2 with one line, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except BenchrouteError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""The paper's evaluation: leave-one-task-out (LOTO) with nested confidence training, and studies.
+
+For every benchmark task d' in turn, the router is trained on the other tasks only: the predictors
+on their questions and the confidence model on folds that hold out each remaining task (never d').
+It then scores d' from its inputs alone and we measure the true accuracy of what it chose, beside
+every baseline. All folds run on one precomputed neighbour pass (:class:`FoldEngine`), so the full
+nested protocol takes seconds, not hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+from .confidence import ATCEstimator, FoldEngine, KernelSmoother, n_moved
+from .errors import ConfigError
+from .router import Router
+from .scores import s1, s2, s3, trust_rule
+
+#: Methods of the LOTO table, in display order.
+METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
+           "MoE", "Few-shot", "LL")
+SCORE_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router")
+#: Test-time alpha values of the OOD-gap sweep.
+SWEEP_ALPHAS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TaskOutcome:
+    """Everything measured for one held-out task (and one alpha/repeat)."""
+
+    task: str
+    alpha: float
+    repeat: int
+    u: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _corr(x: np.ndarray, y: np.ndarray, fn: Any) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(fn(x, y)[0])
+
+
+class LOTOEvaluator:
+    """Runs nested leave-one-task-out for one benchmark and one router configuration.
+
+    Parameters
+    ----------
+    benchmark : a :class:`benchroute.data.Benchmark` with embeddings attached.
+    router : an unfitted :class:`Router` whose parameters (k, kappa, sigma, t, eta, alphas, repeats,
+        draws, seed) define the method under test. Only the kNN predictor is supported here.
+    """
+
+    def __init__(self, benchmark: Any, router: Router | None = None) -> None:
+        if benchmark.embeddings is None:
+            raise ConfigError("the benchmark has no embeddings attached", "embed it first (benchroute embed)")
+        if benchmark.n_tasks < 3:
+            raise ConfigError("nested leave-one-task-out needs at least 3 tasks")
+        self.bench = benchmark
+        self.router = router or Router()
+        if self.router.predictor != "knn":
+            raise ConfigError("the LOTO harness evaluates the kNN predictor", "use predictor='knn'")
+        self.Y = benchmark.correct.astype(np.float32)
+        self.ti = np.asarray(benchmark.task_index)
+        r = self.router
+        self.engine = FoldEngine(benchmark.embeddings, self.Y, self.ti, k=r.k, kappa=r.kappa, threshold=r.t)
+        self.task_acc = np.stack([self.Y[self.ti == d].mean(axis=0) for d in range(benchmark.n_tasks)])
+        self.params_b = benchmark.model_info["params_b"].to_numpy(dtype=float) if "params_b" in benchmark.model_info else np.full(benchmark.n_models, np.nan)
+        self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
+
+    def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
+        """The confidence model for held-out task d, trained on folds that never see d (cached)."""
+        if d not in self._confidence:
+            r = self.router
+            pairs = self.engine.pairs([d], r.alphas, r.repeats, r.seed, r.cap)
+            ks = KernelSmoother(r.sigma).fit(pairs.u, pairs.p)
+            atc = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
+            self._confidence[d] = (ks, atc, pairs.u[pairs.alpha == 0])
+        return self._confidence[d]
+
+    def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
+                      candidates: np.ndarray | None = None) -> TaskOutcome:
+        """Route held-out task d (with ``alpha`` of its samples labeled) and score every method."""
+        r = self.router
+        members = self.engine.members[d]
+        s = n_moved(alpha, len(members), r.cap)
+        moved = None
+        if s:
+            moved = np.sort(np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat])
+                            .choice(len(members), s, replace=False))[None, :]
+        g, u_arr, rem = self.engine.fold(d, [], moved)
+        g, u, rem = g[0], float(u_arr[0]), rem[0]
+        y = self.Y[members[rem]] > 0.5
+        true_acc = y.mean(axis=0)
+        mask = np.ones(self.bench.n_models, bool) if candidates is None else candidates
+        train_acc = np.delete(self.task_acc, d, axis=0).mean(axis=0)
+        bma = int(np.argmax(np.where(mask, train_acc, -np.inf)))
+        ks, atc, _ = self.confidence(d)
+        v1, v2 = s1(g), s2(g, r.t)
+        p_kernel = ks.predict(u)
+        p_true = ((g > r.t) == y).mean(axis=0)
+        p_atc = atc.predict(np.maximum(g, 1 - g)) if atc is not None else p_kernel
+        scores = {
+            "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p_atc),
+        }
+        choice: dict[str, int] = {}
+        for name, sc in scores.items():
+            choice[name] = int(np.argmax(np.where(mask, sc, -np.inf)))
+        decision = trust_rule(v2, p_kernel, len(rem), bma, score=np.where(mask, scores["S3"], -np.inf),
+                              eta=r.eta, draws=r.draws, seed=r.seed)
+        choice["S3_trust"] = decision.chosen
+        scores["S3_trust"] = scores["S3"]
+        choice["Router"], scores["Router"] = choice["S3_trust"], scores["S3"]
+        choice["BMA"] = bma
+        oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
+        choice["Oracle"] = oracle
+        if s:
+            few = self.Y[members[moved[0]]].mean(axis=0)
+            choice["Few-shot"] = int(np.argmax(np.where(mask, few + 1e-9 * (np.arange(len(few)) == bma), -np.inf)))
+        if self.bench.loglik is not None:
+            ll = self.bench.loglik[members[rem]].mean(axis=0)
+            choice["LL"] = int(np.argmax(np.where(mask, ll, -np.inf)))
+        # rank 1 = the best model on this task (ties share the better rank)
+        masked_acc = np.where(mask, true_acc, -np.inf)
+        rank_of = {j: int((masked_acc > masked_acc[j]).sum()) + 1 for j in set(choice.values())}
+        out = TaskOutcome(self.bench.tasks[d], alpha, repeat, u)
+        pred_acc = float(p_true[mask].mean())
+        p_mae = float(np.abs(p_kernel - p_true)[mask].mean())
+        for name, j in choice.items():
+            row = {
+                "task": self.bench.tasks[d], "method": name, "alpha": alpha, "repeat": repeat,
+                "model": self.bench.models[j], "acc": float(true_acc[j]),
+                "ratio": float(true_acc[j] / true_acc[oracle]) if true_acc[oracle] > 0 else float("nan"),
+                "is_bma": j == bma, "params_b": float(self.params_b[j]), "rank": rank_of[j], "u": u,
+            }
+            if name in scores:
+                sc = scores[name][mask]
+                row["pearson"] = _corr(sc, true_acc[mask], pearsonr)
+                row["spearman"] = _corr(sc, true_acc[mask], spearmanr)
+            if name == "S3_trust":
+                row["trust_probability"] = decision.probability
+                row["fell_back"] = decision.fell_back
+            row["predictor_acc"] = pred_acc
+            row["p_mae"] = p_mae
+            out.rows.append(row)
+        out.rows.append(self._moe_row(d, g, y, true_acc, oracle, bma, mask, alpha, repeat, u))
+        out.rows.append({"task": self.bench.tasks[d], "method": "Random", "alpha": alpha, "repeat": repeat,
+                         "model": None, "acc": float(true_acc[mask].mean()),
+                         "ratio": float(true_acc[mask].mean() / true_acc[oracle]) if true_acc[oracle] > 0 else float("nan"),
+                         "is_bma": False, "params_b": float(np.nanmean(self.params_b[mask])) if np.isfinite(self.params_b[mask]).any() else float("nan"),
+                         "rank": float(np.mean([(masked_acc > masked_acc[j]).sum() + 1 for j in np.flatnonzero(mask)])),
+                         "u": u})
+        return out
+
+    def _moe_row(self, d: int, g: np.ndarray, y: np.ndarray, true_acc: np.ndarray, oracle: int, bma: int,
+                 mask: np.ndarray, alpha: float, repeat: int, u: float) -> dict[str, Any]:
+        """MoE: per-input argmax g (ties to the BMA model), a per-instance router's task accuracy."""
+        gm = np.where(mask, g, -np.inf)
+        best = gm.max(axis=1, keepdims=True)
+        pick = np.where(gm[:, bma] == best[:, 0], bma, np.argmax(gm, axis=1))
+        acc = float(y[np.arange(len(y)), pick].mean())
+        return {"task": self.bench.tasks[d], "method": "MoE", "alpha": alpha, "repeat": repeat, "model": None,
+                "acc": acc, "ratio": acc / true_acc[oracle] if true_acc[oracle] > 0 else float("nan"),
+                "is_bma": bool((pick == bma).all()), "params_b": float(np.nanmean(self.params_b[pick])) if np.isfinite(self.params_b[pick]).any() else float("nan"),
+                "rank": float("nan"), "u": u}
+
+    def run(self, alphas: Sequence[float] = (0.0,), repeats: int = 10, tasks: Sequence[int] | None = None,
+            candidates: np.ndarray | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+        """All rows for every held-out task, test alpha and repeat (alpha = 0 runs once)."""
+        rows: list[dict[str, Any]] = []
+        for d in tasks if tasks is not None else range(self.bench.n_tasks):
+            for alpha in alphas:
+                for rep in range(1 if alpha == 0 else repeats):
+                    rows.extend(self.evaluate_task(d, alpha, rep, candidates).rows)
+            if progress is not None:
+                progress(1)
+        return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean over tasks (and repeats) per method: the Table-1 line of each method."""
+    import pandas as pd
+
+    if not rows:
+        return {}
+    df = pd.DataFrame(rows)
+    cols = [c for c in ("acc", "ratio", "pearson", "spearman", "is_bma", "params_b", "rank", "predictor_acc",
+                        "p_mae", "fell_back") if c in df]
+    df[cols] = df[cols].astype(float)
+    per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
+    out: dict[str, dict[str, float]] = {}
+    for method, grp in per_task.groupby(level=0, sort=False):
+        means = grp.mean()
+        entry = {("pct_bma" if c == "is_bma" else c): _clean(means[c]) for c in cols}
+        entry["pct_bma"] = None if entry.get("pct_bma") is None else 100.0 * entry["pct_bma"]
+        entry["n_tasks"] = len(grp)
+        out[str(method)] = entry
+    return out
+
+
+def _clean(x: Any) -> float | None:
+    x = float(x)
+    return None if not np.isfinite(x) else x
+
+
+def paired_difference(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, float]:
+    """Mean per-task accuracy difference a - b with its paired standard error (a gain within noise is none)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    acc = df.groupby(["task", "method"])["acc"].mean().unstack()
+    if a not in acc or b not in acc:
+        return {"mean": float("nan"), "se": float("nan"), "n": 0}
+    diff = (acc[a] - acc[b]).dropna()
+    n = len(diff)
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": float(diff.mean()), "se": se, "n": n}
+
+
+def sweep_summary(rows: list[dict[str, Any]], alphas: Sequence[float],
+                  methods: Sequence[str] = ("S1", "S2", "S3", "S3_true_p", "Router", "BMA", "Oracle", "MoE",
+                                            "Few-shot")) -> dict[str, Any]:
+    """Mean +- std over repeats (of the mean over tasks) per alpha: the paper's OOD-gap curves."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    out: dict[str, Any] = {"alphas": list(alphas), "methods": {}}
+
+    def curve(frame: pd.DataFrame, col: str) -> tuple[list[float | None], list[float | None]]:
+        means, stds = [], []
+        for a in alphas:
+            sub = frame[np.isclose(frame["alpha"], a)]
+            if sub.empty or col not in sub or sub[col].isna().all():
+                means.append(None)
+                stds.append(None)
+                continue
+            per_rep = sub.groupby("repeat")[col].mean()
+            means.append(_clean(per_rep.mean()))
+            stds.append(_clean(per_rep.std(ddof=0)) if len(per_rep) > 1 else 0.0)
+        return means, stds
+
+    for m in methods:
+        sub = df[df["method"] == m]
+        if sub.empty:
+            continue
+        mean, std = curve(sub, "acc")
+        out["methods"][m] = {"acc_mean": mean, "acc_std": std}
+    s3rows = df[df["method"] == "S3"]
+    for col in ("predictor_acc", "p_mae"):
+        out[f"{col}_mean"], out[f"{col}_std"] = curve(s3rows, col)
+    return out
+
+
+def distance_study(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per held-out task: u(d') and how well S3 / S1 correlate with the true accuracies."""
+    by_task: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["alpha"] != 0 or r["method"] not in ("S3", "S1"):
+            continue
+        entry = by_task.setdefault(r["task"], {"task": r["task"], "u": r["u"]})
+        entry[f"pearson_{r['method']}"] = _clean(r.get("pearson", float("nan")))
+        if r["method"] == "S3":
+            entry["spearman_S3"] = _clean(r.get("spearman", float("nan")))
+    return list(by_task.values())
+
+
+def small_model_study(ev: LOTOEvaluator, limit_b: float = 13.0, progress: Progress | None = None) -> dict[str, Any]:
+    """Route among models of at most ``limit_b`` billion parameters vs the largest model alone."""
+    params = ev.params_b
+    small = np.isfinite(params) & (params <= limit_b)
+    if small.sum() < 2 or not np.isfinite(params).any():
+        return {"limit_b": limit_b, "skipped": "fewer than 2 models with a known size under the limit"}
+    largest = int(np.nanargmax(params))
+    per_task = []
+    for d in range(ev.bench.n_tasks):
+        rows = {r["method"]: r for r in ev.evaluate_task(d, candidates=small).rows}
+        largest_acc = float(ev.Y[ev.ti == d][:, largest].mean())
+        per_task.append({
+            "task": ev.bench.tasks[d], "router_model": rows["Router"]["model"], "router_acc": rows["Router"]["acc"],
+            "bma_small_acc": rows["BMA"]["acc"], "oracle_small_acc": rows["Oracle"]["acc"],
+            "largest_acc": largest_acc, "router_params_b": rows["Router"]["params_b"],
+        })
+        if progress is not None:
+            progress(1)
+    keys = {"Router": "router_acc", "BMA_small": "bma_small_acc", "Largest": "largest_acc",
+            "Oracle_small": "oracle_small_acc"}
+    return {
+        "limit_b": limit_b, "largest_model": ev.bench.models[largest], "largest_params_b": float(params[largest]),
+        "n_candidates": int(small.sum()),
+        "summary": {k: float(np.mean([t[v] for t in per_task])) for k, v in keys.items()},
+        "mean_router_params_b": float(np.nanmean([t["router_params_b"] for t in per_task])),
+        "per_task": per_task,
+    }
+
+
+def instance_study(benchmark: Any, splits: int = 5, test_fraction: float = 0.2, k: int = 5,
+                   sparsity: Sequence[float] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6), seed: int = 0,
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Per-instance routing on a continuous metric (MixInstruct-style): argmax of kNN-regressed scores.
+
+    For each random split, each test input picks the model with the highest predicted raw score among
+    its k nearest training inputs; sparsity C keeps only training inputs at cosine distance > C from
+    the test input (how routing degrades when the benchmark has nothing close).
+    """
+    from .neighbors import normalize as _norm
+    from .neighbors import topk_from_similarity
+
+    emb = _norm(benchmark.embeddings)
+    S = benchmark.scores.astype(np.float64)
+    n = len(S)
+    results = {c: {"Router": [], "Oracle": [], "BMA": [], "Random": [], "n_train": []} for c in sparsity}
+    for split in range(splits):
+        rng = np.random.default_rng([seed, split])
+        test = np.zeros(n, bool)
+        test[rng.choice(n, max(1, round(test_fraction * n)), replace=False)] = True
+        tr, te = np.flatnonzero(~test), np.flatnonzero(test)
+        sims = emb[te] @ emb[tr].T
+        bma = int(np.argmax(S[tr].mean(axis=0)))
+        for c in sparsity:
+            masked = np.where(sims < 1.0 - c, sims, -np.inf) if c > 0 else sims
+            top_s, top_i = topk_from_similarity(masked, k)
+            valid = np.isfinite(top_s)
+            w = valid[:, :, None].astype(np.float64)
+            pred = (S[tr][top_i] * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1)
+            has = valid.any(axis=1)
+            pick = np.where(has, np.argmax(pred, axis=1), bma)
+            rec = results[c]
+            rec["Router"].append(float(S[te, pick].mean()))
+            rec["Oracle"].append(float(S[te].max(axis=1).mean()))
+            rec["BMA"].append(float(S[te, bma].mean()))
+            rec["Random"].append(float(S[te].mean()))
+            rec["n_train"].append(float((np.isfinite(masked)).sum(axis=1).mean()))
+        if progress is not None:
+            progress(1)
+    rows = [{"C": c, **{m: float(np.mean(v)) for m, v in results[c].items() if m != "n_train"},
+             "n_train_mean": float(np.mean(results[c]["n_train"]))} for c in sparsity]
+    return {"dataset": benchmark.name, "splits": splits, "test_fraction": test_fraction, "k": k,
+            "summary": {m: rows[0][m] for m in ("Router", "Oracle", "BMA", "Random")}, "sparsity": rows}
+
+
+ProgressFactory = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
+
+EXPERIMENTS = ("loto", "sweep", "instance", "all")
+
+
+def run_experiments(
+    benchmark: Any,
+    kind: str = "all",
+    router: Router | None = None,
+    *,
+    sweep_alphas: Sequence[float] = SWEEP_ALPHAS,
+    sweep_repeats: int = 10,
+    small_limit_b: float = 13.0,
+    instance_benchmark: Any = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Run one experiment kind (or all) and return the results dict written to results.json."""
+    import contextlib
+    import time
+    from datetime import UTC, datetime
+
+    if kind not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {kind!r}", f"use one of {EXPERIMENTS}")
+
+    def bar(desc: str, total: int) -> Any:
+        return progress(desc, total) if progress is not None else contextlib.nullcontext(lambda n=1: None)
+
+    router = router or Router()
+    t0 = time.time()
+    results: dict[str, Any] = {
+        "config": {
+            "dataset": benchmark.name, "experiment": kind, "embedding_model": router.embedding_model,
+            "router": router.get_params(), "seed": router.seed,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "dataset": {k: v for k, v in benchmark.summary().items() if k in ("name", "n_tasks", "n_items", "n_models", "figures")},
+    }
+    if kind in ("loto", "sweep", "all"):
+        ev = LOTOEvaluator(benchmark, router)
+        with bar(f"leave-one-task-out on {benchmark.name}", benchmark.n_tasks) as advance:
+            rows = ev.run(alphas=(0.0,), progress=advance)
+        results["summary"] = summarize(rows)
+        results["per_task"] = rows
+        results["paired"] = {f"{a} - BMA": paired_difference(rows, a, "BMA") for a in ("Router", "S1", "S2", "S3", "S3_true_p", "MoE")}
+        results["distance"] = distance_study(rows)
+        results["variants"] = {
+            name: {key: results["summary"][m].get(key) for key in ("acc", "pearson", "p_mae", "predictor_acc")}
+            for name, m in (("kNN + kernel smoother (S3)", "S3"), ("kNN + ATC (S3)", "S3_atc"),
+                            ("kNN, true p (S3)", "S3_true_p"), ("kNN, no p (S1)", "S1"))
+            if m in results["summary"]
+        }
+        if kind in ("sweep", "all"):
+            alphas = [a for a in sweep_alphas if a > 0]
+            with bar("alpha sweep", benchmark.n_tasks) as advance:
+                sweep_rows = ev.run(alphas=alphas, repeats=sweep_repeats, progress=advance)
+            results["sweep"] = sweep_summary(rows + sweep_rows, [0.0, *alphas])
+        if kind == "all":
+            with bar(f"small-model routing (<= {small_limit_b:g}B)", benchmark.n_tasks) as advance:
+                results["small_models"] = small_model_study(ev, small_limit_b, advance)
+    if kind in ("instance", "all"):
+        inst = instance_benchmark if instance_benchmark is not None else benchmark
+        with bar(f"per-instance routing on {inst.name}", 5) as advance:
+            results["instance"] = instance_study(inst, k=router.k, seed=router.seed, progress=advance)
+    results["config"]["seconds"] = round(time.time() - t0, 1)
+    return results

@@ -1,0 +1,662 @@
+"""The Router: learn from benchmark results, then recommend a model for a task or route queries.
+
+``Router.fit(benchmark)`` learns the correctness predictors g_m on every benchmark question and the
+confidence model p(u) from held-out benchmark tasks. ``recommend(inputs)`` scores a new task from a
+handful of its unlabeled inputs (S1, S2, S3), applies the trust rule and explains the decision;
+``route(queries)`` picks a model per query. ``save``/``load`` use JSON + safetensors with checksums:
+a router from an untrusted source is data, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .confidence import DEFAULT_ALPHAS, ATCEstimator, ConfidencePairs, FoldEngine, KernelSmoother, n_moved
+from .errors import ConfigError, IntegrityError, NotFittedError
+from .io import atomic_write_bytes, atomic_write_text
+from .neighbors import exact_search, normalize
+from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
+from .scores import TrustDecision, s1, s2, s3, trust_rule
+
+FORMAT_VERSION = 1
+SCORES = ("S1", "S2", "S3")
+
+
+@dataclass
+class ModelScore:
+    """One row of a recommendation: a candidate LLM and everything the router believes about it."""
+
+    model: str
+    rank: int
+    s1: float
+    s2: float
+    s3: float
+    p: float
+    predicted_accuracy: float
+    params_b: float | None
+    cost: float | None
+
+
+@dataclass
+class Recommendation:
+    """A task-level routing decision and its explanation (stable JSON via :meth:`to_dict`)."""
+
+    chosen: str
+    candidate: str
+    best_on_average: str
+    fell_back: bool
+    probability: float | None
+    eta: float
+    reason: str
+    score: str
+    n_inputs: int
+    n_labeled: int
+    distance: float
+    distance_percentile: float
+    closeness: str
+    nearest_tasks: list[dict[str, Any]]
+    ranking: list[ModelScore]
+    few_shot: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ranking"] = [asdict(r) for r in self.ranking]
+        return _jsonable(out)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN -> None and numpy scalars -> Python, so the JSON output is strict and stable."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclass
+class RouteDecision:
+    """Per-query routing: the model with the highest predicted correctness (ties to the BMA model)."""
+
+    input_index: int
+    model: str
+    probability: float
+    reason: str
+    per_model: dict[str, float]
+
+
+def _closeness(percentile: float) -> str:
+    if percentile <= 25:
+        return "close to the benchmarks: nearer than most benchmark tasks are to each other"
+    if percentile <= 75:
+        return "about as far from the benchmarks as a typical benchmark task is from the others"
+    if percentile <= 100:
+        return "far from the benchmarks: the predictors are less reliable here"
+    return "farther from the benchmarks than any benchmark task: expect the fallback"
+
+
+class Router:
+    """Pick an LLM for a new task (``recommend``) or per query (``route``) from benchmark results.
+
+    Parameters
+    ----------
+    predictor : "knn" (default, the paper's kNN), "mlp", "logreg", or an estimator instance with
+        ``fit(X, Y)`` / ``predict_proba(X) -> n x M``.
+    k : neighbours of the kNN predictor [5].
+    score : which score ranks the models: "S1", "S2" or "S3" [S3].
+    t : threshold turning g into a predicted label [0.5].
+    kappa : neighbours in the dataset distance u(d) [19].
+    sigma : kernel smoother bandwidth [0.09].
+    p_estimator : "kernel" (Nadaraya-Watson on u) or "atc".
+    eta : the trust rule's probability threshold [0.6]; ``trust=False`` disables the rule.
+    alphas, repeats, cap : the held-out folds that train the confidence model (kNN only; other
+        predictors use alpha = 0 folds, one refit per benchmark task).
+    draws : Monte Carlo draws of the trust rule.
+    embedding_model : sentence-transformers model for inputs given as text.
+    seed : every random draw (moved samples, Monte Carlo) derives from it.
+    """
+
+    def __init__(
+        self,
+        predictor: Any = "knn",
+        k: int = 5,
+        score: str = "S3",
+        t: float = 0.5,
+        kappa: int = 19,
+        sigma: float = 0.09,
+        p_estimator: str = "kernel",
+        eta: float = 0.6,
+        trust: bool = True,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        repeats: int = 10,
+        cap: int = 50,
+        draws: int = 10_000,
+        embedding_model: str = "all-mpnet-base-v2",
+        seed: int = 0,
+    ) -> None:
+        self.predictor = predictor
+        self.k = k
+        self.score = score
+        self.t = t
+        self.kappa = kappa
+        self.sigma = sigma
+        self.p_estimator = p_estimator
+        self.eta = eta
+        self.trust = trust
+        self.alphas = tuple(alphas)
+        self.repeats = repeats
+        self.cap = cap
+        self.draws = draws
+        self.embedding_model = embedding_model
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def _make_predictor(self) -> Any:
+        if isinstance(self.predictor, str):
+            params = {"k": self.k} if self.predictor == "knn" else {}
+            return make_predictor(self.predictor, **params)
+        from sklearn.base import clone
+
+        return clone(self.predictor)
+
+    def _check_params(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.p_estimator not in ("kernel", "atc"):
+            raise ConfigError(f"p_estimator must be 'kernel' or 'atc', got {self.p_estimator!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
+
+    def fit(self, benchmark: Any, embeddings: np.ndarray | None = None, progress: Any = None) -> Router:
+        """Learn predictors and the confidence model from every task of ``benchmark``.
+
+        ``embeddings`` (n_items x d) defaults to ``benchmark.embeddings``, else the inputs are embedded
+        (cached) with ``embedding_model``.
+        """
+        self._check_params()
+        emb = embeddings if embeddings is not None else getattr(benchmark, "embeddings", None)
+        if emb is None:
+            from .embed import Embedder
+
+            emb = Embedder(self.embedding_model).encode(benchmark.inputs)
+        emb = normalize(emb)
+        if len(emb) != benchmark.n_items:
+            raise ConfigError(f"got {len(emb)} embeddings for {benchmark.n_items} benchmark items")
+        if benchmark.n_tasks < 2:
+            raise ConfigError("a router needs at least 2 benchmark tasks (the confidence model holds tasks out)")
+        Y = benchmark.correct.astype(np.float32)
+        self.tasks_ = list(benchmark.tasks)
+        self.models_ = list(benchmark.models)
+        self.X_ = emb
+        self.Y_ = Y
+        self.task_index_ = np.asarray(benchmark.task_index, dtype=np.int32)
+        self.task_accuracy_ = np.stack([Y[self.task_index_ == d].mean(axis=0) for d in range(len(self.tasks_))])
+        info = benchmark.model_info
+        self.params_b_ = _column(info, "params_b", self.models_)
+        self.cost_ = _model_cost(info, self.models_)
+        self.predictor_ = self._make_predictor().fit(emb, Y)
+        pairs = self._confidence_pairs(excluded=())
+        self._fit_confidence(pairs)
+        return self
+
+    def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
+        if isinstance(self.predictor_, KNNCorrectness):
+            engine = FoldEngine(
+                self.X_, self.Y_, self.task_index_, k=self.k, kappa=self.kappa, threshold=self.t,
+                weights=self.predictor_.weights,
+            )
+            return engine.pairs(excluded, self.alphas, self.repeats, self.seed, self.cap)
+        return self._generic_pairs(excluded)
+
+    def _generic_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
+        """One refit per held-out task (alpha = 0): the only affordable folds for an MLP or classifier."""
+        us, ps, confs, corrs, ts = [], [], [], [], []
+        for d in range(len(self.tasks_)):
+            if d in excluded:
+                continue
+            held = self.task_index_ == d
+            train = ~held & ~np.isin(self.task_index_, list(excluded))
+            g = self._make_predictor().fit(self.X_[train], self.Y_[train]).predict_proba(self.X_[held])
+            correct = (g > self.t) == (self.Y_[held] > 0.5)
+            us.append(_distance(self.X_[held], self.X_[train], self.kappa))
+            ps.append(correct.mean(axis=0))
+            confs.append(np.maximum(g, 1 - g))
+            corrs.append(correct)
+            ts.append(d)
+        z = len(us)
+        return ConfidencePairs(
+            np.array(us), np.stack(ps), np.array(ts), np.zeros(z), np.zeros(z, dtype=int),
+            np.concatenate(confs), np.concatenate(corrs),
+        )
+
+    def _fit_confidence(self, pairs: ConfidencePairs) -> None:
+        self.pairs_ = pairs
+        self.smoother_ = KernelSmoother(self.sigma).fit(pairs.u, pairs.p)
+        self.atc_ = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
+        self.train_distances_ = pairs.u[pairs.alpha == 0]
+        self.best_on_average_ = int(np.argmax(self.task_accuracy_.mean(axis=0)))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "predictor_"):
+            raise NotFittedError("this Router is not fitted yet", "call fit(benchmark) or Router.load(dir)")
+
+    # ------------------------------------------------------------------ using
+    def embed(self, inputs: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Embeddings of ``inputs`` (texts are embedded with the router's model, through the cache)."""
+        if isinstance(inputs, np.ndarray):
+            return normalize(inputs)
+        if isinstance(inputs, str):
+            raise ConfigError("inputs must be a list of texts, not one string")
+        if len(inputs) == 0:
+            raise ConfigError("no inputs given", "pass at least one input of the new task")
+        if any(not isinstance(x, str) or not x.strip() for x in inputs):
+            raise ConfigError("every input must be a non-empty string")
+        from .embed import Embedder
+
+        return Embedder(self.embedding_model).encode(list(inputs))
+
+    def model_position(self, name: str) -> int:
+        try:
+            return self.models_.index(name)
+        except ValueError as exc:
+            raise ConfigError(f"unknown model {name!r}", f"known models: {', '.join(self.models_)}") from exc
+
+    def _candidate_mask(self, candidates: Sequence[str] | None) -> np.ndarray:
+        mask = np.ones(len(self.models_), dtype=bool)
+        if candidates is not None:
+            mask[:] = False
+            for c in candidates:
+                mask[self.model_position(c)] = True
+        return mask
+
+    def recommend(
+        self,
+        inputs: Sequence[str] | np.ndarray,
+        labeled: Any = None,
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendation:
+        """Rank the models for a new task from its (unlabeled) inputs and decide whether to trust it.
+
+        ``labeled``: optional few labeled samples of the new task, ``(inputs, Y)`` with Y an
+        n_l x M 0/1 matrix in the router's model order, or a list of
+        ``{"input": str, "correct": {model: 0/1}}``; they join the training data (SPEC section 6).
+        ``candidates`` restricts the choice to a subset of models.
+        """
+        self._check_fitted()
+        X = self.embed(inputs)
+        mask = self._candidate_mask(candidates)
+        n = len(X)
+        pred, store_X, store_Y, few_shot = self, self.X_, self.Y_, None
+        n_labeled = 0
+        if labeled is not None:
+            lab_X, lab_Y = self._labeled(labeled)
+            n_labeled = len(lab_X)
+            store_X = np.vstack([self.X_, lab_X])
+            store_Y = np.vstack([self.Y_, lab_Y])
+            few = lab_Y.mean(axis=0)
+            few_shot = {m: float(few[j]) for j, m in enumerate(self.models_)}
+            pred = None
+        g = (
+            self.predictor_.predict_proba(X)
+            if pred is not None
+            else self._make_predictor().fit(store_X, store_Y).predict_proba(X)
+        )
+        u = _distance(X, store_X, self.kappa)
+        p = self.estimate_p(u, g)
+        return self._decide(g, p, u, mask, n, n_labeled, few_shot, X)
+
+    def estimate_p(self, u: float, g: np.ndarray) -> np.ndarray:
+        """p(d', m): kernel smoother at u(d') (or ATC from the confidences of g)."""
+        if self.p_estimator == "atc" and self.atc_ is not None:
+            return self.atc_.predict(np.maximum(g, 1.0 - g))
+        return self.smoother_.predict(u)
+
+    def _decide(
+        self,
+        g: np.ndarray,
+        p: np.ndarray,
+        u: float,
+        mask: np.ndarray,
+        n: int,
+        n_labeled: int,
+        few_shot: dict[str, float] | None,
+        X: np.ndarray,
+    ) -> Recommendation:
+        v1, v2 = s1(g), s2(g, self.t)
+        v3 = s3(v2, p)
+        score = {"S1": v1, "S2": v2, "S3": v3}[self.score]
+        masked = np.where(mask, score, -np.inf)
+        bma_scores = np.where(mask, self.task_accuracy_.mean(axis=0), -np.inf)
+        bma = int(np.argmax(bma_scores))
+        if self.trust:
+            decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
+        else:
+            cand = int(np.argmax(masked))
+            decision = TrustDecision(cand, cand, bma, None, self.eta, False)
+        order = np.argsort(-masked, kind="stable")
+        ranking = [
+            ModelScore(
+                model=self.models_[j], rank=r + 1, s1=float(v1[j]), s2=float(v2[j]), s3=float(v3[j]),
+                p=float(p[j]), predicted_accuracy=float(score[j]),
+                params_b=_opt(self.params_b_[j]), cost=_opt(self.cost_[j]),
+            )
+            for r, j in enumerate(order)
+            if mask[j]
+        ]
+        pct = float((self.train_distances_ < u).mean() * 100) if len(self.train_distances_) else 50.0
+        if len(self.train_distances_) and u > self.train_distances_.max():
+            pct = 101.0
+        return Recommendation(
+            chosen=self.models_[decision.chosen],
+            candidate=self.models_[decision.candidate],
+            best_on_average=self.models_[bma],
+            fell_back=decision.fell_back,
+            probability=decision.probability,
+            eta=self.eta,
+            reason=decision.reason(self.models_),
+            score=self.score,
+            n_inputs=n,
+            n_labeled=n_labeled,
+            distance=float(u),
+            distance_percentile=min(pct, 100.0),
+            closeness=_closeness(pct),
+            nearest_tasks=self.nearest_tasks(X),
+            ranking=ranking,
+            few_shot=few_shot,
+        )
+
+    def nearest_tasks(self, X: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
+        """Which benchmark tasks the inputs' k nearest questions come from, with their shares."""
+        _, idx = exact_search(normalize(X), self.X_, self.k)
+        counts = np.bincount(self.task_index_[idx].ravel(), minlength=len(self.tasks_))
+        share = counts / counts.sum()
+        order = np.argsort(-share, kind="stable")[:top]
+        return [{"task": self.tasks_[d], "share": float(share[d])} for d in order if share[d] > 0]
+
+    def _labeled(self, labeled: Any) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(labeled, tuple) and len(labeled) == 2:
+            inputs, Y = labeled
+            Y = np.asarray(Y, dtype=np.float32)
+        else:
+            inputs, rows = [], []
+            for i, rec in enumerate(labeled):
+                if not isinstance(rec, dict) or "input" not in rec or "correct" not in rec:
+                    raise ConfigError(f"labeled sample {i} must be {{'input': str, 'correct': {{model: 0/1}}}}")
+                row = np.full(len(self.models_), np.nan, dtype=np.float32)
+                for m, v in rec["correct"].items():
+                    row[self.model_position(m)] = float(v)
+                if np.isnan(row).any():
+                    missing = [self.models_[j] for j in np.flatnonzero(np.isnan(row))][:3]
+                    raise ConfigError(
+                        f"labeled sample {i} lacks results for {missing}...",
+                        "give every model's 0/1 correctness on each labeled input",
+                    )
+                inputs.append(rec["input"])
+                rows.append(row)
+            Y = np.stack(rows) if rows else np.zeros((0, len(self.models_)), np.float32)
+        if Y.ndim != 2 or Y.shape[1] != len(self.models_) or len(Y) != len(inputs):
+            raise ConfigError(f"labeled Y must be n x {len(self.models_)} (one column per model)")
+        if not np.isin(Y, (0.0, 1.0)).all():
+            raise ConfigError("labeled correctness must be 0 or 1")
+        return self.embed(inputs), Y
+
+    def predict_proba(self, queries: Sequence[str] | np.ndarray) -> np.ndarray:
+        """g_m(x) for each query and model (n x M)."""
+        self._check_fitted()
+        return self.predictor_.predict_proba(self.embed(queries))
+
+    def route(
+        self, queries: Sequence[str] | np.ndarray, candidates: Sequence[str] | None = None
+    ) -> list[RouteDecision]:
+        """Per-query routing: argmax_m g_m(x) among candidates; ties go to the best-on-average model."""
+        g = self.predict_proba(queries)
+        mask = self._candidate_mask(candidates)
+        bma = int(np.argmax(np.where(mask, self.task_accuracy_.mean(axis=0), -np.inf)))
+        gm = np.where(mask, g, -np.inf)
+        best = gm.max(axis=1)
+        out = []
+        for i in range(len(g)):
+            tied = np.flatnonzero(gm[i] == best[i])
+            j = bma if bma in tied else int(tied[0])
+            why = "highest predicted correctness" if len(tied) == 1 else (
+                f"{len(tied)} models tie at {best[i]:.2f}; " + (
+                    "the best-on-average model is among them" if j == bma else "first of the tied models"
+                )
+            )
+            per = {self.models_[m]: float(g[i, m]) for m in np.flatnonzero(mask)}
+            out.append(RouteDecision(i, self.models_[j], float(g[i, j]), why, per))
+        return out
+
+    # ------------------------------------------------------------------ models
+    def add_model(self, name: str, correct: np.ndarray | Sequence[float], params_b: float | None = None,
+                  cost: float | None = None) -> Router:
+        """Add an LLM from its 0/1 results on the stored questions (NaN = not run on that question).
+
+        kNN gains a column without refitting the others. Questions the new model was not run on are
+        filled with its mean accuracy on the ones it was, so its neighbours still average to a
+        sensible value (documented approximation).
+        """
+        self._check_fitted()
+        if name in self.models_:
+            raise ConfigError(f"model {name!r} already exists", "remove_model it first to replace it")
+        y = np.asarray(correct, dtype=np.float64)
+        if y.shape != (len(self.X_),):
+            raise ConfigError(f"need one result per stored question ({len(self.X_)}), got shape {y.shape}")
+        known = ~np.isnan(y)
+        if not known.any():
+            raise ConfigError(f"model {name!r} has no results")
+        if not np.isin(y[known], (0.0, 1.0)).all():
+            raise ConfigError("results must be 0/1 correctness (or NaN for not run)")
+        y = np.where(known, y, y[known].mean()).astype(np.float32)
+        if not isinstance(self.predictor_, KNNCorrectness):
+            raise ConfigError("add_model without refitting needs the kNN predictor", "refit the router instead")
+        self.predictor_.add_output(y)
+        self.Y_ = np.hstack([self.Y_, y[:, None]])
+        col = np.array([[y[(self.task_index_ == d) & known].mean() if ((self.task_index_ == d) & known).any()
+                         else np.nan for d in range(len(self.tasks_))]]).T
+        self.task_accuracy_ = np.hstack([self.task_accuracy_, np.where(np.isnan(col), y.mean(), col)])
+        self.models_.append(name)
+        self.params_b_ = np.append(self.params_b_, np.nan if params_b is None else params_b)
+        self.cost_ = np.append(self.cost_, np.nan if cost is None else cost)
+        self._refit_confidence()
+        return self
+
+    def remove_model(self, name: str) -> Router:
+        """Drop an LLM from the candidates (its column of every learned matrix)."""
+        self._check_fitted()
+        j = self.model_position(name)
+        if len(self.models_) == 1:
+            raise ConfigError("cannot remove the last model")
+        if isinstance(self.predictor_, KNNCorrectness):
+            self.predictor_.drop_output(j)
+        else:
+            self.predictor_ = self._make_predictor().fit(self.X_, np.delete(self.Y_, j, axis=1))
+        self.Y_ = np.delete(self.Y_, j, axis=1)
+        self.task_accuracy_ = np.delete(self.task_accuracy_, j, axis=1)
+        self.params_b_ = np.delete(self.params_b_, j)
+        self.cost_ = np.delete(self.cost_, j)
+        del self.models_[j]
+        self._refit_confidence()
+        return self
+
+    def _refit_confidence(self) -> None:
+        self._fit_confidence(self._confidence_pairs(excluded=()))
+
+    # ------------------------------------------------------------------ persistence
+    def get_params(self) -> dict[str, Any]:
+        pred = self.predictor if isinstance(self.predictor, str) else _predictor_name(self.predictor)
+        return {
+            "predictor": pred, "k": self.k, "score": self.score, "t": self.t, "kappa": self.kappa,
+            "sigma": self.sigma, "p_estimator": self.p_estimator, "eta": self.eta, "trust": self.trust,
+            "alphas": list(self.alphas), "repeats": self.repeats, "cap": self.cap, "draws": self.draws,
+            "embedding_model": self.embedding_model, "seed": self.seed,
+        }
+
+    def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
+        """Write router.json + arrays.safetensors + card.md into ``path`` (atomically, no pickle)."""
+        from safetensors.numpy import save as st_save
+
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "X": self.X_.astype(np.float32),
+            "Y": self.Y_.astype(np.uint8),
+            "task_index": self.task_index_.astype(np.int32),
+            "task_accuracy": self.task_accuracy_.astype(np.float64),
+            "params_b": self.params_b_.astype(np.float64),
+            "cost": self.cost_.astype(np.float64),
+            "pairs_u": self.pairs_.u.astype(np.float64),
+            "pairs_p": self.pairs_.p.astype(np.float64),
+            "pairs_task": self.pairs_.task.astype(np.int32),
+            "pairs_alpha": self.pairs_.alpha.astype(np.float64),
+            "pairs_repeat": self.pairs_.repeat.astype(np.int32),
+            "atc_conf": self.pairs_.atc_conf.astype(np.float32),
+            "atc_correct": self.pairs_.atc_correct.astype(np.uint8),
+        }
+        if isinstance(self.predictor_, MLPCorrectness):
+            for key, val in self.predictor_.net_.state_dict().items():
+                arrays[f"mlp.{key}"] = val.numpy()
+        blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        payload = {
+            "format": "benchroute-router",
+            "format_version": FORMAT_VERSION,
+            "benchroute_version": __version__,
+            "params": self.get_params(),
+            "tasks": self.tasks_,
+            "models": self.models_,
+            "arrays_sha256": hashlib.sha256(blob).hexdigest(),
+            "card_extra": _jsonable(card_extra or {}),
+        }
+        text = json.dumps(payload, sort_keys=True)
+        doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        atomic_write_bytes(path / "arrays.safetensors", blob)
+        atomic_write_text(path / "card.md", self.model_card(card_extra))
+        # router.json last: a router directory is complete only once its manifest names matching arrays
+        atomic_write_text(path / "router.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Router:
+        """Load a saved router, verifying format version and checksums (never executes code)."""
+        from safetensors.numpy import load as st_load
+
+        path = Path(path)
+        manifest = path / "router.json"
+        try:
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+            payload = doc["payload"]
+            ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["sha256"]
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{manifest}: no saved router here", "pass a directory written by `benchroute fit`") from exc
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{manifest}: not a valid router manifest ({exc})", "re-save the router") from exc
+        if not ok:
+            raise IntegrityError(f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router")
+        if payload.get("format") != "benchroute-router" or payload.get("format_version") != FORMAT_VERSION:
+            raise IntegrityError(f"{manifest}: unsupported router format {payload.get('format_version')}")
+        try:
+            blob = (path / "arrays.safetensors").read_bytes()
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{path / 'arrays.safetensors'}: missing", "re-save the router") from exc
+        if hashlib.sha256(blob).hexdigest() != payload["arrays_sha256"]:
+            raise IntegrityError(f"{path / 'arrays.safetensors'}: checksum mismatch (corrupt or truncated)")
+        arrays = st_load(blob)
+        router = cls(**payload["params"])
+        router.tasks_ = list(payload["tasks"])
+        router.models_ = list(payload["models"])
+        router.X_ = arrays["X"]
+        router.Y_ = arrays["Y"].astype(np.float32)
+        router.task_index_ = arrays["task_index"]
+        router.task_accuracy_ = arrays["task_accuracy"]
+        router.params_b_ = arrays["params_b"]
+        router.cost_ = arrays["cost"]
+        pairs = ConfidencePairs(
+            arrays["pairs_u"], arrays["pairs_p"], arrays["pairs_task"], arrays["pairs_alpha"],
+            arrays["pairs_repeat"], arrays["atc_conf"].astype(np.float64), arrays["atc_correct"].astype(bool),
+        )
+        predictor = router._make_predictor()
+        if isinstance(predictor, MLPCorrectness):
+            state = {k[4:]: v for k, v in arrays.items() if k.startswith("mlp.")}
+            predictor = predictor.load_state(state, router.X_.shape[1], len(router.models_))
+        else:
+            predictor = predictor.fit(router.X_, router.Y_)
+        router.predictor_ = predictor
+        router._fit_confidence(pairs)
+        return router
+
+    def model_card(self, extra: dict[str, Any] | None = None) -> str:
+        """A Markdown summary of what the router was trained on and how (saved as card.md)."""
+        self._check_fitted()
+        bma = self.models_[self.best_on_average_]
+        lines = [
+            "# benchroute router card",
+            "",
+            f"- benchroute {__version__}, format version {FORMAT_VERSION}",
+            f"- embedding model: `{self.embedding_model}` ({self.X_.shape[1]}-d)",
+            f"- predictor: `{self.get_params()['predictor']}` (k={self.k}), score {self.score}, t={self.t}",
+            (f"- confidence: {self.p_estimator} (sigma={self.sigma}, kappa={self.kappa}), "
+            f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, {self.pairs_.u.max():.3f}], "
+            f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"),
+            f"- trust rule: eta={self.eta}, {self.draws} Monte Carlo draws, seed {self.seed}",
+            f"- best model on average: `{bma}` (macro accuracy {self.task_accuracy_.mean(axis=0).max():.4f})",
+            f"- {len(self.tasks_)} training tasks, {len(self.X_)} questions, {len(self.models_)} models",
+            "",
+            "## Tasks",
+            "",
+            ", ".join(f"`{t}`" for t in self.tasks_),
+            "",
+            "## Models",
+            "",
+            ", ".join(f"`{m}`" for m in self.models_),
+        ]
+        for key, val in (extra or {}).items():
+            lines += ["", f"## {key}", "", "```", json.dumps(_jsonable(val), indent=1), "```"]
+        return "\n".join(lines) + "\n"
+
+
+def _distance(X: np.ndarray, store: np.ndarray, kappa: int) -> float:
+    sims, _ = exact_search(normalize(X), store, kappa)
+    return float((1.0 - sims).mean())
+
+
+def _opt(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def _column(info: Any, col: str, models: list[str]) -> np.ndarray:
+    if info is None or col not in getattr(info, "columns", []):
+        return np.full(len(models), np.nan)
+    return np.array([float(info.loc[m, col]) if m in info.index else np.nan for m in models], dtype=np.float64)
+
+
+def _model_cost(info: Any, models: list[str]) -> np.ndarray:
+    """USD per million tokens (mean of input and output price) when known, else NaN."""
+    cin, cout = _column(info, "usd_per_mtok_in", models), _column(info, "usd_per_mtok_out", models)
+    return np.where(np.isnan(cout), cin, np.where(np.isnan(cin), cout, (cin + cout) / 2))
+
+
+def _predictor_name(est: Any) -> str:
+    for name, cls in (("knn", KNNCorrectness), ("mlp", MLPCorrectness)):
+        if type(est) is cls:
+            return name
+    raise ConfigError(
+        f"cannot save a router with a custom predictor {type(est).__name__}",
+        "use predictor='knn', 'mlp' or 'logreg' to save it",
+    )
+
+
+__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router", "n_moved"]

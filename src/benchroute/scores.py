@@ -1,0 +1,119 @@
+"""Task-level scores S1-S3 and the trust rule (when to prefer the best-on-average model).
+
+Given predicted correctness g (n inputs x M models) on a new task's unlabeled inputs:
+
+* S1(m) = mean_i g_m(x_i): the expected accuracy if g were calibrated.
+* S2(m) = mean_i 1[g_m(x_i) > t]: the share of inputs on which m is predicted correct.
+* S3(m) = S2(m) p + (1 - S2(m)) (1 - p), with p = p(d', m) the estimated accuracy of the
+  thresholded predictor on this task: a prediction "correct" is right with probability p and a
+  prediction "wrong" is wrong with probability p. S3 shrinks S2 toward 0.5 when p is low, i.e.
+  when the new task is far from the benchmarks and the predictor cannot be trusted.
+
+The trust rule (eta) turns S3's uncertainty into a decision: under the model above, the accuracy of
+m on the task is S~(m) = (Binomial(n S2, p) + Binomial(n (1 - S2), 1 - p)) / n. We route to
+m3 = argmax S3 only if P(S~(m3) > S~(m*)) > eta, where m* is the best model on average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def s1(g: np.ndarray) -> np.ndarray:
+    """S1(m) = mean_i g_m(x_i)."""
+    return np.asarray(g, dtype=np.float64).mean(axis=0)
+
+
+def s2(g: np.ndarray, t: float = 0.5) -> np.ndarray:
+    """S2(m) = mean_i 1[g_m(x_i) > t]."""
+    return (np.asarray(g) > t).mean(axis=0)
+
+
+def s3(s2_values: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """S3(m) = S2 p + (1 - S2)(1 - p): expected accuracy when the thresholded predictor is right w.p. p."""
+    s2_values = np.asarray(s2_values, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return s2_values * p + (1.0 - s2_values) * (1.0 - p)
+
+
+def accuracy_distribution(n: int, n_pos: int, p: float) -> np.ndarray:
+    """Exact PMF of n * S~(m) over 0..n: Binomial(n_pos, p) + Binomial(n - n_pos, 1 - p).
+
+    Used to check the Monte Carlo estimate against its closed form for small n.
+    """
+    from scipy.stats import binom
+
+    a = binom.pmf(np.arange(n_pos + 1), n_pos, p)
+    b = binom.pmf(np.arange(n - n_pos + 1), n - n_pos, 1.0 - p)
+    return np.convolve(a, b)
+
+
+def prob_better_exact(n: int, pos_a: int, p_a: float, pos_b: int, p_b: float) -> float:
+    """P(S~(a) > S~(b)) in closed form (independent draws), O(n^2); for tests and small n."""
+    pa = accuracy_distribution(n, pos_a, p_a)
+    pb = accuracy_distribution(n, pos_b, p_b)
+    cdf_b_below = np.concatenate([[0.0], np.cumsum(pb)[:-1]])  # P(B < j)
+    return float(np.sum(pa * cdf_b_below))
+
+
+def prob_better_mc(
+    n: int, pos_a: int, p_a: float, pos_b: int, p_b: float, draws: int = 10_000, seed: int = 0
+) -> float:
+    """Monte Carlo estimate of P(S~(a) > S~(b)) with ``draws`` seeded independent draws."""
+    rng = np.random.default_rng(seed)
+    acc_a = rng.binomial(pos_a, p_a, draws) + rng.binomial(n - pos_a, 1.0 - p_a, draws)
+    acc_b = rng.binomial(pos_b, p_b, draws) + rng.binomial(n - pos_b, 1.0 - p_b, draws)
+    return float(np.mean(acc_a > acc_b))
+
+
+@dataclass(frozen=True)
+class TrustDecision:
+    """Outcome of the trust rule: the chosen model index and why."""
+
+    chosen: int
+    candidate: int
+    fallback: int
+    probability: float | None
+    eta: float
+    fell_back: bool
+
+    def reason(self, names: list[str]) -> str:
+        cand, fb = names[self.candidate], names[self.fallback]
+        if self.candidate == self.fallback:
+            return f"the top-scoring model is the best-on-average model ({fb})"
+        verdict = "exceeds" if not self.fell_back else "does not exceed"
+        action = f"routing to {cand}" if not self.fell_back else f"falling back to {fb}"
+        return (
+            f"P({cand} beats {fb} on this task) = {self.probability:.3f} {verdict} eta = {self.eta:g}; {action}"
+        )
+
+
+def trust_rule(
+    s2_values: np.ndarray,
+    p: np.ndarray,
+    n: int,
+    best_on_average: int,
+    *,
+    score: np.ndarray | None = None,
+    eta: float = 0.6,
+    draws: int = 10_000,
+    seed: int = 0,
+) -> TrustDecision:
+    """Choose argmax ``score`` (default S3) over the best-on-average model only if it is likely better.
+
+    ``s2_values`` and ``p`` are per model; n is the number of inputs of the new task.
+    """
+    s2_values = np.asarray(s2_values, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    score = s3(s2_values, p) if score is None else np.asarray(score)
+    cand = int(np.argmax(score))
+    if cand == best_on_average:
+        return TrustDecision(cand, cand, best_on_average, None, eta, False)
+    pos = np.rint(s2_values * n).astype(int)
+    prob = prob_better_mc(
+        n, int(pos[cand]), float(p[cand]), int(pos[best_on_average]), float(p[best_on_average]), draws, seed
+    )
+    trusted = prob > eta
+    return TrustDecision(cand if trusted else best_on_average, cand, best_on_average, prob, eta, not trusted)
