@@ -217,11 +217,12 @@ def import_lmeval_cmd(
     dir: Annotated[Path, typer.Argument(help="lm-evaluation-harness --log_samples output (one folder per model).")],
     out: OutOpt,
     metric: Annotated[str | None, typer.Option(help="Metric per sample (default: the task's first metric).")] = None,
+    filter_: Annotated[str | None, typer.Option("--filter", help="Filter to keep (default: the first logged).")] = None,
 ) -> None:
     """Import lm-evaluation-harness sample logs."""
     from .adapters import import_lmeval
 
-    _print_import(import_lmeval(dir, out, metric=metric))
+    _print_import(import_lmeval(dir, out, metric=metric, filter=filter_))
 
 
 # --------------------------------------------------------------------------- fit / recommend / route
@@ -347,6 +348,80 @@ def route(
         return
     for text, d in zip(texts, decisions, strict=True):
         console.print(f"{d.model}\t{d.probability:.3f}\t{d.reason}\t{text[:60]!r}")
+
+
+# --------------------------------------------------------------------------- experiments
+def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
+                sweep_repeats: int, instance_data: str, seed: int) -> None:
+    from .evaluate import run_experiments
+    from .io import atomic_write_json
+    from .report import write_report
+    from .router import Router
+
+    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed)
+    bench = load_with_embeddings(path, model, cache) if kind != "instance" else None
+    inst = load_with_embeddings(instance_data, model, cache) if kind in ("instance", "all") else None
+    results = run_experiments(
+        bench if bench is not None else inst, kind, router, sweep_repeats=sweep_repeats,
+        instance_benchmark=inst, progress=progress_bar,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    paths = write_report(results, out)
+    _print_summary(results)
+    console.print(f"results: {out / 'results.json'}\nreport:  {paths['md']}\n         {paths['html']}")
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    summary = results.get("summary")
+    if not summary:
+        return
+    table = Table(title=f"Leave-one-task-out on {results['config']['dataset']} (mean over tasks)")
+    cols = ("acc", "ratio", "pearson", "pct_bma", "rank", "p_mae")
+    table.add_column("method")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for method, row in summary.items():
+        table.add_row(method, *("—" if row.get(c) is None else f"{row[c]:.3f}" for c in cols))
+    console.print(table)
+    for name, diff in results.get("paired", {}).items():
+        if diff.get("n"):
+            console.print(f"{name}: {diff['mean']:+.4f} ± {diff['se']:.4f} (paired SE over {diff['n']} tasks)")
+
+
+ExpDir = Annotated[str, typer.Argument(help="Benchmark directory or bundled name.")]
+ExpOut = Annotated[Path, typer.Option("--out", help="Output directory for results.json and the report.")]
+RepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha when training the confidence model.")]
+SweepRepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha in the OOD-gap sweep.")]
+InstanceOpt = Annotated[str, typer.Option(help="Benchmark with a continuous metric for per-instance routing.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random draw.")]
+
+
+def _make_experiment_command(kind: str, doc: str) -> None:
+    def command(
+        path: ExpDir = "openllm_v2",
+        out: ExpOut = Path("out/openllm_v2"),
+        model: ModelOpt = "all-mpnet-base-v2",
+        cache: CacheOpt = None,
+        k: Annotated[int, typer.Option(help="kNN neighbours.")] = 5,
+        repeats: RepeatsOpt = 10,
+        sweep_repeats: SweepRepeatsOpt = 10,
+        instance_data: InstanceOpt = "alpacaeval2",
+        seed: SeedOpt = 0,
+    ) -> None:
+        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed)
+
+    command.__doc__ = doc
+    experiment_app.command(kind)(command)
+
+
+for _kind, _doc in (
+    ("loto", "Leave-one-task-out with nested confidence training: every method and baseline per task."),
+    ("sweep", "LOTO plus the OOD-gap sweep: accuracy vs the share alpha of labeled samples of the new task."),
+    ("instance", "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study."),
+    ("all", "Everything: LOTO, alpha sweep, distance and small-model studies, per-instance routing; one report."),
+):
+    _make_experiment_command(_kind, _doc)
 
 
 def main() -> None:
