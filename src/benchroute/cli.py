@@ -146,6 +146,7 @@ def embed(
     export: Annotated[Path | None, typer.Option("--export", help="Write the benchmark's vectors to this pack file.")] = None,
     import_: Annotated[Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+    commit_every: Annotated[int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")] = 256,
 ) -> None:
     """Embed a benchmark's inputs into the persistent cache (resumable), or import/export packs."""
     from .data import load_benchmark
@@ -160,7 +161,7 @@ def embed(
         if path is None:
             return
     bench = load_benchmark(path)
-    embedder = Embedder(model, cache=store, batch_size=batch_size)
+    embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every)
     todo = len(embedder.missing(bench.inputs))
     if todo:
         with progress_bar(f"embedding {bench.name}", todo, "inputs") as advance:

@@ -1,0 +1,140 @@
+"""Embeddings: cache, resumability after SIGKILL, packs, and the default model's sanity check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchroute.data import load_benchmark, write_benchmark
+from benchroute.embed import (
+    DEFAULT_MODEL,
+    SMALL_MODEL,
+    Embedder,
+    EmbeddingCache,
+    export_pack,
+    import_pack,
+    read_pack,
+    text_hash,
+)
+from benchroute.errors import IntegrityError, ModelNotAvailableError
+
+TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+
+
+def test_cache_serves_repeats_without_recomputing(tmp_path: Path) -> None:
+    emb = Embedder(SMALL_MODEL, cache=tmp_path / "c.sqlite")
+    first = emb.encode(TEXTS + TEXTS[:1])
+    assert first.shape == (4, 384) and first.dtype == np.float32
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(first[0], first[3])
+    assert emb.missing(TEXTS) == []
+    direct = emb.encode_uncached(TEXTS)
+    assert np.allclose(first[:3], direct, atol=1e-5)
+    # a second Embedder on the same file reads the vectors back bit for bit
+    again = Embedder(SMALL_MODEL, cache=tmp_path / "c.sqlite").encode(TEXTS)
+    assert np.array_equal(again, first[:3])
+
+
+def test_small_model_sanity(tmp_path: Path) -> None:
+    v = Embedder(SMALL_MODEL, cache=False).encode(TEXTS)
+    assert float(v[0] @ v[1]) == pytest.approx(0.755, abs=0.01)
+    assert float(v[0] @ v[2]) == pytest.approx(-0.105, abs=0.01)
+
+
+@pytest.mark.slow
+def test_default_model_ranks_paraphrase_closer(tmp_path: Path) -> None:
+    v = Embedder(DEFAULT_MODEL, cache=False).encode(TEXTS)
+    assert v.shape[1] == 768
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])
+    assert float(v[0] @ v[1]) == pytest.approx(0.660, abs=0.01)
+    assert float(v[0] @ v[2]) == pytest.approx(-0.056, abs=0.01)
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(ModelNotAvailableError, match="unknown embedding model"):
+        Embedder("/no/such/model/dir", cache=False)
+
+
+def _small_benchmark(path: Path, n: int = 120) -> Path:
+    bench = load_benchmark("llmrouter")
+    items = bench.items.iloc[:n].copy()
+    models = bench.models[:2]
+    scores = pd.DataFrame(
+        [(t, i, m, float(bench.scores[r, j])) for r, (t, i) in enumerate(zip(items.task, items.item_id))
+         for j, m in enumerate(models)],
+        columns=["task", "item_id", "model", "score"],
+    )
+    tasks = pd.DataFrame({"task": items.task.unique(), "threshold": [0.5] * items.task.nunique()})
+    return write_benchmark(path, items, scores, pd.DataFrame({"model": models}), tasks)
+
+
+def _cache_rows(path: Path) -> dict[bytes, bytes]:
+    with sqlite3.connect(path) as conn:
+        return {bytes(h): bytes(v) for h, v in conn.execute("SELECT hash, vec FROM vectors")}
+
+
+def _embed_cmd(bench: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "benchroute.cli", "embed", str(bench), "--model", SMALL_MODEL,
+            "--cache", str(cache), "--commit-every", "16", "--batch-size", "8"]
+
+
+def test_sigkill_mid_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
+    bench = _small_benchmark(tmp_path / "bench")
+    killed, clean = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
+    proc = subprocess.Popen(_embed_cmd(bench, killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if killed.exists():
+            try:
+                with sqlite3.connect(killed, timeout=1) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] >= 32:
+                        break
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _cache_rows(killed)
+    assert 0 < len(partial) < 120, "the kill must land mid-run"
+    assert len(partial) % 16 == 0, "only whole committed batches survive a kill"
+    rerun = subprocess.run(_embed_cmd(bench, killed), capture_output=True, text=True, check=True)
+    assert f"{120 - len(partial)} newly embedded" in rerun.stdout.replace("\n", " ")
+    subprocess.run(_embed_cmd(bench, clean), capture_output=True, text=True, check=True)
+    assert _cache_rows(killed) == _cache_rows(clean)
+
+
+def test_pack_round_trip_and_tamper_detection(tmp_path: Path) -> None:
+    src = EmbeddingCache(tmp_path / "src.sqlite")
+    emb = Embedder(SMALL_MODEL, cache=src)
+    vecs = emb.encode(TEXTS)
+    pack = tmp_path / "p.safetensors"
+    assert export_pack(src, emb.model_id, TEXTS, pack) == 3
+    meta, hashes, got = read_pack(pack)
+    assert meta["model_id"] == emb.model_id and int(meta["count"]) == 3
+    dst = EmbeddingCache(tmp_path / "dst.sqlite")
+    assert import_pack(dst, pack, emb.model_id) == 3
+    back = dst.get_many(emb.model_id, [text_hash(t) for t in TEXTS])
+    for t, v in zip(TEXTS, vecs, strict=True):
+        assert np.allclose(back[text_hash(t)], v, atol=2e-3)  # float16 in the pack
+    with pytest.raises(IntegrityError, match="not a benchroute|pack was made"):
+        import_pack(dst, pack, "other-model@123")
+    raw = bytearray(pack.read_bytes())
+    raw[-5] ^= 0xFF
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="checksum"):
+        read_pack(bad)
+    bad.write_bytes(bytes(raw[:100]))
+    with pytest.raises(IntegrityError):
+        read_pack(bad)
+    with pytest.raises(IntegrityError, match="not embedded"):
+        export_pack(src, emb.model_id, ["never embedded text"], tmp_path / "x.safetensors")
