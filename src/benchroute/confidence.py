@@ -150,6 +150,7 @@ class FoldEngine:
         self.Y = np.asarray(Y, dtype=np.float32)
         self.task_index = np.asarray(task_index)
         self.k, self.kappa, self.threshold, self.weights = k, kappa, threshold, weights
+        self.max_excluded = max_excluded
         self.n_tasks = int(self.task_index.max()) + 1
         self.members = [np.flatnonzero(self.task_index == d) for d in range(self.n_tasks)]
         sizes = sorted((len(m) for m in self.members), reverse=True)
@@ -185,6 +186,14 @@ class FoldEngine:
         ``moved`` is r x s local indices of d's items moved into training (one row per repeat), or
         None for s = 0. Returns (g: r x n_rem x M, u: r, remaining local indices r x n_rem).
         """
+        extra = set(excluded) - {d}
+        if len(extra) > self.max_excluded:
+            # the neighbour lists are only deep enough to skip max_excluded tasks besides d's own;
+            # excluding more would silently give wrong neighbours (and u = inf)
+            raise ConfigError(
+                f"this FoldEngine was built for at most {self.max_excluded} excluded task(s), got {len(extra)}",
+                f"build it with max_excluded={len(extra)}",
+            )
         members = self.members[d]
         n = len(members)
         if moved is None:

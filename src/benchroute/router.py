@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .confidence import DEFAULT_ALPHAS, ATCEstimator, ConfidencePairs, FoldEngine, KernelSmoother, n_moved
 from .errors import ConfigError, IntegrityError, NotFittedError
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, jsonable
 from .neighbors import exact_search, normalize
 from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
 from .scores import TrustDecision, s1, s2, s3, trust_rule
@@ -71,20 +71,7 @@ class Recommendation:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ranking"] = [asdict(r) for r in self.ranking]
-        return _jsonable(out)
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None and numpy scalars -> Python, so the JSON output is strict and stable."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
+        return jsonable(out)
 
 
 @dataclass
@@ -539,7 +526,7 @@ class Router:
             "tasks": self.tasks_,
             "models": self.models_,
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
-            "card_extra": _jsonable(card_extra or {}),
+            "card_extra": jsonable(card_extra or {}),
         }
         text = json.dumps(payload, sort_keys=True)
         doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -624,7 +611,7 @@ class Router:
             ", ".join(f"`{m}`" for m in self.models_),
         ]
         for key, val in (extra or {}).items():
-            lines += ["", f"## {key}", "", "```", json.dumps(_jsonable(val), indent=1), "```"]
+            lines += ["", f"## {key}", "", "```", json.dumps(jsonable(val), indent=1), "```"]
         return "\n".join(lines) + "\n"
 
 
