@@ -1,0 +1,127 @@
+"""Scores S1-S3 on a hand-made g, and the trust rule: Monte Carlo against its closed form, both branches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from benchroute.scores import (
+    TrustDecision,
+    accuracy_distribution,
+    prob_better_exact,
+    prob_better_mc,
+    s1,
+    s2,
+    s3,
+    trust_rule,
+)
+
+# 4 inputs x 3 models
+G = np.array(
+    [
+        [0.9, 0.5, 0.2],
+        [0.6, 0.4, 0.2],
+        [0.2, 0.8, 0.2],
+        [0.7, 0.6, 1.0],
+    ]
+)
+
+
+def test_s1_is_mean_predicted_correctness() -> None:
+    np.testing.assert_allclose(s1(G), [2.4 / 4, 2.3 / 4, 1.6 / 4])
+
+
+def test_s2_counts_inputs_above_threshold_strictly() -> None:
+    np.testing.assert_allclose(s2(G), [3 / 4, 2 / 4, 1 / 4])  # 0.5 itself is not "> 0.5"
+    np.testing.assert_allclose(s2(G, t=0.65), [2 / 4, 1 / 4, 1 / 4])
+    np.testing.assert_allclose(s2(G, t=0.1), [1.0, 1.0, 1.0])
+
+
+def test_s3_formula() -> None:
+    p = np.array([0.9, 0.5, 0.2])
+    got = s3(s2(G), p)
+    expected = [0.75 * 0.9 + 0.25 * 0.1, 0.5 * 0.5 + 0.5 * 0.5, 0.25 * 0.2 + 0.75 * 0.8]
+    np.testing.assert_allclose(got, expected)
+    # p = 1 trusts S2 fully, p = 0.5 knows nothing (0.5 whatever S2 is)
+    np.testing.assert_allclose(s3(s2(G), np.ones(3)), s2(G))
+    np.testing.assert_allclose(s3(s2(G), np.full(3, 0.5)), [0.5, 0.5, 0.5])
+
+
+def test_accuracy_distribution_is_a_pmf_with_mean_n_s3() -> None:
+    n, pos, p = 10, 7, 0.8
+    pmf = accuracy_distribution(n, pos, p)
+    assert pmf.shape == (n + 1,)
+    assert pmf.sum() == pytest.approx(1.0)
+    assert (np.arange(n + 1) * pmf).sum() == pytest.approx(n * s3(pos / n, p))
+    # n = 2, pos = 1: Binomial(1, p) + Binomial(1, 1 - p) by hand
+    np.testing.assert_allclose(accuracy_distribution(2, 1, 0.7), [0.3 * 0.7, 0.7 * 0.7 + 0.3 * 0.3, 0.7 * 0.3])
+    np.testing.assert_allclose(accuracy_distribution(3, 3, 0.6), binom.pmf(np.arange(4), 3, 0.6))
+
+
+def test_prob_better_exact_hand_case() -> None:
+    # n = 1: A correct w.p. 0.9 (pos 1, p 0.9), B correct w.p. 0.4 (pos 0, p 0.6): P(A > B) = 0.9 * 0.6
+    assert prob_better_exact(1, 1, 0.9, 0, 0.6) == pytest.approx(0.9 * 0.6)
+    # identical models: P(A > B) = (1 - P(A = B)) / 2
+    pmf = accuracy_distribution(10, 6, 0.7)
+    assert prob_better_exact(10, 6, 0.7, 6, 0.7) == pytest.approx((1 - (pmf**2).sum()) / 2)
+
+
+@pytest.mark.parametrize(
+    ("pos_a", "p_a", "pos_b", "p_b"),
+    [(7, 0.8, 5, 0.8), (6, 0.6, 6, 0.9), (10, 0.55, 3, 0.7), (2, 0.3, 8, 0.95), (5, 0.5, 5, 0.5)],
+)
+def test_prob_better_mc_matches_closed_form(pos_a: int, p_a: float, pos_b: int, p_b: float) -> None:
+    n, draws = 10, 20_000
+    exact = prob_better_exact(n, pos_a, p_a, pos_b, p_b)
+    mc = prob_better_mc(n, pos_a, p_a, pos_b, p_b, draws=draws, seed=3)
+    se = math.sqrt(max(exact * (1 - exact), 1e-12) / draws)
+    assert abs(mc - exact) <= 3 * se + 1e-12
+    assert mc == prob_better_mc(n, pos_a, p_a, pos_b, p_b, draws=draws, seed=3)  # seeded
+
+
+def test_trust_rule_routes_when_probability_exceeds_eta() -> None:
+    # model 1 is predicted correct on 45 of 50 inputs with p = 0.9; the BMA (model 0) on 25
+    s2v, p, n = np.array([0.5, 0.9]), np.array([0.9, 0.9]), 50
+    d = trust_rule(s2v, p, n, best_on_average=0, eta=0.6, draws=5000, seed=1)
+    exact = prob_better_exact(n, 45, 0.9, 25, 0.9)
+    assert d.candidate == 1 and d.fallback == 0
+    assert d.probability is not None and d.probability == pytest.approx(exact, abs=0.02)
+    assert d.probability > 0.6
+    assert not d.fell_back and d.chosen == 1
+    assert "routing to b" in d.reason(["a", "b"]) and "exceeds" in d.reason(["a", "b"])
+
+
+def test_trust_rule_falls_back_when_probability_at_most_eta() -> None:
+    # candidate barely ahead and its predictor barely better than chance
+    s2v, p, n = np.array([0.5, 0.55]), np.array([0.6, 0.55]), 20
+    d = trust_rule(s2v, p, n, best_on_average=0, eta=0.6, draws=5000, seed=1)
+    assert d.candidate == 1  # argmax S3 = 0.5 (model 0) vs 0.505 (model 1)
+    assert d.probability is not None and d.probability <= 0.6
+    assert d.probability == pytest.approx(prob_better_exact(n, 11, 0.55, 10, 0.6), abs=0.03)
+    assert d.fell_back and d.chosen == 0
+    assert "falling back to a" in d.reason(["a", "b"])
+
+
+def test_trust_rule_eta_is_the_switch() -> None:
+    s2v, p, n = np.array([0.5, 0.7]), np.array([0.8, 0.7]), 30
+    prob = trust_rule(s2v, p, n, 0, eta=0.0).probability
+    assert prob is not None and 0 < prob < 1
+    assert not trust_rule(s2v, p, n, 0, eta=prob - 0.01).fell_back
+    assert trust_rule(s2v, p, n, 0, eta=prob).fell_back  # "> eta" is strict
+
+
+def test_trust_rule_candidate_is_bma() -> None:
+    d = trust_rule(np.array([0.9, 0.2]), np.array([0.8, 0.8]), 10, best_on_average=0)
+    assert d == TrustDecision(chosen=0, candidate=0, fallback=0, probability=None, eta=0.6, fell_back=False)
+    assert "is the best-on-average model" in d.reason(["a", "b"])
+
+
+def test_trust_rule_uses_given_score_for_the_candidate() -> None:
+    s2v, p = np.array([0.5, 0.9, 0.6]), np.array([0.9, 0.9, 0.9])
+    d = trust_rule(s2v, p, 40, best_on_average=0, score=np.array([0.1, 0.2, 0.3]))
+    assert d.candidate == 2  # argmax of the given score, not of S3
+    masked = np.array([0.1, -np.inf, 0.3])
+    assert trust_rule(s2v, p, 40, 0, score=masked).candidate == 2
