@@ -70,7 +70,11 @@ def prob_better_mc(
 
 @dataclass(frozen=True)
 class TrustDecision:
-    """Outcome of the trust rule: the chosen model index and why."""
+    """Outcome of the trust rule: the chosen model index and why.
+
+    ``probability`` is None when no comparison was made: the top-scoring model is the
+    best-on-average model, or the caller switched the rule off (then ``chosen == candidate``).
+    """
 
     chosen: int
     candidate: int
@@ -83,6 +87,8 @@ class TrustDecision:
         cand, fb = names[self.candidate], names[self.fallback]
         if self.candidate == self.fallback:
             return f"the top-scoring model is the best-on-average model ({fb})"
+        if self.probability is None:  # no comparison was made: the caller switched the rule off
+            return f"trust rule off: routing to the top-scoring model {cand} (best on average: {fb})"
         verdict = "exceeds" if not self.fell_back else "does not exceed"
         action = f"routing to {cand}" if not self.fell_back else f"falling back to {fb}"
         return (
