@@ -125,3 +125,9 @@ def test_trust_rule_uses_given_score_for_the_candidate() -> None:
     assert d.candidate == 2  # argmax of the given score, not of S3
     masked = np.array([0.1, -np.inf, 0.3])
     assert trust_rule(s2v, p, 40, 0, score=masked).candidate == 2
+
+
+def test_reason_without_probability_when_rule_is_off() -> None:
+    # what a router with the trust rule switched off builds: no comparison, the top model is chosen
+    d = TrustDecision(chosen=1, candidate=1, fallback=0, probability=None, eta=0.6, fell_back=False)
+    assert d.reason(["a", "b"]) == "trust rule off: routing to the top-scoring model b (best on average: a)"
