@@ -75,8 +75,12 @@ class KernelSmoother:
         return w / w.sum()
 
     def predict(self, u: float) -> np.ndarray:
-        """p(u) for each model (length M)."""
-        return self.weights(float(u)) @ self.p_
+        """p(u) for each model (length M).
+
+        A plain weighted sum down each column, not a BLAS product: every model's p is summed in the
+        same order, so two models with identical pairs get bit-identical p (and keep their order).
+        """
+        return (self.weights(float(u))[:, None] * self.p_).sum(axis=0)
 
 
 class ATCEstimator:
