@@ -214,6 +214,18 @@ def test_kernel_smoother_far_away_returns_nearest_value() -> None:
     assert ks.predict(30.0)[0] == pytest.approx(0.5)
 
 
+def test_kernel_smoother_identical_models_get_identical_p() -> None:
+    # a copy of a model (Router.add_model) must tie with the original exactly, not differ in the
+    # last bit depending on its column position
+    rng = np.random.default_rng(0)
+    p = rng.random((300, 79))
+    p[:, 78] = p[:, 20]
+    ks = KernelSmoother().fit(rng.random(300), p)
+    for u in rng.random(20):
+        got = ks.predict(u)
+        assert got[78] == got[20]
+
+
 def test_kernel_smoother_errors() -> None:
     with pytest.raises(NotFittedError):
         KernelSmoother().predict(0.1)
