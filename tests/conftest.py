@@ -78,6 +78,8 @@ HELD_OUT_TASK = "bbh_navigate"
 #: Items kept per task: 6 x 100 texts take ~20 s to embed with MiniLM on a loaded 2-core CPU.
 ITEMS_PER_TASK = 100
 SMALL_MODEL = "all-MiniLM-L6-v2"
+#: A query that is in no benchmark; embedded with the benchmark so routers find it in the cache.
+NEW_QUERY = 'Is the following sentence plausible? "The goalkeeper threw a touchdown pass."'
 
 
 def subsample(bench, per_task: int, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -124,14 +126,25 @@ def minilm_bench(embedding_cache: Path):  # type: ignore[no-untyped-def]
     from benchroute.embed import Embedder
 
     bench = subsample(load_benchmark("openllm_v2").select(tasks=ROUTER_TASKS), ITEMS_PER_TASK)
-    emb = Embedder(SMALL_MODEL, cache=embedding_cache).encode(bench.inputs)
-    return bench.with_embeddings(emb)
+    emb = Embedder(SMALL_MODEL, cache=embedding_cache).encode([*bench.inputs, NEW_QUERY])
+    return bench.with_embeddings(emb[:-1])
 
 
 @pytest.fixture(scope="session")
 def train_bench(minilm_bench):  # type: ignore[no-untyped-def]
     """Every router task except :data:`HELD_OUT_TASK`."""
     return minilm_bench.select(tasks=[t for t in ROUTER_TASKS if t != HELD_OUT_TASK])
+
+
+@pytest.fixture(scope="session")
+def new_query(minilm_bench) -> str:  # type: ignore[no-untyped-def]
+    """A text outside the benchmark (already in the embedding cache)."""
+    return NEW_QUERY
+
+
+@pytest.fixture(scope="session")
+def held_out_task() -> str:
+    return HELD_OUT_TASK
 
 
 @pytest.fixture(scope="session")
