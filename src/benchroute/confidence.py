@@ -170,17 +170,58 @@ class FoldEngine:
             self._within[d] = e @ e.T
         return self._within[d]
 
-    def cross_top(self, rows: np.ndarray, excluded: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """First ``need`` cross-task neighbours of ``rows`` not in ``excluded`` tasks (sims, global idx)."""
+    def cross_top(
+        self, rows: np.ndarray, excluded: Sequence[int], width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """First ``width`` (default max(k, kappa)) cross-task neighbours of ``rows`` not in ``excluded``."""
+        width = width or self.need
         t = self.cross_t[rows]
         s = self.cross_s[rows]
         valid = np.isfinite(s)
         for x in excluded:
             valid &= t != x
-        order = np.argsort(~valid, axis=1, kind="stable")[:, : self.need]
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :width]
         sims = np.take_along_axis(s, order, axis=1)
         sims = np.where(np.take_along_axis(valid, order, axis=1), sims, -np.inf)
         return sims, np.take_along_axis(self.cross_i[rows], order, axis=1)
+
+    def _moved_draws(self, d: int, a_i: int, s: int, repeats: int, seed: int) -> np.ndarray:
+        """r x s local indices moved into training; they depend only on (seed, d, alpha, repeat)."""
+        n = len(self.members[d])
+        return np.stack(
+            [np.sort(np.random.default_rng([seed, d, a_i, rep]).choice(n, s, replace=False)) for rep in range(repeats)]
+        )
+
+    def _check_excluded(self, d: int, excluded: Sequence[int]) -> None:
+        extra = set(excluded) - {d}
+        if len(extra) > self.max_excluded:
+            # the neighbour lists are only deep enough to skip max_excluded tasks besides d's own;
+            # excluding more would silently give wrong neighbours (and u = inf)
+            raise ConfigError(
+                f"this FoldEngine was built for at most {self.max_excluded} excluded task(s), got {len(extra)}",
+                f"build it with max_excluded={len(extra)}",
+            )
+
+    def _merge(
+        self, d: int, items: np.ndarray, moved: np.ndarray, excluded: Sequence[int], width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``width`` training neighbours of task d's ``items`` (local, P) given per-item moved sets (P x s)."""
+        width = width or self.need
+        members = self.members[d]
+        cand_s, cand_i = self.cross_top(members[items], [d, *excluded], width)
+        if moved.shape[1]:
+            ms = self.within(d)[items[:, None], moved]
+            cand_s = np.concatenate([cand_s, ms], axis=1)
+            cand_i = np.concatenate([cand_i, members[moved]], axis=1)
+            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :width]
+            cand_s = np.take_along_axis(cand_s, order, axis=1)
+            cand_i = np.take_along_axis(cand_i, order, axis=1)
+        return cand_s, cand_i
+
+    def _predict(self, top_s: np.ndarray, top_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(g: P x M, per-item mean distance to the kappa nearest: P) from merged neighbour lists."""
+        g = neighbor_mean(self.Y, top_s[:, : self.k], top_i[:, : self.k], self.weights)
+        return g, (1.0 - top_s[:, : self.kappa].astype(np.float64)).mean(axis=1)
 
     def fold(
         self, d: int, excluded: Sequence[int], moved: np.ndarray | None = None
@@ -190,38 +231,18 @@ class FoldEngine:
         ``moved`` is r x s local indices of d's items moved into training (one row per repeat), or
         None for s = 0. Returns (g: r x n_rem x M, u: r, remaining local indices r x n_rem).
         """
-        extra = set(excluded) - {d}
-        if len(extra) > self.max_excluded:
-            # the neighbour lists are only deep enough to skip max_excluded tasks besides d's own;
-            # excluding more would silently give wrong neighbours (and u = inf)
-            raise ConfigError(
-                f"this FoldEngine was built for at most {self.max_excluded} excluded task(s), got {len(extra)}",
-                f"build it with max_excluded={len(extra)}",
-            )
-        members = self.members[d]
-        n = len(members)
+        self._check_excluded(d, excluded)
+        n = len(self.members[d])
         if moved is None:
             moved = np.zeros((1, 0), dtype=np.int64)
         r, s = moved.shape
         keep = np.ones((r, n), dtype=bool)
         np.put_along_axis(keep, moved, False, axis=1)
         rem = np.nonzero(keep)[1].reshape(r, n - s)
-        cs, ci = self.cross_top(members, [d, *excluded])
-        cand_s, cand_i = cs[rem], ci[rem]  # r x n_rem x need
-        if s:
-            w = self.within(d)
-            ms = w[rem[:, :, None], moved[:, None, :]]  # r x n_rem x s
-            mi = np.broadcast_to(members[moved][:, None, :], ms.shape)
-            cand_s = np.concatenate([cand_s, ms], axis=2)
-            cand_i = np.concatenate([cand_i, mi], axis=2)
-        order = np.argsort(-cand_s, axis=2, kind="stable")[:, :, : self.need]
-        top_s = np.take_along_axis(cand_s, order, axis=2)
-        top_i = np.take_along_axis(cand_i, order, axis=2)
-        kn_s, kn_i = top_s[:, :, : self.k], top_i[:, :, : self.k]
-        g = neighbor_mean(self.Y, kn_s.reshape(-1, self.k), kn_i.reshape(-1, self.k), self.weights)
-        g = g.reshape(r, n - s, -1)
-        u = (1.0 - top_s[:, :, : self.kappa]).mean(axis=(1, 2))
-        return g, u, rem
+        per_item_moved = np.repeat(moved, n - s, axis=0)
+        top_s, top_i = self._merge(d, rem.ravel(), per_item_moved, excluded)
+        g, dist = self._predict(top_s, top_i)
+        return g.reshape(r, n - s, -1), dist.reshape(r, n - s).mean(axis=1), rem
 
     def pairs(
         self,
@@ -237,45 +258,150 @@ class FoldEngine:
         The moved samples of (task, alpha, repeat) depend only on the seed and those three, so the
         same fold is the same whatever is excluded (nested runs share their draws).
         """
-        us, ps, ts, als, rs = [], [], [], [], []
-        conf_parts, corr_parts = [], []
+        table = self.nested_pairs(alphas, repeats, seed, cap, outer=list(excluded))
+        return table.for_excluded(excluded[0] if excluded else None, with_atc)
+
+    def nested_pairs(
+        self,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        repeats: int = 10,
+        seed: int = 0,
+        cap: int = 50,
+        outer: Sequence[int] | None = None,
+    ) -> NestedPairs:
+        """The pairs of the plain fit AND of every nested leave-one-task-out fit, in one pass.
+
+        Excluding an outer task d' changes an inner fold only for items whose merged neighbour list
+        (first max(k, kappa) entries) contains an item of d'. So each fold is computed once with
+        nothing excluded, and for each d' only those items are recomputed: the same numbers as
+        refitting per d', for a small multiple of one pass. ``outer`` limits which d' get corrections
+        (None = all tasks).
+        """
+        if outer is not None and len(outer) > 1:
+            raise ConfigError("nested pairs exclude one outer task at a time")
+        wanted = set(range(self.n_tasks)) if outer is None else set(outer)
+        folds: list[tuple[int, float, int, int]] = []  # (task, alpha, repeat, n_rem)
+        u_sum: list[float] = []
+        p_sum: list[np.ndarray] = []
+        fix: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {x: [] for x in wanted}
+        atc_base: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        atc_fix: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {x: [] for x in wanted}
         for d in range(self.n_tasks):
-            if d in excluded or len(self.members[d]) < 2:
+            n = len(self.members[d])
+            if n < 2:
                 continue
             ytask = self.Y[self.members[d]] > 0.5
             for a_i, alpha in enumerate(alphas):
-                s = n_moved(alpha, len(self.members[d]), cap)
+                s = n_moved(alpha, n, cap)
                 reps = 1 if s == 0 else repeats
-                moved = None
-                if s:
-                    moved = np.stack(
-                        [
-                            np.sort(np.random.default_rng([seed, d, a_i, rep]).choice(len(self.members[d]), s, replace=False))
-                            for rep in range(reps)
-                        ]
-                    )
-                g, u, rem = self.fold(d, excluded, moved)
-                pred = g > self.threshold
-                correct = pred == ytask[rem]
-                ps.append(correct.mean(axis=1))
-                us.append(u)
-                ts.append(np.full(reps, d))
-                als.append(np.full(reps, alpha))
-                rs.append(np.arange(reps))
-                if s == 0 and with_atc:
-                    conf_parts.append(np.maximum(g[0], 1.0 - g[0]))
-                    corr_parts.append(correct[0])
-        if not us:
-            raise ConfigError("no task left to train the confidence model on (need at least 2 tasks)")
-        out = ConfidencePairs(
-            np.concatenate(us), np.concatenate(ps), np.concatenate(ts), np.concatenate(als), np.concatenate(rs)
-        )
-        if conf_parts:
-            out.atc_conf = np.concatenate(conf_parts)
-            out.atc_correct = np.concatenate(corr_parts)
-        return out
+                moved = self._moved_draws(d, a_i, s, reps, seed) if s else np.zeros((1, 0), dtype=np.int64)
+                keep = np.ones((reps, n), dtype=bool)
+                np.put_along_axis(keep, moved, False, axis=1)
+                rem = np.nonzero(keep)[1].reshape(reps, n - s)
+                items = rem.ravel()
+                item_moved = np.repeat(moved, n - s, axis=0)
+                rep_of = np.repeat(np.arange(reps), n - s)
+                long_s, long_i = self._merge(d, items, item_moved, (), 2 * self.need)
+                g, dist = self._predict(long_s, long_i)
+                correct = (g > self.threshold) == ytask[items]
+                z0 = len(folds)
+                for rep in range(reps):
+                    folds.append((d, float(alpha), rep, n - s))
+                u_sum.extend(np.bincount(rep_of, weights=dist, minlength=reps))
+                p_sum.extend(_group_sum(correct, rep_of, reps))
+                if s == 0:
+                    atc_base[d] = (np.maximum(g, 1.0 - g), correct)
+                self._corrections(d, items, item_moved, rep_of, reps, long_s, long_i, dist, correct, ytask,
+                                  wanted, z0, fix, atc_fix if s == 0 else None)
+        return NestedPairs(folds, np.array(u_sum), np.array(p_sum, dtype=np.float64), fix, atc_base, atc_fix)
+
+    def _corrections(
+        self, d: int, items: np.ndarray, item_moved: np.ndarray, rep_of: np.ndarray, reps: int,
+        long_s: np.ndarray, long_i: np.ndarray, dist: np.ndarray, correct: np.ndarray, ytask: np.ndarray,
+        wanted: set[int], z0: int, fix: dict[int, list[tuple[int, np.ndarray, np.ndarray]]],
+        atc_fix: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] | None,
+    ) -> None:
+        """Per outer task x found in an item's first max(k, kappa) neighbours: that item without x.
+
+        The merged list is kept twice as long as needed, so dropping x's entries usually leaves
+        enough; the rare item where it does not is recomputed from the full cross list.
+        """
+        long_t = self.task_index[long_i]
+        present = np.zeros((len(items), self.n_tasks), dtype=bool)
+        present[np.arange(len(items))[:, None], long_t[:, : self.need]] = True
+        present[:, d] = False
+        present[:, [x for x in range(self.n_tasks) if x not in wanted]] = False
+        pp, xx = np.nonzero(present)
+        if not len(pp):
+            return
+        keep = long_t[pp] != xx[:, None]
+        order = np.argsort(~keep, axis=1, kind="stable")[:, : self.need]
+        new_s = np.take_along_axis(long_s[pp], order, axis=1)
+        new_i = np.take_along_axis(long_i[pp], order, axis=1)
+        short = np.flatnonzero(keep.sum(axis=1) < self.need)
+        for x in np.unique(xx[short]):
+            rows = short[xx[short] == x]
+            new_s[rows], new_i[rows] = self._merge(d, items[pp[rows]], item_moved[pp[rows]], (int(x),))
+        g2, dist2 = self._predict(new_s, new_i)
+        corr2 = (g2 > self.threshold) == ytask[items[pp]]
+        key = xx * reps + rep_of[pp]
+        du = np.bincount(key, weights=dist2 - dist[pp], minlength=self.n_tasks * reps).reshape(self.n_tasks, reps)
+        dp = _group_sum(corr2.astype(np.int8) - correct[pp].astype(np.int8), key, self.n_tasks * reps)
+        dp = dp.reshape(self.n_tasks, reps, -1)
+        for x in np.unique(xx):
+            fix[int(x)].append((z0, du[x], dp[x]))
+            if atc_fix is not None:
+                sel = xx == x
+                atc_fix[int(x)].append((d, pp[sel], np.maximum(g2[sel], 1.0 - g2[sel]), corr2[sel]))
 
     def test_fold(self, d: int, excluded: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         """(g for all items of d, u(d)) with d and ``excluded`` out of training: a held-out task."""
         g, u, _ = self.fold(d, excluded, None)
         return g[0], float(u[0])
+
+
+def _group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row sums of ``values`` (P x M) per group id (P,) -> n_groups x M."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(groups)), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups)))
+    return np.asarray(onehot @ values.astype(np.float64))
+
+
+@dataclass
+class NestedPairs:
+    """Every fold's (u, p) with nothing excluded, plus per-outer-task corrections (see nested_pairs)."""
+
+    folds: list[tuple[int, float, int, int]]
+    u_sum: np.ndarray  # Z, sum over remaining items of the per-item distance
+    p_sum: np.ndarray  # Z x M, count of correct thresholded predictions
+    fix: dict[int, list[tuple[int, np.ndarray, np.ndarray]]]  # outer -> (first fold, du per repeat, dp)
+    atc_base: dict[int, tuple[np.ndarray, np.ndarray]]
+    atc_fix: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]
+
+    def for_excluded(self, outer: int | None, with_atc: bool = True) -> ConfidencePairs:
+        """The pairs a fit without task ``outer`` would produce (None: nothing held out)."""
+        if outer is not None and outer not in self.fix:
+            raise ConfigError(f"no corrections were computed for outer task {outer}")
+        u_sum, p_sum = self.u_sum.copy(), self.p_sum.copy()
+        for z0, du, dp in self.fix.get(outer, []) if outer is not None else []:
+            u_sum[z0 : z0 + len(du)] += du
+            p_sum[z0 : z0 + len(du)] += dp
+        task = np.array([f[0] for f in self.folds])
+        n_rem = np.array([f[3] for f in self.folds], dtype=np.float64)
+        keep = task != (-1 if outer is None else outer)
+        if not keep.any():
+            raise ConfigError("no task left to train the confidence model on (need at least 2 tasks)")
+        out = ConfidencePairs(
+            (u_sum / n_rem)[keep], (p_sum / n_rem[:, None])[keep], task[keep],
+            np.array([f[1] for f in self.folds])[keep], np.array([f[2] for f in self.folds])[keep],
+        )
+        if with_atc and self.atc_base:
+            conf = {d: c.copy() for d, (c, _) in self.atc_base.items() if d != outer}
+            corr = {d: c.copy() for d, (_, c) in self.atc_base.items() if d != outer}
+            for d, hit, c2, k2 in self.atc_fix.get(outer, []) if outer is not None else []:
+                conf[d][hit] = c2
+                corr[d][hit] = k2
+            out.atc_conf = np.concatenate([conf[d] for d in sorted(conf)])
+            out.atc_correct = np.concatenate([corr[d] for d in sorted(corr)])
+        return out

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from .confidence import ATCEstimator, FoldEngine, KernelSmoother, n_moved
+from .confidence import ATCEstimator, FoldEngine, KernelSmoother, NestedPairs, n_moved
 from .errors import ConfigError
 from .router import Router
 from .scores import s1, s2, s3, trust_rule
@@ -74,12 +74,15 @@ class LOTOEvaluator:
         self.task_acc = np.stack([self.Y[self.ti == d].mean(axis=0) for d in range(benchmark.n_tasks)])
         self.params_b = benchmark.model_info["params_b"].to_numpy(dtype=float) if "params_b" in benchmark.model_info else np.full(benchmark.n_models, np.nan)
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
+        self._nested: NestedPairs | None = None
 
     def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
         """The confidence model for held-out task d, trained on folds that never see d (cached)."""
         if d not in self._confidence:
             r = self.router
-            pairs = self.engine.pairs([d], r.alphas, r.repeats, r.seed, r.cap)
+            if self._nested is None:
+                self._nested = self.engine.nested_pairs(r.alphas, r.repeats, r.seed, r.cap)
+            pairs = self._nested.for_excluded(d)
             ks = KernelSmoother(r.sigma).fit(pairs.u, pairs.p)
             atc = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
             self._confidence[d] = (ks, atc, pairs.u[pairs.alpha == 0])
