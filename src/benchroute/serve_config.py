@@ -59,7 +59,7 @@ class UpstreamModel(_Strict):
         if parts.query or parts.fragment:
             raise ValueError(f"{v!r}: a base URL takes no query string or fragment")
         try:
-            parts.port  # noqa: B018 - raises on a bad port
+            _ = parts.port  # raises on a bad port
         except ValueError as exc:
             raise ValueError(f"{v!r}: bad port ({exc})") from None
         return v.strip().rstrip("/")
