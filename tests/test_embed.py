@@ -118,7 +118,7 @@ def test_pack_round_trip_and_tamper_detection(tmp_path: Path) -> None:
     vecs = emb.encode(TEXTS)
     pack = tmp_path / "p.safetensors"
     assert export_pack(src, emb.model_id, TEXTS, pack) == 3
-    meta, hashes, got = read_pack(pack)
+    meta, _hashes, _got = read_pack(pack)
     assert meta["model_id"] == emb.model_id and int(meta["count"]) == 3
     dst = EmbeddingCache(tmp_path / "dst.sqlite")
     assert import_pack(dst, pack, emb.model_id) == 3

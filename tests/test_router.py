@@ -274,12 +274,6 @@ def test_save_load_recommend_identical(fitted_router, held_out, tmp_path: Path) 
     assert b"pickle" not in (path / "router.json").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="router.py bug (reported): task_accuracy_ is float32 in fit but float64 after load, so the "
-    "best-on-average model among tied candidates can change after save/load",
-)
 def test_save_load_same_best_on_average_for_tied_candidates(fitted_router, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # two models whose macro accuracies are equal in float32 but not in float64 on this data slice
     inputs, _ = held_out
@@ -298,11 +292,6 @@ def test_save_load_logreg_predictor(train_bench, held_out, tmp_path: Path) -> No
     assert loaded.recommend(inputs).to_dict() == router.recommend(inputs).to_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router.py bug (reported): a predictor instance's parameters are not saved "
-    "(weights='distance' and k come back as the defaults, a custom MLP fails to load)",
-)
 @pytest.mark.parametrize(
     "predictor",
     [KNNCorrectness(k=3, weights="distance"), MLPCorrectness(hidden=(16,), epochs=3)],
@@ -316,12 +305,6 @@ def test_save_load_predictor_instance(train_bench, held_out, tmp_path: Path, pre
     assert loaded.recommend(inputs).to_dict() == router.recommend(inputs).to_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="router.py bug (reported): the confidence folds and nearest_tasks use Router.k, "
-    "not the k of a KNNCorrectness instance passed as predictor",
-)
 def test_knn_instance_equals_knn_by_name(train_bench, held_out) -> None:  # type: ignore[no-untyped-def]
     inputs, _ = held_out
     small = train_bench.select(models=train_bench.models[:6])
@@ -429,9 +412,6 @@ def test_empty_inputs_are_config_errors(fitted_router) -> None:  # type: ignore[
         fitted_router.route([])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError, reason="router.py bug (reported): an empty embedding array gives a numpy ValueError"
-)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_empty_embedding_array_is_config_error(fitted_router) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError):

@@ -190,7 +190,9 @@ class Router:
         self.X_ = emb
         self.Y_ = Y
         self.task_index_ = np.asarray(benchmark.task_index, dtype=np.int32)
-        self.task_accuracy_ = np.stack([Y[self.task_index_ == d].mean(axis=0) for d in range(len(self.tasks_))])
+        self.task_accuracy_ = np.stack(
+            [Y[self.task_index_ == d].mean(axis=0, dtype=np.float64) for d in range(len(self.tasks_))]
+        )
         info = benchmark.model_info
         self.params_b_ = _column(info, "params_b", self.models_)
         self.cost_ = _model_cost(info, self.models_)
@@ -202,7 +204,7 @@ class Router:
     def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
         if isinstance(self.predictor_, KNNCorrectness):
             engine = FoldEngine(
-                self.X_, self.Y_, self.task_index_, k=self.k, kappa=self.kappa, threshold=self.t,
+                self.X_, self.Y_, self.task_index_, k=self.predictor_.k, kappa=self.kappa, threshold=self.t,
                 weights=self.predictor_.weights,
             )
             return engine.pairs(excluded, self.alphas, self.repeats, self.seed, self.cap)
@@ -244,6 +246,13 @@ class Router:
     def embed(self, inputs: Sequence[str] | np.ndarray) -> np.ndarray:
         """Embeddings of ``inputs`` (texts are embedded with the router's model, through the cache)."""
         if isinstance(inputs, np.ndarray):
+            if inputs.ndim != 2 or len(inputs) == 0:
+                raise ConfigError(f"no inputs given (embeddings of shape {inputs.shape})", "pass an n x d array, n >= 1")
+            if hasattr(self, "X_") and inputs.shape[1] != self.X_.shape[1]:
+                raise ConfigError(
+                    f"embeddings have {inputs.shape[1]} dimensions, the router's have {self.X_.shape[1]}",
+                    f"embed with {self.embedding_model}",
+                )
             return normalize(inputs)
         if isinstance(inputs, str):
             raise ConfigError("inputs must be a list of texts, not one string")
@@ -367,7 +376,7 @@ class Router:
 
     def nearest_tasks(self, X: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
         """Which benchmark tasks the inputs' k nearest questions come from, with their shares."""
-        _, idx = exact_search(normalize(X), self.X_, self.k)
+        _, idx = exact_search(normalize(X), self.X_, getattr(self.predictor_, "k", self.k))
         counts = np.bincount(self.task_index_[idx].ravel(), minlength=len(self.tasks_))
         share = counts / counts.sum()
         order = np.argsort(-share, kind="stable")[:top]
@@ -452,9 +461,9 @@ class Router:
             raise ConfigError("add_model without refitting needs the kNN predictor", "refit the router instead")
         self.predictor_.add_output(y)
         self.Y_ = np.hstack([self.Y_, y[:, None]])
-        col = np.array([[y[(self.task_index_ == d) & known].mean() if ((self.task_index_ == d) & known).any()
+        col = np.array([[y[(self.task_index_ == d) & known].mean(dtype=np.float64) if ((self.task_index_ == d) & known).any()
                          else np.nan for d in range(len(self.tasks_))]]).T
-        self.task_accuracy_ = np.hstack([self.task_accuracy_, np.where(np.isnan(col), y.mean(), col)])
+        self.task_accuracy_ = np.hstack([self.task_accuracy_, np.where(np.isnan(col), y.mean(dtype=np.float64), col)])
         self.models_.append(name)
         self.params_b_ = np.append(self.params_b_, np.nan if params_b is None else params_b)
         self.cost_ = np.append(self.cost_, np.nan if cost is None else cost)
@@ -527,6 +536,9 @@ class Router:
             "models": self.models_,
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "card_extra": jsonable(card_extra or {}),
+            "predictor_params": (
+                None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
+            ),
         }
         text = json.dumps(payload, sort_keys=True)
         doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -562,7 +574,15 @@ class Router:
         if hashlib.sha256(blob).hexdigest() != payload["arrays_sha256"]:
             raise IntegrityError(f"{path / 'arrays.safetensors'}: checksum mismatch (corrupt or truncated)")
         arrays = st_load(blob)
-        router = cls(**payload["params"])
+        params = dict(payload["params"])
+        custom = payload.get("predictor_params")
+        if custom is not None:
+            from .predictors import PREDICTORS
+
+            if "hidden" in custom:
+                custom["hidden"] = tuple(custom["hidden"])
+            params["predictor"] = PREDICTORS[params["predictor"]](**custom)
+        router = cls(**params)
         router.tasks_ = list(payload["tasks"])
         router.models_ = list(payload["models"])
         router.X_ = arrays["X"]
