@@ -157,8 +157,8 @@ def router_overhead(router_dir: str, queries: list[str], reps: int) -> dict[str,
 
 
 def synthetic_overhead(n: int, dim: int, models: int, reps: int) -> dict[str, tuple[float, float]]:
-    """kNN on an openllm_v2-sized random store: one query at a time with FAISS' default threads and
-    with one thread (as ``serve`` runs it), and a batch of 16 queries (time per query)."""
+    """kNN on an openllm_v2-sized random store, one query at a time, with one OpenMP thread per
+    search (as ``serve`` runs it) and with one per CPU (FAISS' default)."""
     import faiss
 
     from benchroute.predictors import KNNCorrectness
@@ -169,20 +169,12 @@ def synthetic_overhead(n: int, dim: int, models: int, reps: int) -> dict[str, tu
     knn = KNNCorrectness(k=5).fit(store, Y)
     X = rng.standard_normal((256, dim)).astype(np.float32)
     out = {}
-    default_threads = faiss.omp_get_max_threads()
-    for label, threads in ((f"{default_threads} FAISS threads", default_threads), ("1 FAISS thread", 1)):
+    cpus = os.cpu_count() or 1
+    for label, threads in (("1 FAISS thread (as served)", 1), (f"{cpus} FAISS threads (FAISS default)", cpus)):
         faiss.omp_set_num_threads(threads)
         _overhead(knn, X, 20)
         out[label] = _overhead(knn, X, reps)
-    times = []
-    for i in range(max(reps // 16, 10)):
-        batch = X[(16 * i) % 240:(16 * i) % 240 + 16]
-        t = time.perf_counter()
-        np.argmax(knn.predict_proba(batch), axis=1)
-        times.append((time.perf_counter() - t) / 16)
-    ms = np.array(times) * 1000
-    out["batches of 16, per query, 1 thread"] = (float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
-    faiss.omp_set_num_threads(default_threads)
+    faiss.omp_set_num_threads(1)
     return out
 
 

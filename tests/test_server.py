@@ -371,7 +371,9 @@ def test_invalid_bodies_are_422_with_a_clear_message(server: ServerThread, clien
 # ------------------------------------------------------------------------------- upstream failures
 
 
-def test_upstream_error_or_timeout_falls_back(client: openai.OpenAI, up: Any) -> None:
+def test_upstream_error_or_timeout_falls_back(client: openai.OpenAI, up: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
     up.fail, up.fail_models = "500", {"up-code"}
     resp, headers = _chat(client, CODE_Q)
     assert resp.model == "trivia-llm" and resp.choices[0].message.content == "up-trivia says hi"
@@ -394,6 +396,9 @@ def test_upstream_error_or_timeout_falls_back(client: openai.OpenAI, up: Any) ->
     assert info.value.status_code == 502
     err = info.value.body
     assert err["type"] == "upstream_error" and "fallback 'trivia-llm' failed too" in err["message"]
+    # failures are logged by model name, without any key
+    assert "upstream code-llm failed (upstream_error: HTTP 500)" in caplog.text
+    assert KEY not in caplog.text and UPSTREAM_KEY not in caplog.text
 
 
 def test_stream_cut_midway_ends_with_an_error_event(client: openai.OpenAI, up: Any) -> None:
@@ -451,7 +456,7 @@ def test_route_endpoint(server: ServerThread) -> None:
     assert r.status_code == 200
     data = r.json()["data"]
     assert [d["model"] for d in data] == MODELS
-    assert [d["index"] for d in data] == [0, 1, 2]
+    assert [d["input_index"] for d in data] == [0, 1, 2]
     for d in data:
         assert set(d["per_model"]) == set(MODELS)
         assert d["per_model"][d["model"]] == max(d["per_model"].values()) == d["probability"]

@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .errors import BenchrouteError, ConfigError, DataError, ModelNotAvailableError
+from .io import jsonable
 from .serve_config import (
     ResolvedConfig,
     ResolvedProfile,
@@ -697,11 +698,7 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
             metrics.inc("benchroute_routed_total", endpoint="route", model=d.model)
         return {
             "object": "list",
-            "data": [
-                {"index": d.input_index, "model": d.model, "probability": d.probability, "reason": d.reason,
-                 "per_model": d.per_model}
-                for d in decisions
-            ],
+            "data": [jsonable(asdict(d)) for d in decisions],  # the same objects as `benchroute route --json`
             "best_on_average": router.models_[int(router.best_on_average_)],
         }
 
