@@ -351,6 +351,19 @@ def route(
         console.print(f"{d.model}\t{d.probability:.3f}\t{d.reason}\t{text[:60]!r}")
 
 
+@app.command()
+def serve(
+    router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
+    config: Annotated[Path | None, typer.Option("--config", help="serve.yaml: upstreams, profiles, auth, limits.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve the routing API and an OpenAI-compatible routing proxy (docs/server.md)."""
+    from .server import serve as run_server
+
+    run_server(router_dir, config, host=host, port=port)
+
+
 # --------------------------------------------------------------------------- experiments
 def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
                 sweep_repeats: int, instance_data: str, seed: int) -> None:

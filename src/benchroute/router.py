@@ -260,9 +260,16 @@ class Router:
             raise ConfigError("no inputs given", "pass at least one input of the new task")
         if any(not isinstance(x, str) or not x.strip() for x in inputs):
             raise ConfigError("every input must be a non-empty string")
-        from .embed import Embedder
+        return self.embedder.encode(list(inputs))
 
-        return Embedder(self.embedding_model).encode(list(inputs))
+    @property
+    def embedder(self) -> Any:
+        """The router's Embedder, created once: loading a sentence-transformers model takes seconds."""
+        if getattr(self, "_embedder", None) is None:
+            from .embed import Embedder
+
+            self._embedder = Embedder(self.embedding_model)
+        return self._embedder
 
     def model_position(self, name: str) -> int:
         try:
