@@ -149,6 +149,7 @@ class FoldEngine:
         threshold: float = 0.5,
         weights: str = "uniform",
         max_excluded: int = 1,
+        max_k: int = 0,
     ) -> None:
         self.emb = normalize(emb)
         self.Y = np.asarray(Y, dtype=np.float32)
@@ -159,7 +160,8 @@ class FoldEngine:
         self.members = [np.flatnonzero(self.task_index == d) for d in range(self.n_tasks)]
         sizes = sorted((len(m) for m in self.members), reverse=True)
         self.need = max(k, kappa)
-        depth = self.need + sum(sizes[:max_excluded])
+        self.max_k = max_k
+        depth = max(self.need, max_k) + sum(sizes[:max_excluded])
         self.cross_s, self.cross_i = cross_task_neighbors(self.emb, self.task_index, depth)
         self.cross_t = self.task_index[self.cross_i]
         self._within: dict[int, np.ndarray] = {}
@@ -353,6 +355,33 @@ class FoldEngine:
             if atc_fix is not None:
                 sel = xx == x
                 atc_fix[int(x)].append((d, pp[sel], np.maximum(g2[sel], 1.0 - g2[sel]), corr2[sel]))
+
+    def s1_curve(
+        self, d: int, excluded: Sequence[int], ks: Sequence[int], moved: np.ndarray | None = None
+    ) -> np.ndarray:
+        """S1 of task d (mean over its items of the k-NN mean label) for each k in ``ks``: len(ks) x M.
+
+        With ``moved`` (1 x s local indices) those samples join training and are not scored. The
+        mean over items of a neighbour mean is a weighted count of training rows, so each k costs
+        one bincount and one sparse product instead of an n x k x M gather.
+        """
+        self._check_excluded(d, excluded)
+        width = max(ks)
+        if width > max(self.need, self.max_k):
+            raise ConfigError(f"k = {width} exceeds this FoldEngine's depth", f"build it with max_k={width}")
+        n = len(self.members[d])
+        if moved is None:
+            moved = np.zeros((1, 0), dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        keep[moved[0]] = False
+        items = np.flatnonzero(keep)
+        _, nb = self._merge(d, items, np.repeat(moved, len(items), axis=0), excluded, width)
+        out = np.zeros((len(ks), self.Y.shape[1]))
+        for j, k in enumerate(ks):
+            counts = np.bincount(nb[:, :k].ravel(), minlength=len(self.Y))
+            nz = np.flatnonzero(counts)
+            out[j] = (counts[nz] @ self.Y[nz]) / (len(items) * k)
+        return out
 
     def test_fold(self, d: int, excluded: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         """(g for all items of d, u(d)) with d and ``excluded`` out of training: a held-out task."""

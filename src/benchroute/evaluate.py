@@ -19,7 +19,7 @@ from scipy.stats import pearsonr, spearmanr
 from .confidence import ATCEstimator, FoldEngine, KernelSmoother, NestedPairs, n_moved
 from .errors import ConfigError
 from .router import Router
-from .scores import s1, s2, s3, trust_rule
+from .scores import BlendChoice, blend, s1, s2, s3, select_blend, trust_rule
 
 #: Methods of the LOTO table, in display order.
 METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
@@ -70,11 +70,13 @@ class LOTOEvaluator:
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
         r = self.router
-        self.engine = FoldEngine(benchmark.embeddings, self.Y, self.ti, k=r.k, kappa=r.kappa, threshold=r.t)
+        self.engine = FoldEngine(benchmark.embeddings, self.Y, self.ti, k=r.k, kappa=r.kappa, threshold=r.t,
+                                 max_k=max(r.blend_ks) if r.score == "blend" else 0)
         self.task_acc = np.stack([self.Y[self.ti == d].mean(axis=0) for d in range(benchmark.n_tasks)])
         self.params_b = benchmark.model_info["params_b"].to_numpy(dtype=float) if "params_b" in benchmark.model_info else np.full(benchmark.n_models, np.nan)
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
         self._nested: NestedPairs | None = None
+        self._blend: dict[int, BlendChoice] = {}
 
     def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
         """The confidence model for held-out task d, trained on folds that never see d (cached)."""
@@ -87,6 +89,16 @@ class LOTOEvaluator:
             atc = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
             self._confidence[d] = (ks, atc, pairs.u[pairs.alpha == 0])
         return self._confidence[d]
+
+    def blend_choice(self, d: int) -> BlendChoice:
+        """The blend's (k, lambda) for held-out task d, chosen by LOTO over the other tasks without d."""
+        if d not in self._blend:
+            r = self.router
+            inner = [x for x in range(self.bench.n_tasks) if x != d]
+            curves = {x: self.engine.s1_curve(x, [d], r.blend_ks) for x in inner}
+            priors = {x: self.task_acc[[t for t in inner if t != x]].mean(axis=0) for x in inner}
+            self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas)
+        return self._blend[d]
 
     def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
                       candidates: np.ndarray | None = None) -> TaskOutcome:
@@ -120,7 +132,13 @@ class LOTOEvaluator:
                               eta=r.eta, draws=r.draws, seed=r.seed)
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
-        choice["Router"], scores["Router"] = choice["S3_trust"], scores["S3"]
+        if r.score == "blend":
+            bc = self.blend_choice(d)
+            curve = self.engine.s1_curve(d, [], (bc.k,), moved)
+            scores["Router"] = blend(curve[0], train_acc, bc.lam)
+            choice["Router"] = int(np.argmax(np.where(mask, scores["Router"], -np.inf)))
+        else:
+            choice["Router"], scores["Router"] = choice["S3_trust"], scores["S3"]
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle

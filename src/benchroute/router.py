@@ -25,10 +25,21 @@ from .errors import ConfigError, IntegrityError, NotFittedError
 from .io import atomic_write_bytes, atomic_write_text, jsonable
 from .neighbors import exact_search, normalize
 from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
-from .scores import TrustDecision, s1, s2, s3, trust_rule
+from .scores import (
+    BLEND_KS,
+    BLEND_LAMBDAS,
+    BlendChoice,
+    TrustDecision,
+    blend,
+    s1,
+    s2,
+    s3,
+    select_blend,
+    trust_rule,
+)
 
 FORMAT_VERSION = 1
-SCORES = ("S1", "S2", "S3")
+SCORES = ("S1", "S2", "S3", "blend")
 
 
 @dataclass
@@ -120,7 +131,7 @@ class Router:
         self,
         predictor: Any = "knn",
         k: int = 5,
-        score: str = "S3",
+        score: str = "blend",
         t: float = 0.5,
         kappa: int = 19,
         sigma: float = 0.09,
@@ -133,6 +144,8 @@ class Router:
         draws: int = 10_000,
         embedding_model: str = "all-mpnet-base-v2",
         seed: int = 0,
+        blend_ks: Sequence[int] = BLEND_KS,
+        blend_lambdas: Sequence[float] = BLEND_LAMBDAS,
     ) -> None:
         self.predictor = predictor
         self.k = k
@@ -149,6 +162,8 @@ class Router:
         self.draws = draws
         self.embedding_model = embedding_model
         self.seed = seed
+        self.blend_ks = tuple(blend_ks)
+        self.blend_lambdas = tuple(blend_lambdas)
 
     # ------------------------------------------------------------------ fitting
     def _make_predictor(self) -> Any:
@@ -199,14 +214,27 @@ class Router:
         self.predictor_ = self._make_predictor().fit(emb, Y)
         pairs = self._confidence_pairs(excluded=())
         self._fit_confidence(pairs)
+        if self.score == "blend":
+            self._fit_blend()
         return self
+
+    def _engine(self, max_k: int = 0) -> FoldEngine:
+        k = getattr(self.predictor_, "k", self.k)
+        weights = getattr(self.predictor_, "weights", "uniform")
+        return FoldEngine(self.X_, self.Y_, self.task_index_, k=k, kappa=self.kappa, threshold=self.t,
+                          weights=weights, max_k=max_k)
+
+    def _fit_blend(self) -> None:
+        """Pick the blend's (k, lambda) by leave-one-task-out over the training tasks."""
+        engine = self._engine(max(self.blend_ks))
+        D = len(self.tasks_)
+        curves = {d: engine.s1_curve(d, (), self.blend_ks) for d in range(D)}
+        priors = {d: np.delete(self.task_accuracy_, d, axis=0).mean(axis=0) for d in range(D)}
+        self.blend_ = select_blend(curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas)
 
     def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
         if isinstance(self.predictor_, KNNCorrectness):
-            engine = FoldEngine(
-                self.X_, self.Y_, self.task_index_, k=self.predictor_.k, kappa=self.kappa, threshold=self.t,
-                weights=self.predictor_.weights,
-            )
+            engine = self._engine()
             return engine.pairs(excluded, self.alphas, self.repeats, self.seed, self.cap)
         return self._generic_pairs(excluded)
 
@@ -317,9 +345,13 @@ class Router:
             if pred is not None
             else self._make_predictor().fit(store_X, store_Y).predict_proba(X)
         )
-        u = _distance(X, store_X, self.kappa)
+        # one neighbour search serves the distance u(d') and the blend's wide neighbourhood
+        width = max(self.kappa, self.blend_.k if self.score == "blend" else 0)
+        sims, idx = exact_search(X, store_X, width)
+        u = float((1.0 - sims[:, : self.kappa]).mean())
+        s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1)) if self.score == "blend" else None
         p = self.estimate_p(u, g)
-        return self._decide(g, p, u, mask, n, n_labeled, few_shot, X)
+        return self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k)
 
     def estimate_p(self, u: float, g: np.ndarray) -> np.ndarray:
         """p(d', m): kernel smoother at u(d') (or ATC from the confidences of g)."""
@@ -337,14 +369,26 @@ class Router:
         n_labeled: int,
         few_shot: dict[str, float] | None,
         X: np.ndarray,
+        s1k: np.ndarray | None = None,
     ) -> Recommendation:
         v1, v2 = s1(g), s2(g, self.t)
         v3 = s3(v2, p)
-        score = {"S1": v1, "S2": v2, "S3": v3}[self.score]
+        prior = self.task_accuracy_.mean(axis=0)
+        scores = {"S1": v1, "S2": v2, "S3": v3}
+        extra: dict[str, Any] = {}
+        if s1k is not None:
+            scores["blend"] = blend(s1k, prior, self.blend_.lam)
+            extra["blend"] = {"k": self.blend_.k, "lambda": self.blend_.lam,
+                              "inner_accuracy": self.blend_.inner_accuracy,
+                              "bma_inner_accuracy": self.blend_.bma_inner_accuracy}
+        score = scores[self.score]
         masked = np.where(mask, score, -np.inf)
-        bma_scores = np.where(mask, self.task_accuracy_.mean(axis=0), -np.inf)
-        bma = int(np.argmax(bma_scores))
-        if self.trust:
+        bma = int(np.argmax(np.where(mask, prior, -np.inf)))
+        if s1k is not None:
+            cand = int(np.argmax(masked))
+            wide = int(np.argmax(np.where(mask, s1k, -np.inf)))
+            decision = TrustDecision(cand, wide, bma, None, self.eta, cand == bma and wide != bma)
+        elif self.trust:
             decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
         else:
             cand = int(np.argmax(masked))
@@ -369,7 +413,7 @@ class Router:
             fell_back=decision.fell_back,
             probability=decision.probability,
             eta=self.eta,
-            reason=decision.reason(self.models_),
+            reason=self._blend_reason(decision) if s1k is not None else decision.reason(self.models_),
             score=self.score,
             n_inputs=n,
             n_labeled=n_labeled,
@@ -379,7 +423,21 @@ class Router:
             nearest_tasks=self.nearest_tasks(X),
             ranking=ranking,
             few_shot=few_shot,
+            extra=extra,
         )
+
+    def _blend_reason(self, decision: TrustDecision) -> str:
+        names, b = self.models_, self.blend_
+        if b.lam == 1.0:
+            return (f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
+                    "found no blend of kNN accuracy that beats it (lambda=1)")
+        how = f"blend of kNN accuracy (k={b.k}) and the best-on-average prior (lambda={b.lam:g})"
+        if decision.fell_back:
+            return (f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
+                    f"{names[decision.candidate]} is not far enough ahead")
+        if decision.chosen == decision.fallback:
+            return f"{how}: the best-on-average model {names[decision.chosen]} also leads on this task"
+        return f"{how} routes to {names[decision.chosen]} (best on average: {names[decision.fallback]})"
 
     def nearest_tasks(self, X: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
         """Which benchmark tasks the inputs' k nearest questions come from, with their shares."""
@@ -506,6 +564,7 @@ class Router:
             "sigma": self.sigma, "p_estimator": self.p_estimator, "eta": self.eta, "trust": self.trust,
             "alphas": list(self.alphas), "repeats": self.repeats, "cap": self.cap, "draws": self.draws,
             "embedding_model": self.embedding_model, "seed": self.seed,
+            "blend_ks": list(self.blend_ks), "blend_lambdas": list(self.blend_lambdas),
         }
 
     def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
@@ -543,6 +602,7 @@ class Router:
             "models": self.models_,
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "card_extra": jsonable(card_extra or {}),
+            "blend": jsonable(vars(self.blend_)) if hasattr(self, "blend_") else None,
             "predictor_params": (
                 None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
             ),
@@ -610,6 +670,8 @@ class Router:
             predictor = predictor.fit(router.X_, router.Y_)
         router.predictor_ = predictor
         router._fit_confidence(pairs)
+        if payload.get("blend") is not None:
+            router.blend_ = BlendChoice(**payload["blend"])
         return router
 
     def model_card(self, extra: dict[str, Any] | None = None) -> str:

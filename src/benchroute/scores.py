@@ -123,3 +123,56 @@ def trust_rule(
     )
     trusted = prob > eta
     return TrustDecision(cand if trusted else best_on_average, cand, best_on_average, prob, eta, not trusted)
+
+
+#: Grid of the blended score: kNN neighbourhood sizes and weights of the best-on-average prior.
+BLEND_KS: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
+BLEND_LAMBDAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def blend(s1_at_k: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
+    """Blended score (1 - lambda) S1_k + lambda * prior: S1 shrunk toward the best-on-average ranking.
+
+    S1 from a wide neighbourhood estimates each model's accuracy on the new task, but noisily; the
+    prior (each model's mean accuracy over the benchmark tasks) is stable but ignores the task.
+    lambda = 1 is the best-on-average model itself, so the blend can never be forced to route.
+    """
+    return (1.0 - lam) * np.asarray(s1_at_k, dtype=np.float64) + lam * np.asarray(prior, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class BlendChoice:
+    """The (k, lambda) picked by leave-one-task-out over the training tasks, and its inner accuracy."""
+
+    k: int
+    lam: float
+    inner_accuracy: float
+    bma_inner_accuracy: float
+
+
+def select_blend(
+    curves: dict[int, np.ndarray],
+    priors: dict[int, np.ndarray],
+    accuracy: np.ndarray,
+    ks: tuple[int, ...] = BLEND_KS,
+    lambdas: tuple[float, ...] = BLEND_LAMBDAS,
+) -> BlendChoice:
+    """Pick (k, lambda) maximizing the mean accuracy of the chosen model over held-out training tasks.
+
+    ``curves[d]`` is task d's S1 at each k (len(ks) x M) computed without d (and without whatever
+    the caller holds out), ``priors[d]`` the mean accuracy over the training tasks other than d,
+    ``accuracy`` the true task x model accuracy. Ties prefer the larger lambda (closer to the
+    best-on-average model) and then the smaller k, so a choice that is not better is not taken.
+    """
+    tasks = sorted(curves)
+    if not tasks:
+        raise ValueError("select_blend needs at least one held-out training task")
+    best: tuple[float, float, int] | None = None
+    for lam in sorted(lambdas, reverse=True):
+        for j, k in enumerate(ks):
+            acc = float(np.mean([accuracy[d, int(np.argmax(blend(curves[d][j], priors[d], lam)))] for d in tasks]))
+            if best is None or acc > best[0] + 1e-12:
+                best = (acc, lam, k)
+    bma = float(np.mean([accuracy[d, int(np.argmax(priors[d]))] for d in tasks]))
+    assert best is not None
+    return BlendChoice(k=best[2], lam=best[1], inner_accuracy=best[0], bma_inner_accuracy=bma)
