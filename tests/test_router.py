@@ -24,7 +24,7 @@ def _check_recommendation(rec: Recommendation, models: list[str], n_inputs: int)
     """Invariants every recommendation satisfies."""
     assert [r.model for r in rec.ranking] and sorted(r.model for r in rec.ranking) == sorted(models)
     assert [r.rank for r in rec.ranking] == list(range(1, len(models) + 1))
-    key = {"S1": "s1", "S2": "s2", "S3": "s3"}[rec.score]
+    key = {"S1": "s1", "S2": "s2", "S3": "s3", "blend": "predicted_accuracy"}[rec.score]
     values = [getattr(r, key) for r in rec.ranking]
     assert values == sorted(values, reverse=True)  # ranked by the chosen score
     for r in rec.ranking:
@@ -35,7 +35,11 @@ def _check_recommendation(rec: Recommendation, models: list[str], n_inputs: int)
     assert rec.chosen in models and rec.candidate in models and rec.best_on_average in models
     assert rec.candidate == rec.ranking[0].model
     assert isinstance(rec.reason, str) and rec.reason
-    if rec.probability is None:
+    if rec.score == "blend":  # no trust rule: the blend's lambda is the shrinkage toward the BMA model
+        assert rec.probability is None and rec.chosen == rec.candidate
+        assert rec.extra["blend"]["k"] in (5, 10, 20, 50, 100, 200)
+        assert rec.fell_back == (rec.chosen == rec.best_on_average != rec.extra["blend"]["knn_favourite"])
+    elif rec.probability is None:
         assert rec.candidate == rec.best_on_average and not rec.fell_back
     else:
         assert 0 <= rec.probability <= 1
@@ -94,6 +98,19 @@ def test_other_scores_rank_the_models(make_router, train_bench, held_out, score:
     rec = make_router(score=score).recommend(inputs)
     assert rec.score == score
     _check_recommendation(rec, train_bench.models, len(inputs))
+
+
+def test_default_blend_router(make_router, train_bench, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert Router().score == "blend"
+    inputs, _ = held_out
+    router = make_router(score="blend")
+    rec = router.recommend(inputs)
+    _check_recommendation(rec, train_bench.models, len(inputs))
+    blend = rec.extra["blend"]
+    assert blend["lambda"] in router.blend_lambdas and blend["inner_accuracy"] >= blend["bma_inner_accuracy"]
+    top = rec.ranking[0]
+    assert top.predicted_accuracy >= rec.ranking[-1].predicted_accuracy
+    assert Router.load(router.save(tmp_path / "r")).recommend(inputs).to_dict() == rec.to_dict()
 
 
 def test_trust_off_never_falls_back(make_router, held_out) -> None:  # type: ignore[no-untyped-def]

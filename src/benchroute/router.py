@@ -387,7 +387,8 @@ class Router:
         if s1k is not None:
             cand = int(np.argmax(masked))
             wide = int(np.argmax(np.where(mask, s1k, -np.inf)))
-            decision = TrustDecision(cand, wide, bma, None, self.eta, cand == bma and wide != bma)
+            decision = TrustDecision(cand, cand, bma, None, self.eta, cand == bma and wide != bma)
+            extra["blend"]["knn_favourite"] = self.models_[wide]
         elif self.trust:
             decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
         else:
@@ -413,7 +414,8 @@ class Router:
             fell_back=decision.fell_back,
             probability=decision.probability,
             eta=self.eta,
-            reason=self._blend_reason(decision) if s1k is not None else decision.reason(self.models_),
+            reason=(self._blend_reason(decision, extra["blend"]["knn_favourite"]) if s1k is not None
+                    else decision.reason(self.models_)),
             score=self.score,
             n_inputs=n,
             n_labeled=n_labeled,
@@ -426,7 +428,7 @@ class Router:
             extra=extra,
         )
 
-    def _blend_reason(self, decision: TrustDecision) -> str:
+    def _blend_reason(self, decision: TrustDecision, favourite: str) -> str:
         names, b = self.models_, self.blend_
         if b.lam == 1.0:
             return (f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
@@ -434,7 +436,7 @@ class Router:
         how = f"blend of kNN accuracy (k={b.k}) and the best-on-average prior (lambda={b.lam:g})"
         if decision.fell_back:
             return (f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
-                    f"{names[decision.candidate]} is not far enough ahead")
+                    f"{favourite} is not far enough ahead")
         if decision.chosen == decision.fallback:
             return f"{how}: the best-on-average model {names[decision.chosen]} also leads on this task"
         return f"{how} routes to {names[decision.chosen]} (best on average: {names[decision.fallback]})"
