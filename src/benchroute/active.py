@@ -1,0 +1,233 @@
+"""Active labeling of a new task: which few inputs should a user label to improve the recommendation?
+
+The paper (Shnitzer et al., 2023) shows that a few labeled samples of the new task, moved into
+training, close much of the out-of-distribution gap (its alpha sweep draws them at random), and names
+"active learning of which samples to label" as future work. A label of input x is every candidate
+model's 0/1 correctness on x; with the kNN router it joins the neighbour pool of the task's other
+inputs (and the few-shot estimate). :func:`suggest_labels` ranks the inputs to label by one of:
+
+* ``random``: a seeded uniform sample. The baseline every other strategy must beat at equal budget.
+* ``uncertainty``: the inputs where the top-scoring models' predicted correctness disagrees most.
+  Only the ranking among the leading candidates decides the recommendation; an input on which all
+  of them are predicted right (or all wrong) cannot reorder them, one where some are predicted right
+  and others wrong can. Disagreement = variance across the top models of g_m(x); ties are broken by
+  their mean binary entropy (all predicted 50/50 is still informative), then by index.
+* ``diversity``: greedy k-center on the embeddings (cosine distance), starting from the input
+  nearest the centroid. The labeled inputs become neighbours of the unlabeled ones, so covering the
+  task's embedding space lets the most unlabeled inputs find a same-task neighbour, and the labeled
+  set is representative (a fair few-shot estimate) rather than a clump.
+* ``hybrid``: k-center where each candidate's distance to the labeled set is weighted by its
+  uncertainty (weight 0.5 + 0.5 * disagreement / max disagreement): spread out, but preferring
+  inputs that can reorder the top models.
+
+Every strategy returns its picks in order of preference, and the deterministic ones are greedy, so
+the first b picks of a budget-B run are exactly the picks of a budget-b run.
+
+:func:`active_study` evaluates them in leave-one-task-out: accuracy of the chosen model on the rest
+of the held-out task vs the number of labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .cost import largest_model, model_costs
+from .errors import ConfigError
+from .scores import blend, s2, s3, trust_rule
+
+__all__ = ["DEFAULT_BUDGETS", "STRATEGIES", "active_study", "disagreement", "suggest_labels"]
+
+STRATEGIES = ("random", "uncertainty", "diversity", "hybrid")
+DEFAULT_BUDGETS: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+
+
+def _normalize(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def disagreement(g: np.ndarray, top: int = 5, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(variance, mean binary entropy) per input of g over the ``top`` models ranked by ``scores``.
+
+    ``scores`` defaults to S1 = mean_i g; ties in the ranking go to the lower model index.
+    """
+    g = np.asarray(g, dtype=np.float64)
+    sc = g.mean(axis=0) if scores is None else np.asarray(scores, dtype=np.float64)
+    if sc.shape != (g.shape[1],):
+        raise ConfigError(f"scores must have one entry per model ({g.shape[1]}), got {sc.shape}")
+    top_m = np.argsort(-sc, kind="stable")[: max(1, min(top, g.shape[1]))]
+    gt = np.clip(g[:, top_m], 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(gt * np.log2(gt) + (1 - gt) * np.log2(1 - gt))
+    return gt.var(axis=1), np.nan_to_num(h, nan=0.0).mean(axis=1)
+
+
+def _k_center(E: np.ndarray, budget: int, weight: np.ndarray | None = None) -> list[int]:
+    """Greedy (weighted) k-center on unit vectors E, starting at the (weighted) input nearest the centroid."""
+    n = len(E)
+    w = np.ones(n) if weight is None else weight
+    centroid = E.mean(axis=0)
+    start_score = w * (1.0 + E @ centroid / max(float(np.linalg.norm(centroid)), 1e-12)) / 2.0
+    picked = [int(np.argmax(start_score))]
+    mind = 1.0 - E @ E[picked[0]]
+    taken = np.zeros(n, bool)
+    taken[picked[0]] = True
+    while len(picked) < budget:
+        j = int(np.argmax(np.where(taken, -np.inf, w * np.maximum(mind, 0.0))))
+        picked.append(j)
+        taken[j] = True
+        mind = np.minimum(mind, 1.0 - E @ E[j])
+    return picked
+
+
+def suggest_labels(
+    X_new: np.ndarray,
+    g: np.ndarray,
+    budget: int,
+    strategy: str = "uncertainty",
+    top: int = 5,
+    seed: int | Sequence[int] = 0,
+    scores: np.ndarray | None = None,
+) -> list[int]:
+    """Indices (into the rows of X_new / g) of the ``budget`` inputs to label, most useful first.
+
+    ``X_new``: n x dim embeddings of the new task's inputs (normalized here); ``g``: n x M predicted
+    correctness of each model on them (the router's ``predict_proba``); ``scores``: the router's
+    per-model score ranking the models for ``uncertainty``/``hybrid`` (default S1 = mean g);
+    ``top``: how many leading models' disagreement counts; ``seed``: for ``random`` only.
+    Deterministic for a given input; ``budget`` distinct indices, 1 <= budget <= n.
+    """
+    g = np.asarray(g, dtype=np.float64)
+    n = len(g)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown labeling strategy {strategy!r}", f"use one of {STRATEGIES}")
+    if g.ndim != 2 or n == 0:
+        raise ConfigError(f"g must be n x M with n >= 1, got shape {g.shape}")
+    if X_new is None or len(X_new) != n:
+        raise ConfigError(f"X_new must have one row per row of g ({n})")
+    if not 1 <= int(budget) <= n:
+        raise ConfigError(f"budget must be between 1 and the number of inputs ({n}), got {budget}")
+    budget = int(budget)
+    if strategy == "random":
+        return [int(i) for i in np.random.default_rng(seed).choice(n, budget, replace=False)]
+    if strategy == "diversity":
+        return _k_center(_normalize(X_new), budget)
+    var, ent = disagreement(g, top, scores)
+    if strategy == "uncertainty":
+        order = np.lexsort((np.arange(n), -ent, -var))
+        return [int(i) for i in order[:budget]]
+    top_var = float(var.max())
+    weight = 0.5 + 0.5 * (var / top_var if top_var > 0 else np.ones(n))
+    return _k_center(_normalize(X_new), budget, weight)
+
+
+# --------------------------------------------------------------------------------------- study
+
+
+def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarray | None) -> tuple[int, np.ndarray]:
+    """(chosen model, per-model score) of the evaluated router on task d with ``moved`` (1 x s) labeled."""
+    r = ev.router
+    if r.score == "blend":
+        bc = ev.blend_choice(d)
+        sc = blend(ev.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
+        return int(np.argmax(sc)), sc
+    g_all, u_all, rem = ev.engine.fold(d, [], moved)
+    ks, _, _ = ev.confidence(d)
+    p = ks.predict(float(u_all[0]))
+    v2 = s2(g_all[0], r.t)
+    sc = s3(v2, p)
+    dec = trust_rule(v2, p, rem.shape[1], bma, score=sc, eta=r.eta, draws=r.draws, seed=r.seed)
+    return dec.chosen, sc
+
+
+def active_study(
+    ev: Any,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    strategies: Sequence[str] = ("random", "uncertainty", "diversity"),
+    repeats: int = 10,
+    seed: int = 0,
+    top: int = 5,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Leave-one-task-out accuracy of the routed model vs the number of labels, per strategy.
+
+    For each held-out task d of ``ev`` (a :class:`benchroute.evaluate.LOTOEvaluator`), each strategy
+    picks labels from d's inputs using only what a user would have: the embeddings and the kNN g of
+    the router trained without d, and the router's scores at zero labels (for the top models). The
+    picked items move into training (the router's (k, lambda) stay those chosen without labels, as in
+    the alpha sweep); the chosen model's true accuracy is measured on d's remaining items. A budget
+    larger than n_d - 1 uses n_d - 1. Greedy strategies are nested over budgets; "random" draws one
+    seeded order per (task, repeat) and labels its first b items, so budgets are nested too.
+
+    "Few-shot" is the model best on the random labels (ties to the best-on-average model).
+    Mean +- std over repeats of the mean over tasks (deterministic strategies: std 0). Reference
+    lines, on all items of each task: "bma" (best on average over the other tasks), "largest"
+    (largest model, see :func:`benchroute.cost.largest_model`), "router_no_labels", "oracle".
+    """
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ConfigError(f"unknown labeling strategy {s!r}", f"use one of {STRATEGIES}")
+    budgets = [int(b) for b in budgets]
+    if not budgets or min(budgets) < 1:
+        raise ConfigError("budgets must be positive label counts")
+    repeats = max(1, int(repeats))
+    bench, eng = ev.bench, ev.engine
+    D = bench.n_tasks
+    acc = np.asarray(ev.task_acc, dtype=np.float64)
+    Y = np.asarray(ev.Y) > 0.5
+    names = list(strategies) + (["Few-shot"] if "random" in strategies else [])
+    res = {name: np.zeros((repeats, len(budgets), D)) for name in names}
+    bma_acc, router0, oracle = np.zeros(D), np.zeros(D), np.zeros(D)
+    for d in range(D):
+        members = eng.members[d]
+        n = len(members)
+        prior = np.delete(acc, d, axis=0).mean(axis=0)
+        bma = int(np.argmax(prior))
+        bma_acc[d], oracle[d] = acc[d, bma], acc[d].max()
+        base_choice, base_score = _router_choice(ev, d, prior, bma, None)
+        router0[d] = acc[d, base_choice]
+        if n < 2:  # nothing can be labeled and still leave an item to score
+            for name in names:
+                res[name][:, :, d] = router0[d]
+            continue
+        g = eng.fold(d, [], None)[0][0]
+        E = eng.emb[members]
+        bmax = min(max(budgets), n - 1)
+        yd = Y[members]
+        for name in strategies:
+            reps = repeats if name == "random" else 1
+            for rep in range(reps):
+                order = suggest_labels(E, g, bmax, name, top=top, seed=[seed, 104729, d, rep], scores=base_score)
+                for bi, b in enumerate(budgets):
+                    picked = np.sort(np.asarray(order[: min(b, bmax)]))
+                    keep = np.ones(n, bool)
+                    keep[picked] = False
+                    rem_acc = yd[keep].mean(axis=0)
+                    choice, _ = _router_choice(ev, d, prior, bma, picked[None, :])
+                    res[name][rep if reps > 1 else slice(None), bi, d] = rem_acc[choice]
+                    if name == "random":
+                        few = yd[picked].mean(axis=0) + 1e-9 * (np.arange(len(rem_acc)) == bma)
+                        res["Few-shot"][rep, bi, d] = rem_acc[int(np.argmax(few))]
+        if progress is not None:
+            progress(1)
+    cost, _ = model_costs(bench.model_info, bench.models)
+    params_b = np.asarray(ev.params_b, dtype=np.float64)
+    mean_acc = acc.mean(axis=0)
+    big = largest_model(params_b, cost, mean_acc)
+    out: dict[str, Any] = {"budgets": budgets, "strategies": {}}
+    for name in names:
+        per_rep = res[name].mean(axis=2)  # repeats x budgets
+        random_draws = name in ("random", "Few-shot")
+        mean = per_rep.mean(axis=0) if random_draws else per_rep[0]
+        std = per_rep.std(axis=0) if random_draws else np.zeros(len(budgets))
+        out["strategies"][name] = {"acc_mean": [float(x) for x in mean], "acc_std": [float(x) for x in std]}
+    out.update({
+        "bma": float(bma_acc.mean()), "largest": float(mean_acc[big]), "largest_model": bench.models[big],
+        "router_no_labels": float(router0.mean()), "oracle": float(oracle.mean()),
+        "repeats": repeats, "top": top, "seed": seed,
+    })
+    return out
