@@ -102,8 +102,11 @@ def _find_file(directory: Path, stem: str, optional: bool) -> Path | None:
 
 def _utf8_error(path: Path) -> DataError:
     """Locate the first bad byte ourselves: pandas reports offsets inside its read buffer."""
-    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
+    try:
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # corrupt gzip: its garbage failed UTF-8 before its CRC
+        return _corrupt_error(path, exc)
     hint = "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8); a compressed file must end in .gz"
     try:
         data.decode("utf-8")
@@ -134,8 +137,12 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"malformed CSV ({str(exc).strip()})", file=name, row=int(line.group(1)) if line else None,
                         hint="quote cells with commas, quotes or newlines; every row needs one cell per column") from exc
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise DataError(f"cannot read file, it is truncated or corrupt ({type(exc).__name__}: {exc})",
-                        file=name, hint="re-create or re-download it") from exc
+        raise _corrupt_error(path, exc) from exc
+
+
+def _corrupt_error(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"cannot read file, it is truncated or corrupt ({type(exc).__name__}: {exc})",
+                     file=str(path), hint="re-create or re-download it")
 
 
 def _parse_floats(text: pd.Series) -> np.ndarray:
