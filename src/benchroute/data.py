@@ -12,6 +12,7 @@ threshold eta_d comes from ``tasks.csv``; a task without a threshold must alread
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import re
@@ -184,12 +185,34 @@ def _is_float(value: Any) -> bool:
     return True
 
 
+def _header(path: Path, frame: pd.DataFrame) -> list[str]:
+    """Header cells as written: pandas silently renames a repeated CSV column 'x' to 'x.1'."""
+    if path.suffix == ".parquet":
+        return [str(c) for c in frame.columns]
+    try:
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+            cells = next(csv.reader(f), [])
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):  # pandas read it: keep its names
+        return [str(c) for c in frame.columns]
+    return cells if len(cells) == frame.shape[1] else [str(c) for c in frame.columns]
+
+
+def _check_header(path: Path, frame: pd.DataFrame) -> None:
+    """A column named twice (also 'score' and 'score ') would make every later lookup ambiguous."""
+    names = [c.strip() for c in _header(path, frame)]
+    repeated = list(dict.fromkeys(c for c in names if c and names.count(c) > 1))
+    if repeated:
+        raise DataError(f"duplicate column(s) {', '.join(map(repr, repeated))} in the header", file=str(path), row=1,
+                        hint="name every column once (names are compared without surrounding spaces)")
+
+
 def _read_table(directory: Path, spec: _Spec, optional: bool = False) -> _Table | None:
     """The single reader every benchmark file goes through: find, parse, check columns and cells."""
     path = _find_file(directory, spec.stem, optional)
     if path is None:
         return None
     frame = _read_frame(path)
+    _check_header(path, frame)
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.rename(columns={a: c for a, c in spec.aliases.items() if c not in frame.columns})
     table = _Table(frame, str(path))
