@@ -306,28 +306,67 @@ def recommend(
     inputs: Annotated[Path, typer.Option("--inputs", help="The new task's inputs: .txt, .jsonl or .csv.")],
     as_json: JsonOpt = False,
     candidates: Annotated[str | None, typer.Option(help="Comma-separated subset of models to choose from.")] = None,
+    cost_weight: Annotated[float, typer.Option(help="Maximize score - w * cost / max cost (0 = accuracy only).")] = 0.0,
+    max_cost: Annotated[float | None, typer.Option(help="Best model costing at most this (USD/Mtok or B params).")] = None,
+    cheapest_within: Annotated[float | None, typer.Option(help="Cheapest model within this of the best accuracy.")] = None,
 ) -> None:
     """Recommend a model for a new task from a handful of its unlabeled inputs."""
     from .router import Router
 
     router = Router.load(router_dir)
-    rec = router.recommend(read_inputs(inputs), candidates=_split_csv(candidates))
+    rec = router.recommend(read_inputs(inputs), candidates=_split_csv(candidates), cost_weight=cost_weight,
+                           max_cost=max_cost, cheapest_within=cheapest_within)
     if as_json:
         print(json.dumps(rec.to_dict(), indent=2))
         return
     table = Table(title=f"Models ranked by {rec.score} for {rec.n_inputs} inputs")
-    for col in ("rank", "model", "S1", "S2", "S3", "p", "params (B)", "cost $/Mtok"):
+    unit = "cost $/Mtok" if router.cost_unit_ == "usd_per_mtok" else "cost (B params)"
+    frontier = set((rec.extra.get("cost") or {}).get("frontier", []))
+    for col in ("rank", "model", "S1", "S2", "S3", "p", "score", "params (B)", unit):
         table.add_column(col, justify="right" if col != "model" else "left")
     for r in rec.ranking:
         style = "bold green" if r.model == rec.chosen else None
-        table.add_row(str(r.rank), r.model, f"{r.s1:.3f}", f"{r.s2:.3f}", f"{r.s3:.3f}", f"{r.p:.3f}",
+        name = r.model + (" *" if r.model in frontier else "")
+        table.add_row(str(r.rank), name, f"{r.s1:.3f}", f"{r.s2:.3f}", f"{r.s3:.3f}", f"{r.p:.3f}",
+                      f"{r.predicted_accuracy:.3f}",
                       "" if r.params_b is None else f"{r.params_b:g}", "" if r.cost is None else f"{r.cost:g}",
                       style=style)
     console.print(table)
+    if frontier:
+        console.print("* = on the accuracy-cost frontier (no other model is both better and cheaper)")
     console.print(f"chosen: [bold]{rec.chosen}[/] — {rec.reason}")
     console.print(f"distance u = {rec.distance:.3f}: {rec.closeness}")
     near = ", ".join(f"{t['task']} ({t['share']:.0%})" for t in rec.nearest_tasks)
     console.print(f"nearest benchmark tasks: {near}")
+
+
+@app.command("suggest-labels")
+def suggest_labels_cmd(
+    router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
+    inputs: Annotated[Path, typer.Option("--inputs", help="The new task's inputs: .txt, .jsonl or .csv.")],
+    budget: Annotated[int, typer.Option(help="How many inputs you can afford to label.")] = 10,
+    strategy: Annotated[str, typer.Option(help="uncertainty, diversity, hybrid or random.")] = "uncertainty",
+    as_json: JsonOpt = False,
+) -> None:
+    """Which inputs of a new task to label (with every model's correctness) to improve the recommendation most."""
+    import numpy as np
+
+    from .active import suggest_labels
+    from .router import Router
+
+    router = Router.load(router_dir)
+    texts = read_inputs(inputs)
+    X = router.embed(texts)
+    g = router.predictor_.predict_proba(X)
+    rec = router.recommend(X)
+    scores = {r.model: r.predicted_accuracy for r in rec.ranking}
+    order = np.array([scores[m] for m in router.models_])
+    picks = suggest_labels(X, g, budget, strategy, scores=order, seed=router.seed)
+    if as_json:
+        print(json.dumps([{"index": i, "input": texts[i]} for i in picks], indent=2))
+        return
+    for rank, i in enumerate(picks, 1):
+        console.print(f"{rank:>3}. [{i}] {texts[i][:100]!r}")
 
 
 @app.command()

@@ -423,8 +423,15 @@ def run_experiments(
                 sweep_rows = ev.run(alphas=alphas, repeats=sweep_repeats, progress=advance)
             results["sweep"] = sweep_summary(rows + sweep_rows, [0.0, *alphas])
         if kind == "all":
+            from .active import active_study
+            from .cost import cost_study
+
             with bar(f"small-model routing (<= {small_limit_b:g}B)", benchmark.n_tasks) as advance:
                 results["small_models"] = small_model_study(ev, small_limit_b, advance)
+            with bar("cost-aware routing (lambda sweep)", benchmark.n_tasks) as advance:
+                results["cost"] = cost_study(ev, progress=advance)
+            with bar("active labeling (strategies x budgets)", benchmark.n_tasks) as advance:
+                results["active"] = active_study(ev, progress=advance)
     if kind in ("instance", "all"):
         inst = instance_benchmark if instance_benchmark is not None else benchmark
         with bar(f"per-instance routing on {inst.name}", 5) as advance:

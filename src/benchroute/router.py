@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .confidence import DEFAULT_ALPHAS, ATCEstimator, ConfidencePairs, FoldEngine, KernelSmoother, n_moved
+from .cost import cheapest_within_trusted, choose, model_costs
 from .errors import ConfigError, IntegrityError, NotFittedError
 from .io import atomic_write_bytes, atomic_write_text, jsonable
 from .neighbors import exact_search, normalize
@@ -210,7 +211,7 @@ class Router:
         )
         info = benchmark.model_info
         self.params_b_ = _column(info, "params_b", self.models_)
-        self.cost_ = _model_cost(info, self.models_)
+        self.cost_, self.cost_unit_ = model_costs(info, self.models_)
         self.predictor_ = self._make_predictor().fit(emb, Y)
         pairs = self._confidence_pairs(excluded=())
         self._fit_confidence(pairs)
@@ -318,6 +319,10 @@ class Router:
         inputs: Sequence[str] | np.ndarray,
         labeled: Any = None,
         candidates: Sequence[str] | None = None,
+        *,
+        cost_weight: float = 0.0,
+        max_cost: float | None = None,
+        cheapest_within: float | None = None,
     ) -> Recommendation:
         """Rank the models for a new task from its (unlabeled) inputs and decide whether to trust it.
 
@@ -325,6 +330,11 @@ class Router:
         n_l x M 0/1 matrix in the router's model order, or a list of
         ``{"input": str, "correct": {model: 0/1}}``; they join the training data (SPEC section 6).
         ``candidates`` restricts the choice to a subset of models.
+
+        Cost-aware choice (costs in ``cost_unit_``: USD per million tokens, or billions of parameters
+        when the benchmark has no prices): ``cost_weight`` maximizes score - lambda * cost / max cost;
+        ``max_cost`` is a budget; ``cheapest_within`` picks the cheapest model whose predicted accuracy
+        is within eps of the best (for S3, only if the trust rule says it is likely within eps).
         """
         self._check_fitted()
         X = self.embed(inputs)
@@ -351,7 +361,30 @@ class Router:
         u = float((1.0 - sims[:, : self.kappa]).mean())
         s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1)) if self.score == "blend" else None
         p = self.estimate_p(u, g)
-        return self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k)
+        rec = self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k)
+        if cost_weight or max_cost is not None or cheapest_within is not None:
+            self._apply_cost(rec, g, p, n, mask, cost_weight, max_cost, cheapest_within)
+        return rec
+
+    def _apply_cost(self, rec: Recommendation, g: np.ndarray, p: np.ndarray, n: int, mask: np.ndarray,
+                    cost_weight: float, max_cost: float | None, cheapest_within: float | None) -> None:
+        """Replace the accuracy-only choice by a cost-aware one (the ranking is unchanged)."""
+        by_name = {r.model: r.predicted_accuracy for r in rec.ranking}
+        pred = np.array([by_name.get(m, -np.inf) for m in self.models_])
+        if cheapest_within is not None and self.score == "S3" and self.trust and max_cost is None:
+            choice = cheapest_within_trusted(s2(g, self.t), p, n, self.cost_, cheapest_within, self.eta,
+                                             self.draws, self.seed, mask=mask, names=self.models_)
+        else:
+            choice = choose(pred, self.cost_, cost_weight=cost_weight, max_cost=max_cost,
+                            cheapest_within=cheapest_within, mask=mask, names=self.models_)
+        rec.chosen = self.models_[choice.index]
+        rec.reason = choice.reason
+        rec.fell_back = False
+        rec.extra["cost"] = {
+            "unit": self.cost_unit_, "mode": choice.mode, "cost_weight": cost_weight, "max_cost": max_cost,
+            "cheapest_within": cheapest_within, "accuracy_choice": self.models_[choice.best],
+            "frontier": [self.models_[j] for j in choice.frontier], "probability": choice.probability,
+        }
 
     def estimate_p(self, u: float, g: np.ndarray) -> np.ndarray:
         """p(d', m): kernel smoother at u(d') (or ATC from the confidences of g)."""
@@ -605,6 +638,7 @@ class Router:
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "card_extra": jsonable(card_extra or {}),
             "blend": jsonable(vars(self.blend_)) if hasattr(self, "blend_") else None,
+            "cost_unit": self.cost_unit_,
             "predictor_params": (
                 None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
             ),
@@ -660,6 +694,7 @@ class Router:
         router.task_accuracy_ = arrays["task_accuracy"]
         router.params_b_ = arrays["params_b"]
         router.cost_ = arrays["cost"]
+        router.cost_unit_ = payload.get("cost_unit", "usd_per_mtok")
         pairs = ConfidencePairs(
             arrays["pairs_u"], arrays["pairs_p"], arrays["pairs_task"], arrays["pairs_alpha"],
             arrays["pairs_repeat"], arrays["atc_conf"].astype(np.float64), arrays["atc_correct"].astype(bool),
@@ -719,12 +754,6 @@ def _column(info: Any, col: str, models: list[str]) -> np.ndarray:
     if info is None or col not in getattr(info, "columns", []):
         return np.full(len(models), np.nan)
     return np.array([float(info.loc[m, col]) if m in info.index else np.nan for m in models], dtype=np.float64)
-
-
-def _model_cost(info: Any, models: list[str]) -> np.ndarray:
-    """USD per million tokens (mean of input and output price) when known, else NaN."""
-    cin, cout = _column(info, "usd_per_mtok_in", models), _column(info, "usd_per_mtok_out", models)
-    return np.where(np.isnan(cout), cin, np.where(np.isnan(cin), cout, (cin + cout) / 2))
 
 
 def _predictor_name(est: Any) -> str:
