@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from benchroute.active import STRATEGIES, active_study, disagreement, suggest_labels
-from benchroute.data import Benchmark
 from benchroute.errors import ConfigError
 from benchroute.evaluate import LOTOEvaluator
 from benchroute.router import Router
+from synthetic import tiny_benchmark
 
 
 def three_clusters(per: int = 10, seed: int = 0) -> np.ndarray:
@@ -89,32 +88,9 @@ def test_suggest_labels_errors() -> None:
 # -------------------------------------------------------------------------------------- study
 
 
-def grouped_benchmark(seed: int = 0) -> Benchmark:
-    """6 tasks in 3 embedding groups of 2; cheap specialists per group and one large model (.7)."""
-    rng = np.random.default_rng(seed)
-    n_groups, per_group, per_task = 3, 2, 25
-    n_tasks, n_models = n_groups * per_group, n_groups + 1
-    tasks = [f"t{d}" for d in range(n_tasks)]
-    ti = np.repeat(np.arange(n_tasks), per_task)
-    group = np.arange(n_tasks) // per_group
-    centres = 3.0 * rng.normal(size=(n_groups, 12))[group] + 0.5 * rng.normal(size=(n_tasks, 12))
-    emb = (centres[ti] + 0.5 * rng.normal(size=(len(ti), 12))).astype(np.float32)
-    rate = np.full((n_tasks, n_models), 0.3)
-    rate[np.arange(n_tasks), group] = 0.85
-    rate[:, -1] = 0.7
-    scores = (rng.random((len(ti), n_models)) < rate[ti]).astype(float)
-    models = [f"m{j}" for j in range(n_models)]
-    info = pd.DataFrame({"params_b": [7.0, 8.0, 9.0, 70.0]}, index=pd.Index(models, name="model"))
-    items = pd.DataFrame({"task": [tasks[d] for d in ti], "item_id": [str(i) for i in range(len(ti))],
-                          "input": [f"q{i}" for i in range(len(ti))]})
-    task_info = pd.DataFrame({"metric": "acc", "threshold": np.nan, "group": ""}, index=pd.Index(tasks, name="task"))
-    return Benchmark(name="grouped", tasks=tasks, items=items, models=models, model_info=info, scores=scores,
-                     thresholds=dict.fromkeys(tasks), task_info=task_info, loglik=None, cost=None, embeddings=emb)
-
-
 @pytest.fixture(scope="module")
 def ev() -> LOTOEvaluator:
-    return LOTOEvaluator(grouped_benchmark(), Router(blend_ks=(5, 10, 20)))
+    return LOTOEvaluator(tiny_benchmark(prices=False), Router(blend_ks=(5, 10, 20)))
 
 
 def test_active_study_shapes_and_values(ev: LOTOEvaluator) -> None:
