@@ -20,9 +20,7 @@ Design choices:
   (kNN on the embeddings) runs in the thread pool; nothing CPU-bound runs on the event loop.
 * Overload is rejected, not queued: at most ``limits.max_concurrency`` requests are served at once;
   a request beyond that waits up to ``limits.queue_timeout_s`` (default 0) for a slot, then gets 503
-  with ``Retry-After: 1``. Queueing would only turn overload into timeouts. A slot is taken only
-  once the whole body has arrived (within ``limits.request_timeout_s``, else 408), so slow uploads
-  cannot starve everyone else.
+  with ``Retry-After: 1``. Queueing would only turn overload into timeouts.
 * Every error is OpenAI-style JSON ``{"error": {"message", "type", ...}}``; API keys (ours and the
   upstreams') are never logged nor echoed, and compared in constant time.
 """
@@ -82,7 +80,6 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
-    408: "timeout",
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -422,15 +419,6 @@ class GuardMiddleware:
                 await rejection(scope, receive, send_wrapper)
                 return
             if path.startswith("/v1/"):
-                # the whole body first, bounded in size and time: a slow upload must not hold a slot
-                body = await self._read_body(receive)
-                if body is None:  # the client went away
-                    status[0] = 499
-                    return
-                if not isinstance(body, bytes):
-                    await body(scope, receive, send_wrapper)
-                    return
-                receive = _replay(body, receive)
                 acquired = await self._acquire()
                 if not acquired:
                     await error_response(
@@ -482,33 +470,6 @@ class GuardMiddleware:
                                           param="body")
         return None
 
-    async def _read_body(self, receive: Receive) -> bytes | JSONResponse | None:
-        """The request body, read before a concurrency slot is taken (None: the client left).
-
-        A body over ``limits.max_body_bytes`` is answered 413 as soon as it is too big, and one that
-        has not fully arrived after ``limits.request_timeout_s`` 408, so a client that sends its
-        headers and then dribbles (or withholds) the body cannot tie up the server.
-        """
-        lim = self.state.config.limits
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(lim.request_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > lim.max_body_bytes:
-                        return error_response(413, f"request body exceeds {lim.max_body_bytes} bytes", param="body")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
-        except TimeoutError:
-            return error_response(408, f"request body not received within {lim.request_timeout_s:g} s "
-                                  "(limits.request_timeout_s)", param="body")
-
     def _limited(self, receive: Receive) -> Receive:
         limit = self.state.config.limits.max_body_bytes
         seen = 0
@@ -539,20 +500,6 @@ class GuardMiddleware:
             return True
         except TimeoutError:
             return False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that hands out an already read body once, then waits for the disconnect as usual."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 # ----------------------------------------------------------------------------------- request models
@@ -791,7 +738,11 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        payload = _parse_json(await request.body())
+        raw = await request.body()
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(422, f"request body is not valid JSON ({exc})", param="body") from None
         if not isinstance(payload, dict):
             raise ApiError(422, "request body must be a JSON object", param="body")
         try:
@@ -810,43 +761,6 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
         return await _deadline(state, work())
 
     return app
-
-
-MAX_JSON_DEPTH = 64
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON: use null or a finite number")
-
-
-def _parse_json(raw: bytes) -> Any:
-    """A chat body as JSON, or 422: never an exception the caller has not thought of.
-
-    Strict (no NaN/Infinity, which the upstream call could not encode) and at most
-    ``MAX_JSON_DEPTH`` levels deep, so forwarding it can never hit Python's recursion limit.
-    """
-    try:
-        payload = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise ApiError(422, "request body is not valid JSON: nested too deeply", param="body") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, an integer of over 4300 digits
-        raise ApiError(422, f"request body is not valid JSON ({exc})", param="body") from None
-    stack = [(payload, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, dict | list):
-            if level > MAX_JSON_DEPTH:
-                raise ApiError(422, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", param="body")
-            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
-    return payload
-
-
-def _json_bytes(body: Any) -> bytes:
-    """Compact UTF-8 JSON; lone surrogates the client sent as \\ud800 escapes are passed on the same way."""
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def _labeled_matrix(router: Any, labeled: list[LabeledSample]) -> np.ndarray:
@@ -988,8 +902,8 @@ async def _forward(state: AppState, model: str, payload: dict[str, Any], stream:
         headers["authorization"] = f"Bearer {up.api_key}"
     timeout = httpx.Timeout(up.timeout_s or state.config.limits.upstream_timeout_s,
                             connect=min(10.0, up.timeout_s or state.config.limits.upstream_timeout_s))
-    req = state.client.build_request("POST", f"{up.base_url}/chat/completions", content=_json_bytes(body),
-                                     headers=headers, timeout=timeout)
+    req = state.client.build_request("POST", f"{up.base_url}/chat/completions", json=body, headers=headers,
+                                     timeout=timeout)
     try:
         resp = await state.client.send(req, stream=True)
     except httpx.HTTPError as exc:
