@@ -738,11 +738,7 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        raw = await request.body()
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(422, f"request body is not valid JSON ({exc})", param="body") from None
+        payload = _parse_json(await request.body())
         if not isinstance(payload, dict):
             raise ApiError(422, "request body must be a JSON object", param="body")
         try:
@@ -761,6 +757,43 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
         return await _deadline(state, work())
 
     return app
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON: use null or a finite number")
+
+
+def _parse_json(raw: bytes) -> Any:
+    """A chat body as JSON, or 422: never an exception the caller has not thought of.
+
+    Strict (no NaN/Infinity, which the upstream call could not encode) and at most
+    ``MAX_JSON_DEPTH`` levels deep, so forwarding it can never hit Python's recursion limit.
+    """
+    try:
+        payload = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(422, "request body is not valid JSON: nested too deeply", param="body") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, an integer of over 4300 digits
+        raise ApiError(422, f"request body is not valid JSON ({exc})", param="body") from None
+    stack = [(payload, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            if level > MAX_JSON_DEPTH:
+                raise ApiError(422, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", param="body")
+            stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return payload
+
+
+def _json_bytes(body: Any) -> bytes:
+    """Compact UTF-8 JSON; lone surrogates the client sent as \\ud800 escapes are passed on the same way."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def _labeled_matrix(router: Any, labeled: list[LabeledSample]) -> np.ndarray:
@@ -902,8 +935,8 @@ async def _forward(state: AppState, model: str, payload: dict[str, Any], stream:
         headers["authorization"] = f"Bearer {up.api_key}"
     timeout = httpx.Timeout(up.timeout_s or state.config.limits.upstream_timeout_s,
                             connect=min(10.0, up.timeout_s or state.config.limits.upstream_timeout_s))
-    req = state.client.build_request("POST", f"{up.base_url}/chat/completions", json=body, headers=headers,
-                                     timeout=timeout)
+    req = state.client.build_request("POST", f"{up.base_url}/chat/completions", content=_json_bytes(body),
+                                     headers=headers, timeout=timeout)
     try:
         resp = await state.client.send(req, stream=True)
     except httpx.HTTPError as exc:
