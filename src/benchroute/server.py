@@ -20,7 +20,9 @@ Design choices:
   (kNN on the embeddings) runs in the thread pool; nothing CPU-bound runs on the event loop.
 * Overload is rejected, not queued: at most ``limits.max_concurrency`` requests are served at once;
   a request beyond that waits up to ``limits.queue_timeout_s`` (default 0) for a slot, then gets 503
-  with ``Retry-After: 1``. Queueing would only turn overload into timeouts.
+  with ``Retry-After: 1``. Queueing would only turn overload into timeouts. A slot is taken only
+  once the whole body has arrived (within ``limits.request_timeout_s``, else 408), so slow uploads
+  cannot starve everyone else.
 * Every error is OpenAI-style JSON ``{"error": {"message", "type", ...}}``; API keys (ours and the
   upstreams') are never logged nor echoed, and compared in constant time.
 """
@@ -80,6 +82,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout",
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -419,6 +422,15 @@ class GuardMiddleware:
                 await rejection(scope, receive, send_wrapper)
                 return
             if path.startswith("/v1/"):
+                # the whole body first, bounded in size and time: a slow upload must not hold a slot
+                body = await self._read_body(receive)
+                if body is None:  # the client went away
+                    status[0] = 499
+                    return
+                if not isinstance(body, bytes):
+                    await body(scope, receive, send_wrapper)
+                    return
+                receive = _replay(body, receive)
                 acquired = await self._acquire()
                 if not acquired:
                     await error_response(
@@ -470,6 +482,33 @@ class GuardMiddleware:
                                           param="body")
         return None
 
+    async def _read_body(self, receive: Receive) -> bytes | JSONResponse | None:
+        """The request body, read before a concurrency slot is taken (None: the client left).
+
+        A body over ``limits.max_body_bytes`` is answered 413 as soon as it is too big, and one that
+        has not fully arrived after ``limits.request_timeout_s`` 408, so a client that sends its
+        headers and then dribbles (or withholds) the body cannot tie up the server.
+        """
+        lim = self.state.config.limits
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(lim.request_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > lim.max_body_bytes:
+                        return error_response(413, f"request body exceeds {lim.max_body_bytes} bytes", param="body")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            return error_response(408, f"request body not received within {lim.request_timeout_s:g} s "
+                                  "(limits.request_timeout_s)", param="body")
+
     def _limited(self, receive: Receive) -> Receive:
         limit = self.state.config.limits.max_body_bytes
         seen = 0
@@ -500,6 +539,20 @@ class GuardMiddleware:
             return True
         except TimeoutError:
             return False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that hands out an already read body once, then waits for the disconnect as usual."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 # ----------------------------------------------------------------------------------- request models
