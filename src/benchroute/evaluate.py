@@ -432,9 +432,95 @@ def run_experiments(
                 results["cost"] = cost_study(ev, progress=advance)
             with bar("active labeling (strategies x budgets)", benchmark.n_tasks) as advance:
                 results["active"] = active_study(ev, progress=advance)
+            with bar("routing vs number of training tasks", benchmark.n_tasks) as advance:
+                results["training_tasks"] = training_tasks_study(ev, progress=advance)
+            with bar("leave-one-group-out", benchmark.n_tasks) as advance:
+                results["groups"] = group_study(ev, progress=advance)
     if kind in ("instance", "all"):
         inst = instance_benchmark if instance_benchmark is not None else benchmark
         with bar(f"per-instance routing on {inst.name}", 5) as advance:
             results["instance"] = instance_study(inst, k=router.k, seed=router.seed, progress=advance)
     results["config"]["seconds"] = round(time.time() - t0, 1)
     return results
+
+
+def s1_curve_direct(queries: np.ndarray, pool: np.ndarray, Y_pool: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """S1 of a task at each k by exact search in an arbitrary training pool (len(ks) x M).
+
+    The fold engine covers "all tasks but one or two"; studies that drop many tasks at once
+    (leave-one-group-out, fewer training tasks) search the pool directly.
+    """
+    from .neighbors import exact_search
+
+    _, idx = exact_search(queries, pool, max(ks))
+    return np.stack([Y_pool[idx[:, :k]].mean(axis=(0, 1)) for k in ks])
+
+
+def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str, Any]:
+    """Leave-one-group-out: hold out every task of a group (tasks.csv ``group``) at once.
+
+    Where routing breaks down: a held-out BBH task normally has 23 sibling BBH tasks to learn from;
+    here it has none. (k, lambda) is chosen by leave-one-task-out over the remaining groups only.
+    """
+    bench, r = ev.bench, ev.router
+    info = bench.task_info
+    groups = info["group"].reindex(bench.tasks).fillna("").astype(str).to_numpy() if "group" in info else None
+    if groups is None or len(set(groups) - {""}) < 2:
+        return {"skipped": "needs at least 2 task groups in tasks.csv"}
+    X = ev.engine.emb
+    out = []
+    for g in sorted(set(groups) - {""}):
+        held = np.flatnonzero(groups == g)
+        train_tasks = np.flatnonzero(groups != g)
+        if len(train_tasks) < 2:
+            continue
+        curves, priors = {}, {}
+        for d in train_tasks:
+            pool = np.isin(ev.ti, train_tasks) & (ev.ti != d)
+            curves[int(d)] = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], r.blend_ks)
+            priors[int(d)] = ev.task_acc[[t for t in train_tasks if t != d]].mean(axis=0)
+        choice = select_blend(curves, priors, ev.task_acc, r.blend_ks, r.blend_lambdas)
+        pool = np.isin(ev.ti, train_tasks)
+        prior = ev.task_acc[train_tasks].mean(axis=0)
+        bma = int(np.argmax(prior))
+        accs = {"Router": [], "BMA": [], "Oracle": []}
+        for d in held:
+            curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
+            accs["Router"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
+            accs["BMA"].append(ev.task_acc[d, bma])
+            accs["Oracle"].append(ev.task_acc[d].max())
+        out.append({"group": g, "n_tasks": len(held), "k": choice.k, "lambda": choice.lam,
+                    **{m: float(np.mean(v)) for m, v in accs.items()}})
+        if progress is not None:
+            progress(len(held))
+    return {"groups": out}
+
+
+def training_tasks_study(ev: LOTOEvaluator, sizes: Sequence[int] = (5, 10, 20), repeats: int = 5,
+                         progress: Progress | None = None) -> dict[str, Any]:
+    """Does routing improve with more benchmarks? Accuracy vs the number of training tasks.
+
+    For each held-out task, train on a random subset of the other tasks (``repeats`` draws per size)
+    with the (k, lambda) its own nested leave-one-task-out chose; BMA is recomputed on the subset.
+    """
+    D = ev.bench.n_tasks
+    sizes = [s for s in sizes if s < D - 1] + [D - 1]
+    X = ev.engine.emb
+    res: dict[int, dict[str, list[float]]] = {s: {"Router": [], "BMA": []} for s in sizes}
+    for d in range(D):
+        choice = ev.blend_choice(d)
+        others = np.array([t for t in range(D) if t != d])
+        for s in sizes:
+            for rep in range(1 if s == D - 1 else repeats):
+                rng = np.random.default_rng([ev.router.seed, 104729, d, s, rep])
+                subset = others if s == D - 1 else np.sort(rng.choice(others, s, replace=False))
+                pool = np.isin(ev.ti, subset)
+                prior = ev.task_acc[subset].mean(axis=0)
+                curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
+                res[s]["Router"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
+                res[s]["BMA"].append(ev.task_acc[d, int(np.argmax(prior))])
+        if progress is not None:
+            progress(1)
+    rows = [{"n_train_tasks": s, **{m: float(np.mean(v)) for m, v in res[s].items()},
+             "gain": float(np.mean(res[s]["Router"]) - np.mean(res[s]["BMA"]))} for s in sizes]
+    return {"repeats": repeats, "rows": rows}

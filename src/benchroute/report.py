@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchroute.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -78,6 +80,8 @@ FIGURE_NAMES: tuple[str, ...] = (
     "instance_sparsity",
     "cost_frontier",
     "labels_vs_budget",
+    "training_tasks",
+    "groups",
 )
 """Every figure this module can draw, in report order; the PNG is ``<name>.png``."""
 
@@ -95,6 +99,10 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "cost_frontier": "Accuracy vs cost: single models (points) and the cost-aware router (curve).",
     "labels_vs_budget": "Accuracy vs number of labeled samples of the new task, per labeling "
     "strategy (mean ± std).",
+    "training_tasks": "Accuracy of the router and of the best-on-average model vs the number of "
+    "benchmark tasks trained on (random subsets; mean over held-out tasks and draws).",
+    "groups": "Leave-one-group-out: every task of a group held out at once (no sibling tasks to learn "
+    "from); mean accuracy over the group's tasks.",
 }
 
 PRETTY_METHOD: dict[str, str] = {
@@ -299,6 +307,22 @@ def _fd_labels_vs_budget(results: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"x": x, "series": series} if series else None
 
 
+def _fd_training_tasks(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    rows = [r for r in _list(_dict(results.get("training_tasks")).get("rows")) if isinstance(r, dict)]
+    if not rows:
+        return None
+    series = {m: {"mean": [r.get(m) for r in rows], "std": None} for m in ("Router", "BMA")}
+    return {"x": [r.get("n_train_tasks") for r in rows], "series": series}
+
+
+def _fd_groups(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    rows = [r for r in _list(_dict(results.get("groups")).get("groups")) if isinstance(r, dict)]
+    if not rows:
+        return None
+    return {"x": [r.get("group") for r in rows],
+            "series": {m: [r.get(m) for r in rows] for m in ("Router", "BMA", "Oracle")}}
+
+
 _FIGURE_DATA: dict[str, Callable[[Mapping[str, Any]], dict[str, Any] | None]] = {
     "accuracy_vs_alpha": _fd_accuracy_vs_alpha,
     "correlation_vs_distance": _fd_correlation_vs_distance,
@@ -307,6 +331,8 @@ _FIGURE_DATA: dict[str, Callable[[Mapping[str, Any]], dict[str, Any] | None]] = 
     "instance_sparsity": _fd_instance_sparsity,
     "cost_frontier": _fd_cost_frontier,
     "labels_vs_budget": _fd_labels_vs_budget,
+    "training_tasks": _fd_training_tasks,
+    "groups": _fd_groups,
 }
 
 
@@ -500,6 +526,32 @@ def _plot_labels_vs_budget(d: Mapping[str, Any]) -> Any:
     return fig
 
 
+def _plot_training_tasks(d: Mapping[str, Any]) -> Any:
+    fig, (ax,) = _new_figure()
+    for name, s in d["series"].items():
+        _draw_band(ax, d["x"], s, name, **_STYLE.get(name, {}))
+    ax.set_xlabel("number of training tasks")
+    ax.set_ylabel("accuracy of the chosen model")
+    ax.set_title("Does routing improve with more benchmarks?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_groups(d: Mapping[str, Any]) -> Any:
+    fig, (ax,) = _new_figure()
+    x = np.arange(len(d["x"]))
+    width = 0.8 / max(1, len(d["series"]))
+    for i, (name, vals) in enumerate(d["series"].items()):
+        ax.bar(x + i * width, [_nan(v) for v in vals], width, label=name)
+    ax.set_xticks(x + width * (len(d["series"]) - 1) / 2, [str(g) for g in d["x"]])
+    ax.set_ylabel("mean accuracy over the group's tasks")
+    ax.set_title("Leave-one-group-out")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 _PLOTTERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "accuracy_vs_alpha": _plot_accuracy_vs_alpha,
     "correlation_vs_distance": _plot_correlation_vs_distance,
@@ -508,6 +560,8 @@ _PLOTTERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "instance_sparsity": _plot_instance_sparsity,
     "cost_frontier": _plot_cost_frontier,
     "labels_vs_budget": _plot_labels_vs_budget,
+    "training_tasks": _plot_training_tasks,
+    "groups": _plot_groups,
 }
 
 
@@ -797,6 +851,25 @@ def _active_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> li
         figures, "labels_vs_budget")
 
 
+def _study_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Block]:
+    blocks: list[Block] = []
+    tt = _fd_training_tasks(results)
+    if tt is not None:
+        blocks += [Heading("Routing vs number of training tasks"),
+                   Table(["training tasks", "Router", "BMA"],
+                         [[fmt(n), fmt(_num(a)), fmt(_num(b))] for n, a, b in
+                          zip(tt["x"], tt["series"]["Router"]["mean"], tt["series"]["BMA"]["mean"], strict=True)],
+                         [True, True, True])] + _images(figures, "training_tasks")
+    rows = [r for r in _list(_dict(results.get("groups")).get("groups")) if isinstance(r, dict)]
+    if rows:
+        blocks += [Heading("Leave-one-group-out"),
+                   Table(["group", "tasks", "k", "lambda", "Router", "BMA", "Oracle"],
+                         [[fmt(r.get("group")), fmt(r.get("n_tasks")), fmt(r.get("k")), _fmt_g(r.get("lambda")),
+                           fmt(_num(r.get("Router"))), fmt(_num(r.get("BMA"))), fmt(_num(r.get("Oracle")))]
+                          for r in rows], [False] + [True] * 6)] + _images(figures, "groups")
+    return blocks
+
+
 def _images(figures: Mapping[str, Any], *names: str) -> list[Block]:
     return [Image(n, FIGURE_CAPTIONS[n]) for n in names if n in figures]
 
@@ -821,6 +894,7 @@ def _document(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Bl
     blocks += _variant_blocks(results)
     blocks += _cost_blocks(results, figures)
     blocks += _active_blocks(results, figures)
+    blocks += _study_blocks(results, figures)
     return blocks
 
 
