@@ -88,6 +88,10 @@ def make_results(seed: int = 0) -> dict[str, Any]:
                           "bma_small_acc": _r(rng, 0.4, 0.8), "largest_acc": _r(rng, 0.4, 0.9),
                           "oracle_small_acc": _r(rng, 0.6, 0.9)} for t in tasks],
         },
+        "training_tasks": {"repeats": 5, "rows": [{"n_train_tasks": n, "Router": _r(rng, 0.6, 0.7), "BMA": 0.63,
+                                                   "gain": 0.0} for n in (5, 10, 20, 34)]},
+        "groups": {"groups": [{"group": g, "n_tasks": n, "k": 50, "lambda": 0.5, "Router": _r(rng, 0.5, 0.7),
+                               "BMA": 0.6, "Oracle": 0.7} for g, n in (("bbh", 24), ("math", 7), ("musr", 3))]},
         "instance": {
             "dataset": "mixinstruct", "splits": 5,
             "summary": {"Router": 74.75, "Oracle": 77.67, "BMA": 74.1, "Random": 72.3},
@@ -191,6 +195,12 @@ def test_figure_data_equals_inputs(full: dict[str, Any]) -> None:
     assert cost["router_curve"]["cost"] == [c["cost"] for c in curve]
     assert cost["router_curve"]["acc"] == [c["acc"] for c in curve]
 
+    tt = fd["training_tasks"]
+    assert tt["x"] == [r["n_train_tasks"] for r in full["training_tasks"]["rows"]]
+    assert tt["series"]["Router"]["mean"] == [r["Router"] for r in full["training_tasks"]["rows"]]
+    grp = fd["groups"]
+    assert grp["x"] == ["bbh", "math", "musr"]
+    assert grp["series"]["BMA"] == [0.6, 0.6, 0.6]
     act = fd["labels_vs_budget"]
     assert act["x"] == full["active"]["budgets"]
     for name, s in full["active"]["strategies"].items():
