@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import tiny_benchmark
 
 from benchroute.evaluate import LOTOEvaluator, paired_difference, run_experiments, summarize
 from benchroute.router import Router
+from synthetic import tiny_benchmark
 
 #: Methods whose decision may only depend on the other tasks (S3_true_p and Oracle read d's labels).
 BLIND_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_atc", "Router", "BMA")
