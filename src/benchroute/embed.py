@@ -288,7 +288,14 @@ class Embedder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            self._st = SentenceTransformer(str(self._path), device="cpu")
+            try:  # never run code shipped with a model directory (a router.json may name any directory)
+                self._st = SentenceTransformer(str(self._path), device="cpu", trust_remote_code=False)
+            except Exception as exc:  # whatever a broken or foreign directory makes the libraries raise
+                raise ModelNotAvailableError(
+                    f"cannot load embedding model {self.model!r} from {self._path} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                    f"use {DEFAULT_MODEL!r}, {SMALL_MODEL!r} or a sentence-transformers model directory",
+                ) from exc
         return self._st
 
     def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
