@@ -12,7 +12,8 @@
 * SIGKILL during ``benchroute experiment loto`` (a tiny real benchmark, real MiniLM embeddings): the
   rerun's results.json equals an uninterrupted run's except the timing fields.
 * Untrusted router directories: no pickle anywhere in the code (an AST scan), a saved router is
-  three data files, a pickle or a tampered manifest is refused without running anything.
+  three data files, a pickle or a tampered manifest is refused without running anything, and a
+  router naming a "model" directory that ships Python code cannot get it imported.
 * CLI file arguments are data: ``--inputs ../../etc/passwd`` is read, nothing is written;
   ``fit -o <existing file>`` is a clear error.
 
@@ -646,6 +647,32 @@ def test_tampered_manifests_are_integrity_errors(manifest_fuzz: dict[str, Any]) 
     # an unknown key is refused too: the manifest's schema is fixed by its format version
     accepted = {k: v for k, v in manifest_fuzz["by_kind"].items() if k[0].startswith("unknown") and k[1] != "IntegrityError"}
     assert accepted == {}
+
+
+def test_untrusted_router_cannot_load_code_through_its_embedding_model(saved: Path, tmp_path: Path,
+                                                                       ledger: dict[str, Counter]) -> None:
+    """router.json names the embedding model, so a tampered router can point at any directory: one
+    whose modules.json asks for a module shipped next to it must fail cleanly, without importing it."""
+    from benchroute.errors import ModelNotAvailableError
+    from benchroute.router import Router
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil-model"
+    evil.mkdir()
+    (evil / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "evil_module.Evil"}]))
+    (evil / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Evil: ...\n")
+    (evil / "config.json").write_text("{}")
+    payload = _manifest(saved)
+    c = ledger.setdefault("untrusted router naming a code-carrying model dir", Counter())
+    for model_dir in (evil, tmp_path):  # the code-carrying directory, and one that is no model at all
+        payload["params"]["embedding_model"] = str(model_dir)
+        _resign(saved, payload)
+        router = Router.load(saved)
+        with pytest.raises(ModelNotAvailableError, match="cannot load embedding model"):
+            router.recommend(["What is 2 plus 2?"])
+        c["cases"] += 1
+        c["ModelNotAvailableError, nothing imported"] += int(not marker.exists())
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------ CLI file arguments
