@@ -17,9 +17,7 @@
 * CLI file arguments are data: ``--inputs ../../etc/passwd`` is read, nothing is written;
   ``fit -o <existing file>`` is a clear error.
 
-Tests marked ``xfail(strict=True)`` document bugs in router.py (not owned by this suite, see
-docs/reliability.md): they fail today and will XPASS, i.e. fail loudly, once fixed, so the marker is
-removed then. Counts go to ``.pytest_cache/d/benchroute-reliability/faults.json``.
+Counts go to ``.pytest_cache/d/benchroute-reliability/faults.json``.
 """
 
 from __future__ import annotations
@@ -50,18 +48,6 @@ ROUTER_FILES = {"router.json", "arrays.safetensors", "card.md"}
 SMALL_MODEL = "all-MiniLM-L6-v2"
 VARIANTS = 3
 SNAPSHOTS = 100
-XFAIL_SAVE = pytest.mark.xfail(
-    strict=True,
-    reason="router.py bug: Router.save replaces arrays.safetensors, card.md and router.json one by one, so a "
-    "kill or ENOSPC between them leaves new arrays under the old manifest (refused by the checksum: the "
-    "previous router is lost). Fix: save through benchroute.io.atomic_write_dir (docs/reliability.md).",
-)
-XFAIL_LOAD = pytest.mark.xfail(
-    strict=True,
-    reason="router.py bug: Router.load checks checksums but not the manifest's schema, nor safetensors parse "
-    "errors, so a re-signed router.json with unknown keys/wrong types or a non-safetensors arrays file raises "
-    "TypeError/KeyError/SafetensorError... instead of IntegrityError (docs/reliability.md has the fix).",
-)
 
 
 # ------------------------------------------------------------------------------ synthetic routers
@@ -252,7 +238,6 @@ def test_staged_save_always_leaves_a_complete_router(kill_runs: dict[str, dict[s
     assert run["sigkill"] == "loaded a complete save"
 
 
-@XFAIL_SAVE
 def test_router_save_always_leaves_a_complete_router(kill_runs: dict[str, dict[str, Any]]) -> None:
     run = kill_runs["Router.save"]
     assert set(run["snapshots"]) == {"loaded a complete save"}, run["snapshots"]
@@ -316,7 +301,7 @@ def test_disk_full_staged_save_keeps_previous_router(tmp_path: Path, fail_at: in
     _disk_full_case(tmp_path, "staged", fail_at, ledger)
 
 
-@pytest.mark.parametrize("fail_at", [1, pytest.param(2, marks=XFAIL_SAVE), pytest.param(3, marks=XFAIL_SAVE)])
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
 def test_disk_full_router_save_keeps_previous_router(tmp_path: Path, fail_at: int,
                                                      ledger: dict[str, Counter]) -> None:
     _disk_full_case(tmp_path, "Router.save", fail_at, ledger)
@@ -548,7 +533,6 @@ def test_resigned_pickle_arrays_never_run(saved: Path, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@XFAIL_LOAD
 def test_resigned_pickle_arrays_are_an_integrity_error(saved: Path, tmp_path: Path) -> None:
     from benchroute.errors import IntegrityError
     from benchroute.router import Router
@@ -623,7 +607,7 @@ def manifest_fuzz(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             result = "IntegrityError"
         except BenchrouteError as exc:
             result = type(exc).__name__
-        except Exception as exc:  # noqa: BLE001 - counted, and the xfail test below asserts there are none
+        except Exception as exc:  # noqa: BLE001 - counted; the test below asserts there are none
             result = f"unhandled {type(exc).__name__}"
             examples.setdefault(result, f"{kind}: {exc}"[:200])
         outcomes[result] += 1
@@ -640,7 +624,6 @@ def test_tampered_manifests_never_run_code(manifest_fuzz: dict[str, Any], ledger
     assert manifest_fuzz["outcomes"]["IntegrityError"] + manifest_fuzz["outcomes"]["loaded and works"] > 0
 
 
-@XFAIL_LOAD
 def test_tampered_manifests_are_integrity_errors(manifest_fuzz: dict[str, Any]) -> None:
     unhandled = {k: v for k, v in manifest_fuzz["outcomes"].items() if k.startswith("unhandled")}
     assert unhandled == {}, manifest_fuzz["examples"]
@@ -747,9 +730,6 @@ def test_fit_out_to_existing_file_never_touches_it(tiny: dict[str, Path], tmp_pa
     ledger.setdefault("CLI file arguments", Counter())["cases"] += 1
 
 
-@pytest.mark.xfail(strict=True, reason="router.py/cli.py bug: `fit -o FILE` dies with a FileExistsError traceback "
-                   "from Router.save's mkdir instead of a one-line error (exit 2); fixed by saving through "
-                   "io.atomic_write_dir, which raises ConfigError")
 def test_fit_out_to_existing_file_is_a_clear_error(tiny: dict[str, Path], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ a router from an untrusted source is data, never code.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from . import __version__
 from .confidence import DEFAULT_ALPHAS, ATCEstimator, ConfidencePairs, FoldEngine, KernelSmoother, n_moved
 from .cost import cheapest_within_trusted, choose, model_costs
 from .errors import ConfigError, IntegrityError, NotFittedError
-from .io import atomic_write_bytes, atomic_write_text, jsonable
+from .io import atomic_write_dir, jsonable
 from .neighbors import exact_search, normalize
 from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
 from .scores import (
@@ -608,7 +609,6 @@ class Router:
 
         self._check_fitted()
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         arrays = {
             "X": self.X_.astype(np.float32),
             "Y": self.Y_.astype(np.uint8),
@@ -645,10 +645,13 @@ class Router:
         }
         text = json.dumps(payload, sort_keys=True)
         doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
-        atomic_write_bytes(path / "arrays.safetensors", blob)
-        atomic_write_text(path / "card.md", self.model_card(card_extra))
-        # router.json last: a router directory is complete only once its manifest names matching arrays
-        atomic_write_text(path / "router.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        # all three files change together (one directory swap), so a kill or a full disk mid-save
+        # leaves the previous router whole; raises ConfigError if path is a file or holds other files
+        atomic_write_dir(path, {
+            "arrays.safetensors": blob,
+            "card.md": self.model_card(card_extra).encode("utf-8"),
+            "router.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"),
+        })
         return path
 
     @classmethod
@@ -668,15 +671,31 @@ class Router:
             raise IntegrityError(f"{manifest}: not a valid router manifest ({exc})", "re-save the router") from exc
         if not ok:
             raise IntegrityError(f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router")
-        if payload.get("format") != "benchroute-router" or payload.get("format_version") != FORMAT_VERSION:
-            raise IntegrityError(f"{manifest}: unsupported router format {payload.get('format_version')}")
+        if not isinstance(payload, dict) or payload.get("format") != "benchroute-router" or \
+                payload.get("format_version") != FORMAT_VERSION:
+            version = payload.get("format_version") if isinstance(payload, dict) else None
+            raise IntegrityError(f"{manifest}: unsupported router format {version}")
+        _check_manifest(payload, manifest)
         try:
             blob = (path / "arrays.safetensors").read_bytes()
         except FileNotFoundError as exc:
             raise IntegrityError(f"{path / 'arrays.safetensors'}: missing", "re-save the router") from exc
         if hashlib.sha256(blob).hexdigest() != payload["arrays_sha256"]:
             raise IntegrityError(f"{path / 'arrays.safetensors'}: checksum mismatch (corrupt or truncated)")
-        arrays = st_load(blob)
+        try:
+            arrays = st_load(blob)
+        except Exception as exc:  # safetensors raises its own SafetensorError on anything unparsable
+            raise IntegrityError(f"{path / 'arrays.safetensors'}: not a safetensors file ({exc})",
+                                 "re-save the router") from exc
+        _check_arrays(arrays, payload, path / "arrays.safetensors")
+        try:
+            return cls._from_saved(payload, arrays)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ConfigError) as exc:
+            raise IntegrityError(f"{manifest}: inconsistent saved router ({type(exc).__name__}: {exc})",
+                                 "re-save the router") from exc
+
+    @classmethod
+    def _from_saved(cls, payload: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
         params = dict(payload["params"])
         custom = payload.get("predictor_params")
         if custom is not None:
@@ -686,6 +705,7 @@ class Router:
                 custom["hidden"] = tuple(custom["hidden"])
             params["predictor"] = PREDICTORS[params["predictor"]](**custom)
         router = cls(**params)
+        router._check_params()
         router.tasks_ = list(payload["tasks"])
         router.models_ = list(payload["models"])
         router.X_ = arrays["X"]
@@ -739,6 +759,86 @@ class Router:
         for key, val in (extra or {}).items():
             lines += ["", f"## {key}", "", "```", json.dumps(jsonable(val), indent=1), "```"]
         return "\n".join(lines) + "\n"
+
+
+_MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required except _OPTIONAL_KEYS
+    "format": str, "format_version": int, "benchroute_version": str, "params": dict, "tasks": list,
+    "models": list, "arrays_sha256": str, "card_extra": dict, "blend": (dict, type(None)),
+    "predictor_params": (dict, type(None)), "cost_unit": (str, type(None)),
+}
+_OPTIONAL_KEYS = {"cost_unit"}
+_POSITIVE_INTS = {"k": 10**6, "kappa": 10**6, "repeats": 10**6, "cap": 10**9, "draws": 10**7}
+
+
+def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
+    """The manifest's schema: a re-signed router.json with unknown keys or wrong types is refused.
+
+    The checksums only detect accidents; anyone can re-sign an edited manifest, so every field is
+    checked here before it reaches a constructor (a router from an untrusted source is data).
+    """
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(f"{manifest}: {what}", "re-save the router, or get it from its author")
+
+    keys = set(payload)
+    unexpected, missing = keys - set(_MANIFEST_KEYS), set(_MANIFEST_KEYS) - _OPTIONAL_KEYS - keys
+    if unexpected or missing:
+        raise bad(f"unexpected manifest keys {sorted(unexpected)}, missing {sorted(missing)}")
+    for key in keys:
+        if not isinstance(payload[key], _MANIFEST_KEYS[key]) or isinstance(payload[key], bool):
+            raise bad(f"{key} has the wrong type ({type(payload[key]).__name__})")
+    for key in ("tasks", "models"):
+        names = payload[key]
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise bad(f"{key} must be a non-empty list of distinct strings")
+    defaults = {k: p.default for k, p in inspect.signature(Router.__init__).parameters.items() if k != "self"}
+    params = payload["params"]
+    if set(params) != set(defaults):
+        raise bad(f"unexpected router parameters {sorted(set(params) ^ set(defaults))}")
+    for key, value in params.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and (
+                key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value) and (
+                key != "sigma" or value > 0) and (key not in ("t", "eta") or 0 <= value <= 1)
+        elif isinstance(default, tuple | list):
+            ok = isinstance(value, list) and len(value) > 0 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        else:  # predictor, score, p_estimator, embedding_model: names
+            ok = isinstance(value, str) and value != ""
+        if not ok:
+            raise bad(f"router parameter {key} = {value!r} is not valid")
+    if payload["params"]["embedding_model"] in ("", ".", ".."):
+        raise bad("embedding_model is not valid")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: Path) -> None:
+    """Names, shapes and dtypes of the saved arrays agree with each other and with the manifest."""
+    m, t = len(payload["models"]), len(payload["tasks"])
+    X = arrays.get("X")
+    if X is None or X.ndim != 2 or len(X) == 0 or X.dtype != np.float32 or not np.isfinite(X).all():
+        raise IntegrityError(f"{file}: X must be a non-empty finite n x d float32 array")
+    n = len(X)
+    z = len(arrays.get("pairs_u", ()))
+    shapes = {"Y": (n, m), "task_index": (n,), "task_accuracy": (t, m), "params_b": (m,), "cost": (m,),
+              "pairs_u": (z,), "pairs_p": (z, m), "pairs_task": (z,), "pairs_alpha": (z,), "pairs_repeat": (z,)}
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name].shape != shape:
+            got = arrays[name].shape if name in arrays else "missing"
+            raise IntegrityError(f"{file}: array {name} has shape {got}, expected {shape}")
+    if "atc_conf" not in arrays or "atc_correct" not in arrays or arrays["atc_conf"].shape != arrays["atc_correct"].shape:
+        raise IntegrityError(f"{file}: atc_conf and atc_correct are missing or differ in shape")
+    if not np.isin(arrays["Y"], (0, 1)).all():
+        raise IntegrityError(f"{file}: Y must hold 0/1 correctness")
+    ti = arrays["task_index"]
+    if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
+        raise IntegrityError(f"{file}: task_index must index the {t} tasks")
+    unknown = set(arrays) - set(shapes) - {"X", "atc_conf", "atc_correct"}
+    if any(not k.startswith("mlp.") for k in unknown):
+        raise IntegrityError(f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}")
 
 
 def _distance(X: np.ndarray, store: np.ndarray, kappa: int) -> float:
