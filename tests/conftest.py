@@ -12,6 +12,8 @@ Two kinds of data, so that the whole suite stays fast on a shared CPU:
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,3 +174,19 @@ def fitted_router(make_router):  # type: ignore[no-untyped-def]
     """One shared fitted router: use it read-only (recommend, route, save)."""
     return make_router()
 
+
+@pytest.fixture(scope="module")
+def ledger(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Iterator[dict[str, Counter]]:
+    """Per-class outcome counts of a reliability module, saved for docs/reliability.md when it ends.
+
+    The module names its ledger with a module-level ``LEDGER = "data" | "faults" | "server"``.
+    """
+    name = request.module.LEDGER
+    counts: dict[str, Counter] = {}
+    yield counts
+    data = {k: dict(v) for k, v in counts.items()}
+    cache = getattr(pytestconfig, "cache", None)
+    if cache is not None:
+        path = Path(cache.mkdir("benchroute-reliability")) / f"{name}.json"
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"\nreliability counts ({name}): {json.dumps(data, sort_keys=True)}")

@@ -20,11 +20,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +100,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cases")
 
 
-@pytest.fixture(scope="module")
-def ledger(pytestconfig: pytest.Config) -> Iterator[dict[str, Counter]]:
-    """Per-class outcome counts, saved for docs/reliability.md when the module ends."""
-    counts: dict[str, Counter] = {}
-    yield counts
-    _save_ledger(pytestconfig, "data", counts)
-
-
-def _save_ledger(config: pytest.Config, name: str, counts: dict[str, Any]) -> None:
-    data = {k: dict(v) for k, v in counts.items()}
-    cache = getattr(config, "cache", None)
-    if cache is not None:
-        path = Path(cache.mkdir("benchroute-reliability")) / f"{name}.json"
-        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"\nreliability counts ({name}): {json.dumps(data, sort_keys=True)}")
+LEDGER = "data"  # the conftest ledger fixture saves counts under this name
 
 
 def unzip(data: bytes, name: str) -> bytes:

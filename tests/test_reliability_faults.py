@@ -121,17 +121,7 @@ def _saver_main(mode: str, out: Path, refs: Path) -> None:
 # ---------------------------------------------------------------------------------------- ledger
 
 
-@pytest.fixture(scope="module")
-def ledger(pytestconfig: pytest.Config) -> Iterator[dict[str, Counter]]:
-    counts: dict[str, Counter] = {}
-    yield counts
-    data = {k: dict(v) for k, v in counts.items()}
-    cache = getattr(pytestconfig, "cache", None)
-    if cache is not None:
-        (Path(cache.mkdir("benchroute-reliability")) / "faults.json").write_text(
-            json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"\nreliability counts (faults): {json.dumps(data, sort_keys=True)}")
-
+LEDGER = "faults"  # the conftest ledger fixture saves counts under this name
 
 # ---------------------------------------------------------------------------- killed while saving
 

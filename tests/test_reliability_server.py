@@ -30,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,17 +57,7 @@ def _settings(n: int) -> settings:
 # ----------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def ledger(pytestconfig: pytest.Config) -> Iterator[dict[str, Counter]]:
-    counts: dict[str, Counter] = {}
-    yield counts
-    data = {k: dict(v) for k, v in counts.items()}
-    cache = getattr(pytestconfig, "cache", None)
-    if cache is not None:
-        (Path(cache.mkdir("benchroute-reliability")) / "server.json").write_text(
-            json.dumps(data, indent=1, sort_keys=True) + "\n")
-    print(f"\nreliability counts (server): {json.dumps(data, sort_keys=True)}")
-
+LEDGER = "server"  # the conftest ledger fixture saves counts under this name
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

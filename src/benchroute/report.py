@@ -475,16 +475,21 @@ def _plot_small_models(d: Mapping[str, Any]) -> Any:
     return fig
 
 
-def _plot_instance_sparsity(d: Mapping[str, Any]) -> Any:
+def _line_figure(d: Mapping[str, Any], xlabel: str, ylabel: str, title: str, styled: bool = True) -> Any:
+    """One panel of mean lines (with std bands where given) over d["x"], one per series."""
     fig, (ax,) = _new_figure()
-    for name, s in d["series"].items():
-        _draw_band(ax, d["x"], s, name, **_STYLE.get(name, {}))
-    ax.set_xlabel("sparsity threshold C (min. distance of kept training inputs)")
-    ax.set_ylabel("mean score")
-    ax.set_title("Per-instance routing vs training sparsity")
+    for name, series in d["series"].items():
+        _draw_band(ax, d["x"], series, name, **(_STYLE.get(name, {}) if styled else {}))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _plot_instance_sparsity(d: Mapping[str, Any]) -> Any:
+    return _line_figure(d, 'sparsity threshold C (min. distance of kept training inputs)', 'mean score', 'Per-instance routing vs training sparsity', styled=True)
 
 
 def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
@@ -515,27 +520,11 @@ def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
 
 
 def _plot_labels_vs_budget(d: Mapping[str, Any]) -> Any:
-    fig, (ax,) = _new_figure()
-    for name, s in d["series"].items():
-        _draw_band(ax, d["x"], s, name)
-    ax.set_xlabel("number of labeled samples of the new task")
-    ax.set_ylabel("accuracy of the chosen model")
-    ax.set_title("Accuracy vs labeling budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    return _line_figure(d, 'number of labeled samples of the new task', 'accuracy of the chosen model', 'Accuracy vs labeling budget', styled=False)
 
 
 def _plot_training_tasks(d: Mapping[str, Any]) -> Any:
-    fig, (ax,) = _new_figure()
-    for name, s in d["series"].items():
-        _draw_band(ax, d["x"], s, name, **_STYLE.get(name, {}))
-    ax.set_xlabel("number of training tasks")
-    ax.set_ylabel("accuracy of the chosen model")
-    ax.set_title("Does routing improve with more benchmarks?")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    return _line_figure(d, 'number of training tasks', 'accuracy of the chosen model', 'Does routing improve with more benchmarks?', styled=True)
 
 
 def _plot_groups(d: Mapping[str, Any]) -> Any:
