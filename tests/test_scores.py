@@ -131,3 +131,23 @@ def test_reason_without_probability_when_rule_is_off() -> None:
     # what a router with the trust rule switched off builds: no comparison, the top model is chosen
     d = TrustDecision(chosen=1, candidate=1, fallback=0, probability=None, eta=0.6, fell_back=False)
     assert d.reason(["a", "b"]) == "trust rule off: routing to the top-scoring model b (best on average: a)"
+
+
+def test_select_blend_picks_the_best_inner_config_and_the_gate_falls_back() -> None:
+    from benchroute.scores import select_blend
+
+    # 4 tasks x 2 models; model 1 is best on average, but S1 at k=5 points to the task's real winner
+    accuracy = np.array([[0.9, 0.5], [0.8, 0.6], [0.3, 0.7], [0.2, 0.9]])
+    priors = {d: np.delete(accuracy, d, axis=0).mean(axis=0) for d in range(4)}
+    curves = {d: np.stack([accuracy[d], priors[d]]) for d in range(4)}  # k=5 sees the truth, k=10 the prior
+    free = select_blend(curves, priors, accuracy, ks=(5, 10), lambdas=(0.0, 1.0))
+    assert (free.k, free.lam, free.gated) == (5, 0.0, False)
+    assert free.inner_accuracy == pytest.approx(accuracy.max(axis=1).mean())
+    assert free.bma_inner_accuracy == pytest.approx(np.mean([accuracy[d, np.argmax(priors[d])] for d in range(4)]))
+    gain = accuracy.max(axis=1) - np.array([accuracy[d, np.argmax(priors[d])] for d in range(4)])
+    assert free.gain_se == pytest.approx(gain.std(ddof=1) / 2)
+    z = gain.mean() / free.gain_se
+    gated = select_blend(curves, priors, accuracy, ks=(5, 10), lambdas=(0.0, 1.0), min_z=z + 0.01)
+    assert (gated.lam, gated.gated) == (1.0, True)
+    assert gated.inner_accuracy == pytest.approx(free.bma_inner_accuracy)
+    assert select_blend(curves, priors, accuracy, ks=(5, 10), lambdas=(0.0, 1.0), min_z=z - 0.01).lam == 0.0

@@ -97,7 +97,7 @@ class LOTOEvaluator:
             inner = [x for x in range(self.bench.n_tasks) if x != d]
             curves = {x: self.engine.s1_curve(x, [d], r.blend_ks) for x in inner}
             priors = {x: self.task_acc[[t for t in inner if t != x]].mean(axis=0) for x in inner}
-            self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas)
+            self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z)
         return self._blend[d]
 
     def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
@@ -479,7 +479,7 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
             pool = np.isin(ev.ti, train_tasks) & (ev.ti != d)
             curves[int(d)] = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], r.blend_ks)
             priors[int(d)] = ev.task_acc[[t for t in train_tasks if t != d]].mean(axis=0)
-        choice = select_blend(curves, priors, ev.task_acc, r.blend_ks, r.blend_lambdas)
+        choice = select_blend(curves, priors, ev.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z)
         pool = np.isin(ev.ti, train_tasks)
         prior = ev.task_acc[train_tasks].mean(axis=0)
         bma = int(np.argmax(prior))

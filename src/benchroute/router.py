@@ -127,6 +127,9 @@ class Router:
     draws : Monte Carlo draws of the trust rule.
     embedding_model : sentence-transformers model for inputs given as text.
     seed : every random draw (moved samples, Monte Carlo) derives from it.
+    blend_ks, blend_lambdas : the grid of the default blended score (see :func:`benchroute.scores.blend`).
+    blend_min_z : keep the best-on-average model unless the chosen blend's inner gain exceeds this many
+        paired standard errors [0 = off; measured in docs/reproduction.md: 1.0 did not help].
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Router:
         seed: int = 0,
         blend_ks: Sequence[int] = BLEND_KS,
         blend_lambdas: Sequence[float] = BLEND_LAMBDAS,
+        blend_min_z: float = 0.0,
     ) -> None:
         self.predictor = predictor
         self.k = k
@@ -166,6 +170,7 @@ class Router:
         self.seed = seed
         self.blend_ks = tuple(blend_ks)
         self.blend_lambdas = tuple(blend_lambdas)
+        self.blend_min_z = blend_min_z
 
     # ------------------------------------------------------------------ fitting
     def _make_predictor(self) -> Any:
@@ -232,7 +237,8 @@ class Router:
         D = len(self.tasks_)
         curves = {d: engine.s1_curve(d, (), self.blend_ks) for d in range(D)}
         priors = {d: np.delete(self.task_accuracy_, d, axis=0).mean(axis=0) for d in range(D)}
-        self.blend_ = select_blend(curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas)
+        self.blend_ = select_blend(curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas,
+                                   self.blend_min_z)
 
     def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
         if isinstance(self.predictor_, KNNCorrectness):
@@ -414,7 +420,8 @@ class Router:
             scores["blend"] = blend(s1k, prior, self.blend_.lam)
             extra["blend"] = {"k": self.blend_.k, "lambda": self.blend_.lam,
                               "inner_accuracy": self.blend_.inner_accuracy,
-                              "bma_inner_accuracy": self.blend_.bma_inner_accuracy}
+                              "bma_inner_accuracy": self.blend_.bma_inner_accuracy,
+                              "gain_se": self.blend_.gain_se, "gated": self.blend_.gated}
         score = scores[self.score]
         masked = np.where(mask, score, -np.inf)
         bma = int(np.argmax(np.where(mask, prior, -np.inf)))
@@ -601,6 +608,7 @@ class Router:
             "alphas": list(self.alphas), "repeats": self.repeats, "cap": self.cap, "draws": self.draws,
             "embedding_model": self.embedding_model, "seed": self.seed,
             "blend_ks": list(self.blend_ks), "blend_lambdas": list(self.blend_lambdas),
+            "blend_min_z": self.blend_min_z,
         }
 
     def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
