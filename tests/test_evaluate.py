@@ -93,3 +93,19 @@ def test_run_experiments_all_sections(tmp_path: Path) -> None:
     paths = write_report(res, tmp_path)
     assert paths["md"].exists() and paths["html"].exists()
     assert "Router" in paths["md"].read_text()
+
+
+def test_mlp_variant_study_compares_both_predictors(tmp_path: Path) -> None:
+    from benchroute.evaluate import mlp_variant_study
+    from benchroute.report import render_markdown
+
+    ev = LOTOEvaluator(tiny_benchmark(), _router())
+    res = mlp_variant_study(ev, n_tasks=2, mlp_params={"hidden": (32,), "epochs": 30, "patience": 5})
+    assert len(res["tasks"]) == 2 and len(res["per_task"]) == 4
+    for name in ("kNN", "MLP"):
+        row = res["summary"][name]
+        assert 0.0 <= row["predictor_acc"] <= 1.0 and 0.0 <= row["S1"] <= 1.0
+    # on the synthetic benchmark the specialists are learnable: the MLP beats chance clearly
+    assert res["summary"]["MLP"]["predictor_acc"] > 0.6
+    md = render_markdown({"config": {}, "summary": {}, "per_task": [], "mlp_variant": res}, {})
+    assert "MLP vs kNN" in md and f"{res['summary']['MLP']['predictor_acc']:.3f}" in md

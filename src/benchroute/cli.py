@@ -405,7 +405,7 @@ def serve(
 
 # --------------------------------------------------------------------------- experiments
 def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
-                sweep_repeats: int, instance_data: str, seed: int) -> None:
+                sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0) -> None:
     from .evaluate import run_experiments
     from .io import atomic_write_json
     from .report import write_report
@@ -416,7 +416,7 @@ def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None,
     inst = load_with_embeddings(instance_data, model, cache) if kind in ("instance", "all") else None
     results = run_experiments(
         bench if bench is not None else inst, kind, router, sweep_repeats=sweep_repeats,
-        instance_benchmark=inst, progress=progress_bar,
+        instance_benchmark=inst, mlp_tasks=mlp_tasks, progress=progress_bar,
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
@@ -461,8 +461,10 @@ def _make_experiment_command(kind: str, doc: str) -> None:
         sweep_repeats: SweepRepeatsOpt = 10,
         instance_data: InstanceOpt = "alpacaeval2",
         seed: SeedOpt = 0,
+        mlp_tasks: Annotated[int, typer.Option(help="Also compare the MLP predictor on this many held-out tasks "
+                                                    "(about a minute per task on 2 cores; 0 = off).")] = 0,
     ) -> None:
-        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed)
+        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed, mlp_tasks)
 
     command.__doc__ = doc
     experiment_app.command(kind)(command)

@@ -380,6 +380,8 @@ def run_experiments(
     sweep_repeats: int = 10,
     small_limit_b: float = 13.0,
     instance_benchmark: Any = None,
+    mlp_tasks: int = 0,
+    mlp_params: dict[str, Any] | None = None,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Run one experiment kind (or all) and return the results dict written to results.json."""
@@ -436,6 +438,9 @@ def run_experiments(
                 results["training_tasks"] = training_tasks_study(ev, progress=advance)
             with bar("leave-one-group-out", benchmark.n_tasks) as advance:
                 results["groups"] = group_study(ev, progress=advance)
+        if mlp_tasks > 0:
+            with bar(f"MLP vs kNN predictor on {mlp_tasks} held-out tasks", mlp_tasks) as advance:
+                results["mlp_variant"] = mlp_variant_study(ev, mlp_tasks, mlp_params, advance)
     if kind in ("instance", "all"):
         inst = instance_benchmark if instance_benchmark is not None else benchmark
         with bar(f"per-instance routing on {inst.name}", 5) as advance:
@@ -524,3 +529,43 @@ def training_tasks_study(ev: LOTOEvaluator, sizes: Sequence[int] = (5, 10, 20), 
     rows = [{"n_train_tasks": s, **{m: float(np.mean(v)) for m, v in res[s].items()},
              "gain": float(np.mean(res[s]["Router"]) - np.mean(res[s]["BMA"]))} for s in sizes]
     return {"repeats": repeats, "rows": rows}
+
+
+def mlp_variant_study(ev: LOTOEvaluator, n_tasks: int = 5, mlp_params: dict[str, Any] | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """Predictor variant: the paper's MLP vs kNN on the same held-out tasks (alpha = 0).
+
+    One MLP fit per held-out task on all other tasks (minutes each on 2 CPU cores, hence a seeded
+    subset of ``n_tasks`` tasks). Reported: predictor accuracy (thresholded g vs the truth) and the
+    accuracy of the model chosen by S1, S2 and per-input MoE, for both predictors. S3 for the MLP would
+    need one refit per inner fold (thousands of fits) and is not computed.
+    """
+    from .predictors import MLPCorrectness
+
+    r = ev.router
+    rng = np.random.default_rng([r.seed, 31337])
+    tasks = sorted(rng.choice(ev.bench.n_tasks, min(n_tasks, ev.bench.n_tasks), replace=False).tolist())
+    rows = []
+    for d in tasks:
+        held = ev.ti == d
+        y = ev.Y[held] > 0.5
+        train_acc = np.delete(ev.task_acc, d, axis=0).mean(axis=0)
+        bma = int(np.argmax(train_acc))
+        g_knn = ev.engine.fold(d, [], None)[0][0]
+        mlp = MLPCorrectness(random_state=r.seed, **(mlp_params or {})).fit(ev.engine.emb[~held], ev.Y[~held])
+        for name, g in (("kNN", g_knn), ("MLP", mlp.predict_proba(ev.engine.emb[held]))):
+            pick_moe = np.where(g[:, bma] == g.max(axis=1), bma, np.argmax(g, axis=1))
+            rows.append({
+                "task": ev.bench.tasks[d], "predictor": name,
+                "predictor_acc": float(((g > r.t) == y).mean()),
+                "S1": float(ev.task_acc[d, int(np.argmax(s1(g)))]),
+                "S2": float(ev.task_acc[d, int(np.argmax(s2(g, r.t)))]),
+                "MoE": float(y[np.arange(len(y)), pick_moe].mean()),
+                "BMA": float(ev.task_acc[d, bma]),
+            })
+        if progress is not None:
+            progress(1)
+    summary = {name: {k: float(np.mean([row[k] for row in rows if row["predictor"] == name]))
+                      for k in ("predictor_acc", "S1", "S2", "MoE", "BMA")} for name in ("kNN", "MLP")}
+    return {"tasks": [ev.bench.tasks[d] for d in tasks], "mlp_params": mlp_params or {}, "summary": summary,
+            "per_task": rows}

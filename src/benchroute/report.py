@@ -859,6 +859,19 @@ def _study_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
     return blocks
 
 
+def _mlp_blocks(results: Mapping[str, Any]) -> list[Block]:
+    summary = _dict(_dict(results.get("mlp_variant")).get("summary"))
+    if not summary:
+        return []
+    cols = ("predictor_acc", "S1", "S2", "MoE", "BMA")
+    tasks = ", ".join(str(t) for t in _list(_dict(results.get("mlp_variant")).get("tasks")))
+    return [Heading("Predictor variants: MLP vs kNN"),
+            Paragraph(f"Held-out tasks: {tasks} (alpha = 0; accuracy of the model each score chooses)."),
+            Table(["predictor", "pred. acc", "S1", "S2", "MoE", "BMA"],
+                  [[name] + [fmt(_num(_dict(v).get(c))) for c in cols] for name, v in summary.items()],
+                  [False] + [True] * len(cols))]
+
+
 def _images(figures: Mapping[str, Any], *names: str) -> list[Block]:
     return [Image(n, FIGURE_CAPTIONS[n]) for n in names if n in figures]
 
@@ -884,6 +897,7 @@ def _document(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Bl
     blocks += _cost_blocks(results, figures)
     blocks += _active_blocks(results, figures)
     blocks += _study_blocks(results, figures)
+    blocks += _mlp_blocks(results)
     return blocks
 
 
