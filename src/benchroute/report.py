@@ -70,7 +70,7 @@ SMALL_MODEL_SERIES: tuple[tuple[str, str, str], ...] = (
     ("Largest", "largest_acc", "Largest model"),
     ("Oracle_small", "oracle_small_acc", "Oracle (small models)"),
 )
-INSTANCE_METHODS: tuple[str, ...] = ("Router", "Oracle", "BMA", "Random")
+INSTANCE_METHODS: tuple[str, ...] = ("Router", "Router_shrunk", "Oracle", "BMA", "Random")
 
 FIGURE_NAMES: tuple[str, ...] = (
     "accuracy_vs_alpha",
