@@ -239,7 +239,7 @@ def fit(
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory to save the router in.")],
     predictor: Annotated[str, typer.Option(help="knn, mlp or logreg.")] = "knn",
     k: Annotated[int, typer.Option(help="kNN neighbours.")] = 5,
-    score: Annotated[str, typer.Option(help="S1, S2 or S3.")] = "S3",
+    score: Annotated[str, typer.Option(help="blend (default), or the paper's S1, S2, S3.")] = "blend",
     eta: Annotated[float, typer.Option(help="Trust-rule threshold.")] = 0.6,
     model: ModelOpt = "all-mpnet-base-v2",
     cache: CacheOpt = None,

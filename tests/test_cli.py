@@ -1,0 +1,67 @@
+"""The command line end to end on a small real benchmark: data info, fit, recommend, route, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from benchroute.cli import app, main
+from benchroute.data import write_benchmark
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bench_dir(train_bench, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The MiniLM test slice of openllm_v2 (its inputs are already in the session's embedding cache)."""
+    b = train_bench
+    scores = pd.DataFrame(
+        [(t, i, m, float(b.scores[r, j])) for r, (t, i) in enumerate(zip(b.items.task, b.items.item_id, strict=True))
+         for j, m in enumerate(b.models)],
+        columns=["task", "item_id", "model", "score"],
+    )
+    return write_benchmark(tmp_path_factory.mktemp("bench"), b.items, scores, pd.DataFrame({"model": b.models}))
+
+
+def _ok(args: list[str]) -> str:
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_fit_recommend_route_round_trip(bench_dir: Path, tmp_path: Path, held_out, train_bench) -> None:  # type: ignore[no-untyped-def]
+    info = json.loads(_ok(["data", "info", str(bench_dir), "--json"]))
+    assert info["n_tasks"] == train_bench.n_tasks and info["n_models"] == train_bench.n_models
+    out = tmp_path / "router"
+    _ok(["fit", str(bench_dir), "-o", str(out), "--model", "all-MiniLM-L6-v2"])
+    assert sorted(p.name for p in out.iterdir()) == ["arrays.safetensors", "card.md", "router.json"]
+    inputs = tmp_path / "new_task.jsonl"
+    inputs.write_text("\n".join(json.dumps({"input": x}) for x in held_out[0]))
+    rec = json.loads(_ok(["recommend", str(out), "--inputs", str(inputs), "--json"]))
+    assert rec["score"] == "blend"  # the CLI fits the default router
+    assert rec["chosen"] in train_bench.models and len(rec["ranking"]) == train_bench.n_models
+    assert rec["n_inputs"] == len(held_out[0])
+    cheap = json.loads(_ok(["recommend", str(out), "--inputs", str(inputs), "--json", "--cost-weight", "0.5"]))
+    assert cheap["extra"]["cost"]["unit"] == "params_b" and cheap["extra"]["cost"]["mode"] == "cost_weight"
+    table = _ok(["recommend", str(out), "--inputs", str(inputs)])
+    assert "chosen:" in table and "nearest benchmark tasks" in table
+    routed = json.loads(_ok(["route", str(out), held_out[0][0], "--json"]))
+    assert len(routed) == 1 and routed[0]["model"] in train_bench.models
+    picks = json.loads(_ok(["suggest-labels", str(out), "--inputs", str(inputs), "--budget", "3", "--json"]))
+    assert len({p["index"] for p in picks}) == 3
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for argv in (["data", "info", str(tmp_path / "missing")],
+                 ["recommend", str(tmp_path / "no_router"), "--inputs", str(tmp_path / "x.txt")]):
+        monkeypatch.setattr("sys.argv", ["benchroute", *argv])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "Traceback" not in err
