@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .confidence import DEFAULT_ALPHAS, ATCEstimator, ConfidencePairs, FoldEngine, KernelSmoother, n_moved
+from .confidence import (
+    DEFAULT_ALPHAS,
+    ATCEstimator,
+    ConfidencePairs,
+    FoldEngine,
+    KernelSmoother,
+    dataset_distance,
+    n_moved,
+)
 from .cost import cheapest_within_trusted, choose, model_costs
 from .errors import ConfigError, IntegrityError, NotFittedError
 from .io import atomic_write_dir, jsonable
@@ -256,7 +264,7 @@ class Router:
             train = ~held & ~np.isin(self.task_index_, list(excluded))
             g = self._make_predictor().fit(self.X_[train], self.Y_[train]).predict_proba(self.X_[held])
             correct = (g > self.t) == (self.Y_[held] > 0.5)
-            us.append(_distance(self.X_[held], self.X_[train], self.kappa))
+            us.append(dataset_distance(self.X_[held], self.X_[train], self.kappa))
             ps.append(correct.mean(axis=0))
             confs.append(np.maximum(g, 1 - g))
             corrs.append(correct)
@@ -847,11 +855,6 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
     unknown = set(arrays) - set(shapes) - {"X", "atc_conf", "atc_correct"}
     if any(not k.startswith("mlp.") for k in unknown):
         raise IntegrityError(f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}")
-
-
-def _distance(X: np.ndarray, store: np.ndarray, kappa: int) -> float:
-    sims, _ = exact_search(normalize(X), store, kappa)
-    return float((1.0 - sims).mean())
 
 
 def _opt(x: float) -> float | None:
