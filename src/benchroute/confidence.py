@@ -177,6 +177,8 @@ class FoldEngine:
     ) -> tuple[np.ndarray, np.ndarray]:
         """First ``width`` (default max(k, kappa)) cross-task neighbours of ``rows`` not in ``excluded``."""
         width = width or self.need
+        if not excluded:  # the lists already omit each item's own task and are sorted: a slice
+            return self.cross_s[rows, :width], self.cross_i[rows, :width]
         t = self.cross_t[rows]
         s = self.cross_s[rows]
         valid = np.isfinite(s)
@@ -210,7 +212,8 @@ class FoldEngine:
         """Top ``width`` training neighbours of task d's ``items`` (local, P) given per-item moved sets (P x s)."""
         width = width or self.need
         members = self.members[d]
-        cand_s, cand_i = self.cross_top(members[items], [d, *excluded], width)
+        # the cross lists never hold task d itself, so only the other excluded tasks need filtering
+        cand_s, cand_i = self.cross_top(members[items], [x for x in excluded if x != d], width)
         if moved.shape[1]:
             ms = self.within(d)[items[:, None], moved]
             cand_s = np.concatenate([cand_s, ms], axis=1)
