@@ -489,7 +489,8 @@ def _line_figure(d: Mapping[str, Any], xlabel: str, ylabel: str, title: str, sty
 
 
 def _plot_instance_sparsity(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, 'sparsity threshold C (min. distance of kept training inputs)', 'mean score', 'Per-instance routing vs training sparsity', styled=True)
+    return _line_figure(d, "sparsity threshold C (min. distance of kept training inputs)", "mean score",
+                        "Per-instance routing vs training sparsity")
 
 
 def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
@@ -520,11 +521,13 @@ def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
 
 
 def _plot_labels_vs_budget(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, 'number of labeled samples of the new task', 'accuracy of the chosen model', 'Accuracy vs labeling budget', styled=False)
+    return _line_figure(d, "number of labeled samples of the new task", "accuracy of the chosen model",
+                        "Accuracy vs labeling budget", styled=False)
 
 
 def _plot_training_tasks(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, 'number of training tasks', 'accuracy of the chosen model', 'Does routing improve with more benchmarks?', styled=True)
+    return _line_figure(d, "number of training tasks", "accuracy of the chosen model",
+                        "Does routing improve with more benchmarks?")
 
 
 def _plot_groups(d: Mapping[str, Any]) -> Any:
