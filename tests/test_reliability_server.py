@@ -59,6 +59,7 @@ def _settings(n: int) -> settings:
 
 LEDGER = "server"  # the conftest ledger fixture saves counts under this name
 
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     tmp = tmp_path_factory.mktemp("env")

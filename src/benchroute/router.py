@@ -355,21 +355,17 @@ class Router:
         X = self.embed(inputs)
         mask = self._candidate_mask(candidates)
         n = len(X)
-        pred, store_X, store_Y, few_shot = self, self.X_, self.Y_, None
-        n_labeled = 0
-        if labeled is not None:
+        store_X, store_Y, few_shot, n_labeled = self.X_, self.Y_, None, 0
+        predictor = self.predictor_
+        if labeled is not None:  # the labeled samples join the training data: a predictor refit
             lab_X, lab_Y = self._labeled(labeled)
             n_labeled = len(lab_X)
             store_X = np.vstack([self.X_, lab_X])
             store_Y = np.vstack([self.Y_, lab_Y])
             few = lab_Y.mean(axis=0)
             few_shot = {m: float(few[j]) for j, m in enumerate(self.models_)}
-            pred = None
-        g = (
-            self.predictor_.predict_proba(X)
-            if pred is not None
-            else self._make_predictor().fit(store_X, store_Y).predict_proba(X)
-        )
+            predictor = self._make_predictor().fit(store_X, store_Y)
+        g = predictor.predict_proba(X)
         # one neighbour search serves the distance u(d') and the blend's wide neighbourhood
         width = max(self.kappa, self.blend_.k if self.score == "blend" else 0)
         sims, idx = exact_search(X, store_X, width)
