@@ -193,8 +193,16 @@ class LOTOEvaluator:
                 "rank": float("nan"), "u": u}
 
     def run(self, alphas: Sequence[float] = (0.0,), repeats: int = 10, tasks: Sequence[int] | None = None,
-            candidates: np.ndarray | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
-        """All rows for every held-out task, test alpha and repeat (alpha = 0 runs once)."""
+            candidates: np.ndarray | None = None, progress: Progress | None = None,
+            runner: Callable[..., list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+        """All rows for every held-out task, test alpha and repeat (alpha = 0 runs once).
+
+        ``runner(self, tasks, alphas, repeats, candidates, progress)`` may run the held-out tasks
+        elsewhere (e.g. :class:`benchroute.distributed.RayLOTORunner`); it returns the same rows in order.
+        """
+        if runner is not None:
+            order = list(tasks) if tasks is not None else list(range(self.bench.n_tasks))
+            return runner(self, order, alphas, repeats, candidates, progress)
         rows: list[dict[str, Any]] = []
         for d in tasks if tasks is not None else range(self.bench.n_tasks):
             for alpha in alphas:
@@ -414,8 +422,12 @@ def run_experiments(
     mlp_tasks: int = 0,
     mlp_params: dict[str, Any] | None = None,
     progress: ProgressFactory | None = None,
+    runner: Callable[..., list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Run one experiment kind (or all) and return the results dict written to results.json."""
+    """Run one experiment kind (or all) and return the results dict written to results.json.
+
+    ``runner`` is handed to :meth:`LOTOEvaluator.run` for the LOTO and sweep folds (e.g. to run them on Ray).
+    """
     import contextlib
     import time
     from datetime import UTC, datetime
@@ -439,7 +451,7 @@ def run_experiments(
     if kind in ("loto", "sweep", "all"):
         ev = LOTOEvaluator(benchmark, router)
         with bar(f"leave-one-task-out on {benchmark.name}", benchmark.n_tasks) as advance:
-            rows = ev.run(alphas=(0.0,), progress=advance)
+            rows = ev.run(alphas=(0.0,), progress=advance, runner=runner)
         results["summary"] = summarize(rows)
         results["per_task"] = rows
         results["paired"] = {f"{a} - BMA": paired_difference(rows, a, "BMA") for a in ("Router", "S1", "S2", "S3", "S3_true_p", "MoE")}
@@ -453,7 +465,7 @@ def run_experiments(
         if kind in ("sweep", "all"):
             alphas = [a for a in sweep_alphas if a > 0]
             with bar("alpha sweep", benchmark.n_tasks) as advance:
-                sweep_rows = ev.run(alphas=alphas, repeats=sweep_repeats, progress=advance)
+                sweep_rows = ev.run(alphas=alphas, repeats=sweep_repeats, progress=advance, runner=runner)
             results["sweep"] = sweep_summary(rows + sweep_rows, [0.0, *alphas])
         if kind == "all":
             from .active import active_study
