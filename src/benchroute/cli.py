@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,6 +52,10 @@ CacheOpt = Annotated[
     Path | None, typer.Option("--cache", help="Embedding cache file (default: $BENCHROUTE_CACHE or ~/.cache/benchroute).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'benchroute\\[ray]'); local unless --address.")]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster to connect to (host:6379 or auto); default: a local Ray.")
+]
 
 
 @contextmanager
@@ -76,8 +81,41 @@ def progress_bar(description: str, total: int, unit: str = "items") -> Iterator[
         yield advance
 
 
+@contextmanager
+def ray_or_local(use_ray: bool, address: str | None = None, needed: bool = True) -> Iterator[None]:
+    """A Ray session for the block when ``--ray`` is given and there is work (a spinner while it starts)."""
+    if address is not None and not use_ray:
+        raise ConfigError("--address is only used with --ray", "add --ray, or leave --address out")
+    if not (use_ray and needed):
+        yield
+        return
+    from .distributed import ray_session
+
+    with ExitStack() as stack:
+        with console.status(f"starting Ray ({address or 'local'})"):
+            ray = stack.enter_context(ray_session(address))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        console.print(f"Ray: {cpus} CPUs ({'cluster at ' + address if address else 'local'})")
+        yield
+
+
+def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = False) -> int:
+    """Embed what the cache lacks (on Ray if asked, inside :func:`ray_or_local`); returns the count."""
+    todo = len(embedder.missing(inputs))
+    if todo:
+        with progress_bar(f"embedding {name} with {embedder.model}{' on Ray' if use_ray else ''}", todo,
+                          "inputs") as advance:
+            if use_ray:
+                from .distributed import ray_embed
+
+                ray_embed(embedder, inputs, progress=advance)
+            else:
+                embedder.encode(inputs, progress=advance)
+    return todo
+
+
 def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Path | None = None,
-                         drop_incomplete: bool = False) -> Any:
+                         drop_incomplete: bool = False, use_ray: bool = False) -> Any:
     """Load a benchmark and attach its embeddings (bundled packs first, then the cache, then the model)."""
     from .data import load_benchmark
     from .embed import Embedder, import_bundled_packs
@@ -87,13 +125,8 @@ def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Pat
     inputs = bench.inputs
     if embedder.missing(inputs):
         import_bundled_packs(embedder)
-    todo = len(embedder.missing(inputs))
-    if todo:
-        with progress_bar(f"embedding {bench.name} with {embedder.model}", todo, "inputs") as advance:
-            emb = embedder.encode(inputs, progress=advance)
-    else:
-        emb = embedder.encode(inputs)
-    return bench.with_embeddings(emb)
+    embed_missing(embedder, inputs, bench.name, use_ray)
+    return bench.with_embeddings(embedder.encode(inputs))
 
 
 # --------------------------------------------------------------------------- data
@@ -147,8 +180,10 @@ def embed(
     import_: Annotated[Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
     commit_every: Annotated[int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")] = 256,
+    use_ray: RayOpt = False,
+    address: AddressOpt = None,
 ) -> None:
-    """Embed a benchmark's inputs into the persistent cache (resumable), or import/export packs."""
+    """Embed a benchmark's inputs into the persistent cache (resumable; --ray: on Ray Data), or import/export packs."""
     from .data import load_benchmark
     from .embed import Embedder, EmbeddingCache, export_pack, import_pack
 
@@ -162,10 +197,8 @@ def embed(
             return
     bench = load_benchmark(path)
     embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every)
-    todo = len(embedder.missing(bench.inputs))
-    if todo:
-        with progress_bar(f"embedding {bench.name}", todo, "inputs") as advance:
-            embedder.encode(bench.inputs, progress=advance)
+    with ray_or_local(use_ray, address, needed=bool(embedder.missing(bench.inputs))):
+        todo = embed_missing(embedder, bench.inputs, bench.name, use_ray)
     console.print(
         f"{bench.name}: {bench.n_items} inputs, {todo} newly embedded with {embedder.model_id}; cache {store.path}"
     )
@@ -405,19 +438,26 @@ def serve(
 
 # --------------------------------------------------------------------------- experiments
 def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
-                sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0) -> None:
+                sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0, use_ray: bool = False,
+                address: str | None = None) -> None:
     from .evaluate import run_experiments
     from .io import atomic_write_json
     from .report import write_report
     from .router import Router
 
     router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed)
-    bench = load_with_embeddings(path, model, cache) if kind != "instance" else None
-    inst = load_with_embeddings(instance_data, model, cache) if kind in ("instance", "all") else None
-    results = run_experiments(
-        bench if bench is not None else inst, kind, router, sweep_repeats=sweep_repeats,
-        instance_benchmark=inst, mlp_tasks=mlp_tasks, progress=progress_bar,
-    )
+    with ray_or_local(use_ray, address):
+        runner = None
+        if use_ray:
+            from .distributed import RayLOTORunner
+
+            runner = RayLOTORunner()
+        bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None
+        inst = load_with_embeddings(instance_data, model, cache, use_ray=use_ray) if kind in ("instance", "all") else None
+        results = run_experiments(
+            bench if bench is not None else inst, kind, router, sweep_repeats=sweep_repeats,
+            instance_benchmark=inst, mlp_tasks=mlp_tasks, progress=progress_bar, runner=runner,
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
     paths = write_report(results, out)
@@ -463,8 +503,11 @@ def _make_experiment_command(kind: str, doc: str) -> None:
         seed: SeedOpt = 0,
         mlp_tasks: Annotated[int, typer.Option(help="Also compare the MLP predictor on this many held-out tasks "
                                                     "(about a minute per task on 2 cores; 0 = off).")] = 0,
+        use_ray: RayOpt = False,
+        address: AddressOpt = None,
     ) -> None:
-        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed, mlp_tasks)
+        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed, mlp_tasks,
+                    use_ray, address)
 
     command.__doc__ = doc
     experiment_app.command(kind)(command)
@@ -484,7 +527,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except BenchrouteError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         err_console.print("aborted")

@@ -341,17 +341,29 @@ class Embedder:
             result[i] = lookup[h]
         return result
 
+    def chunks(self, todo: Iterable[str]) -> list[list[str]]:
+        """``todo`` longest-first in commit-sized chunks: the unit of one ``encode_uncached`` call.
+
+        A text's vector can differ in the last bit with the texts it is padded with, so every path
+        (this process or Ray workers) encodes exactly these chunks and gets bit-identical vectors.
+        """
+        order = sorted(todo, key=lambda t: (-len(t), t))
+        return [order[i : i + self.commit_every] for i in range(0, len(order), self.commit_every)]
+
+    def store(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Write computed vectors of ``texts`` into the cache in one transaction (no cache: nothing)."""
+        if self._cache is not None:
+            self._cache.put_many(self.model_id, [text_hash(t) for t in texts], vectors)
+
     def _encode_sorted(
         self, todo: list[str], progress: ProgressCallback | None
     ) -> list[tuple[str, np.ndarray]]:
         """Embed longest-first in commit-sized chunks; each chunk lands in the cache atomically."""
-        todo = sorted(todo, key=lambda t: (-len(t), t))
         done: list[tuple[str, np.ndarray]] = []
-        for start in range(0, len(todo), self.commit_every):
-            chunk = todo[start : start + self.commit_every]
+        for chunk in self.chunks(todo):
             vecs = self.encode_uncached(chunk)
             if self._cache is not None:
-                self._cache.put_many(self.model_id, [text_hash(t) for t in chunk], vecs)
+                self.store(chunk, vecs)
             else:
                 done.extend(zip(chunk, vecs, strict=True))
             if progress is not None:
