@@ -136,9 +136,12 @@ class LOTOEvaluator:
             bc = self.blend_choice(d)
             curve = self.engine.s1_curve(d, [], (bc.k,), moved)
             scores["Router"] = blend(curve[0], train_acc, bc.lam)
-            choice["Router"] = int(np.argmax(np.where(mask, scores["Router"], -np.inf)))
+            router_decision = trust_rule(v2, p_kernel, len(rem), bma, score=np.where(mask, scores["Router"], -np.inf),
+                                         eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
+            choice["Router"] = (router_decision.chosen if router_decision is not None
+                                else int(np.argmax(np.where(mask, scores["Router"], -np.inf))))
         else:
-            choice["Router"], scores["Router"] = choice["S3_trust"], scores["S3"]
+            choice["Router"], scores["Router"], router_decision = choice["S3_trust"], scores["S3"], decision
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle
@@ -165,9 +168,10 @@ class LOTOEvaluator:
                 sc = scores[name][mask]
                 row["pearson"] = _corr(sc, true_acc[mask], pearsonr)
                 row["spearman"] = _corr(sc, true_acc[mask], spearmanr)
-            if name == "S3_trust":
-                row["trust_probability"] = decision.probability
-                row["fell_back"] = decision.fell_back
+            gate = {"S3_trust": decision, "Router": router_decision}.get(name)
+            if gate is not None:
+                row["trust_probability"] = gate.probability
+                row["fell_back"] = gate.fell_back
             row["predictor_acc"] = pred_acc
             row["p_mae"] = p_mae
             out.rows.append(row)

@@ -14,7 +14,7 @@ import inspect
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,15 @@ class Router:
     predictor : "knn" (default, the paper's kNN), "mlp", "logreg", or an estimator instance with
         ``fit(X, Y)`` / ``predict_proba(X) -> n x M``.
     k : neighbours of the kNN predictor [5].
-    score : which score ranks the models: "S1", "S2" or "S3" [S3].
+    score : which score ranks the models: "blend" [default: kNN accuracy at a wide k shrunk toward the
+        best-on-average prior, (k, lambda) chosen by leave-one-task-out], "S1", "S2" or "S3" (the paper's).
     t : threshold turning g into a predicted label [0.5].
     kappa : neighbours in the dataset distance u(d) [19].
     sigma : kernel smoother bandwidth [0.09].
     p_estimator : "kernel" (Nadaraya-Watson on u) or "atc".
-    eta : the trust rule's probability threshold [0.6]; ``trust=False`` disables the rule.
+    eta : the trust rule's probability threshold [0.6]; ``trust=False`` disables the rule. The rule
+        guards every score's choice, the blend's too: route away from the best-on-average model only if
+        P(the candidate beats it on this task) > eta under the S2 / p binomial model.
     alphas, repeats, cap : the held-out folds that train the confidence model (kNN only; other
         predictors use alpha = 0 folds, one refit per benchmark task).
     draws : Monte Carlo draws of the trust rule.
@@ -430,10 +433,15 @@ class Router:
         masked = np.where(mask, score, -np.inf)
         bma = int(np.argmax(np.where(mask, prior, -np.inf)))
         if s1k is not None:
-            cand = int(np.argmax(masked))
             wide = int(np.argmax(np.where(mask, s1k, -np.inf)))
-            decision = TrustDecision(cand, cand, bma, None, self.eta, cand == bma and wide != bma)
             extra["blend"]["knn_favourite"] = self.models_[wide]
+            if self.trust:  # the paper's trust rule guards the blend's choice too (see docs/method.md)
+                decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
+            else:
+                cand = int(np.argmax(masked))
+                decision = TrustDecision(cand, cand, bma, None, self.eta, False)
+            if decision.candidate == bma and wide != bma:  # the prior held the kNN favourite back
+                decision = replace(decision, fell_back=True)
         elif self.trust:
             decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
         else:
@@ -479,6 +487,10 @@ class Router:
             return (f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
                     "found no blend of kNN accuracy that beats it (lambda=1)")
         how = f"blend of kNN accuracy (k={b.k}) and the best-on-average prior (lambda={b.lam:g})"
+        if decision.fell_back and decision.candidate != decision.fallback:
+            return (f"{how} favours {names[decision.candidate]}, but P(it beats {names[decision.fallback]} on "
+                    f"this task) = {decision.probability:.3f} does not exceed eta = {decision.eta:g}: falling "
+                    "back to the best-on-average model")
         if decision.fell_back:
             return (f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
                     f"{favourite} is not far enough ahead")
