@@ -138,8 +138,9 @@ class LOTOEvaluator:
             scores["Router"] = blend(curve[0], train_acc, bc.lam)
             router_decision = trust_rule(v2, p_kernel, len(rem), bma, score=np.where(mask, scores["Router"], -np.inf),
                                          eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
-            choice["Router"] = (router_decision.chosen if router_decision is not None
-                                else int(np.argmax(np.where(mask, scores["Router"], -np.inf))))
+            choice["Blend"] = int(np.argmax(np.where(mask, scores["Router"], -np.inf)))  # ungated, for the ablation
+            scores["Blend"] = scores["Router"]
+            choice["Router"] = router_decision.chosen if router_decision is not None else choice["Blend"]
         else:
             choice["Router"], scores["Router"], router_decision = choice["S3_trust"], scores["S3"], decision
         choice["BMA"] = bma
