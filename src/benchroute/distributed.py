@@ -176,25 +176,50 @@ def ray_embed(embedder: Embedder, texts: Iterable[str], *, num_actors: int | Non
 
 
 # ------------------------------------------------------------------------------------------- LOTO
-def _held_out_rows(ev: Any, d: int, alphas: Sequence[float], repeats: int,
-                   candidates: np.ndarray | None) -> list[dict[str, Any]]:
-    """One Ray task: every alpha and repeat of held-out task d, by the serial loop itself."""
-    return ev.run(alphas=alphas, repeats=repeats, tasks=[d], candidates=candidates)
+class LOTOWorker:
+    """Ray actor holding the shared evaluator: deserialized once per worker, not once per task."""
+
+    def __init__(self, ev: Any) -> None:
+        self.ev = ev
+
+    def rows(self, d: int, alphas: Sequence[float], repeats: int,
+             candidates: np.ndarray | None) -> tuple[int, list[dict[str, Any]]]:
+        """Every alpha and repeat of held-out task d, by the serial loop itself."""
+        return d, self.ev.run(alphas=alphas, repeats=repeats, tasks=[d], candidates=candidates)
 
 
 class RayLOTORunner:
-    """Runs :meth:`benchroute.evaluate.LOTOEvaluator.run` with each held-out task as a Ray task.
+    """Runs :meth:`benchroute.evaluate.LOTOEvaluator.run` with each held-out task as a Ray actor task.
 
-    Pass it as ``runner=`` (or to ``run_experiments``). The rows are those of the serial run, in the
-    same order. Needs a running Ray (:func:`ray_session`).
+    Pass it as ``runner=`` (or to ``run_experiments``). The evaluator goes into the object store once;
+    a pool of :class:`LOTOWorker` actors (one per ``num_cpus`` of the cluster) maps it zero-copy and
+    scores one held-out task per call. The rows are those of the serial run, in the same order. The
+    pool is kept for further calls with the same evaluator (LOTO, then the alpha sweep). Needs a
+    running Ray (:func:`ray_session`).
 
     Parameters
     ----------
-    num_cpus : CPUs reserved per task. 1 = one task per core, numpy single-threaded in each.
+    num_cpus : CPUs reserved per worker. 1 = one worker per core, numpy single-threaded in each.
+    max_workers : cap on the pool size (default: as many as the cluster's CPUs allow).
     """
 
-    def __init__(self, num_cpus: float = 1.0) -> None:
+    def __init__(self, num_cpus: float = 1.0, max_workers: int | None = None) -> None:
         self.num_cpus = num_cpus
+        self.max_workers = max_workers
+        self._pool: tuple[Any, list[Any]] | None = None  # (evaluator, actor handles)
+
+    def _workers(self, ray: Any, ev: Any, n_tasks: int) -> list[Any]:
+        if self._pool is not None and self._pool[0] is ev:
+            return self._pool[1]
+        # the nested confidence pairs of every held-out task come from one pass over all tasks: build
+        # them here once (cached on the evaluator) rather than once per worker
+        ev.confidence(0)
+        shared = ray.put(ev)
+        n = max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus))
+        n = min(n, n_tasks, self.max_workers or n)
+        actor = ray.remote(num_cpus=self.num_cpus, max_restarts=0)(LOTOWorker)
+        self._pool = (ev, [actor.remote(shared) for _ in range(n)])
+        return self._pool[1]
 
     def __call__(self, ev: Any, tasks: Sequence[int], alphas: Sequence[float], repeats: int,
                  candidates: np.ndarray | None, progress: Progress | None) -> list[dict[str, Any]]:
@@ -203,26 +228,21 @@ class RayLOTORunner:
             raise ConfigError("Ray is not running", "wrap the run in benchroute.distributed.ray_session()")
         if not tasks:
             return []
-        # the nested confidence pairs of every held-out task come from one pass over all tasks: build
-        # them here once (cached on the evaluator) rather than once per worker
-        ev.confidence(tasks[0])
-        shared = ray.put(ev)
-        remote = ray.remote(num_cpus=self.num_cpus, max_retries=0)(_held_out_rows)
-        pending = {remote.remote(shared, d, list(alphas), repeats, candidates): d for d in tasks}
+        from ray.util import ActorPool
+
+        pool = ActorPool(self._workers(ray, ev, len(tasks)))
         rows: dict[int, list[dict[str, Any]]] = {}
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    rows[pending.pop(ref)] = ray.get(ref)
-                    if progress is not None:
-                        progress(1)
+            for d, got in pool.map_unordered(lambda a, d: a.rows.remote(d, list(alphas), repeats, candidates),
+                                             tasks):
+                rows[d] = got
+                if progress is not None:
+                    progress(1)
         except ray.exceptions.RayError as exc:
-            for ref in pending:
-                ray.cancel(ref)
+            self._pool = None  # the actors go when their handles do
             _reraise_cause(exc)
             raise
         return [row for d in tasks for row in rows[d]]
 
     def __repr__(self) -> str:
-        return f"RayLOTORunner(num_cpus={self.num_cpus})"
+        return f"RayLOTORunner(num_cpus={self.num_cpus}, max_workers={self.max_workers})"
