@@ -19,7 +19,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 
 from .errors import ConfigError, NotFittedError
-from .neighbors import NeighborIndex, normalize
+from .labels import LabelMatrix
+from .neighbors import INDEX_PARAMS, NeighborIndex, normalize
 
 
 def check_is_fitted(est: Any, attr: str) -> None:
@@ -45,21 +46,42 @@ def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _KNNBase(BaseEstimator):
-    """Mean of the neighbours' labels: k nearest training inputs by cosine similarity."""
+    """Mean of the neighbours' labels: k nearest training inputs by cosine similarity.
 
-    def __init__(self, k: int = 5, weights: str = "uniform", backend: str = "auto") -> None:
+    The training inputs live in a :class:`~benchroute.neighbors.NeighborIndex` (``backend`` and
+    ``index_params`` choose and tune it; a memory-mapped X stays mapped), the labels in a
+    :class:`~benchroute.labels.LabelMatrix` (``labels``: 0/1 labels bit-packed under "auto").
+    """
+
+    def __init__(
+        self,
+        k: int = 5,
+        weights: str = "uniform",
+        backend: str = "auto",
+        index_params: dict[str, Any] | None = None,
+        labels: str = "auto",
+    ) -> None:
         self.k = k
         self.weights = weights
         self.backend = backend
+        self.index_params = index_params
+        self.labels = labels
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> _KNNBase:
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.weights not in ("uniform", "distance"):
             raise ConfigError(f"weights must be 'uniform' or 'distance', got {self.weights!r}")
-        X, Y = _check_xy(X, Y)
-        self.index_ = NeighborIndex(backend=self.backend).fit(X)  # type: ignore[arg-type]
-        self.Y_ = Y
+        if not isinstance(X, np.memmap):  # a mapped store is read block by block by the index
+            X = np.asarray(X, dtype=np.float32)
+        Y = np.asarray(Y)
+        Y = Y[:, None] if Y.ndim == 1 else Y
+        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+            raise ConfigError(f"X must be n x d and Y n x M with the same n; got {X.shape} and {Y.shape}")
+        if Y.dtype.kind == "f" and not np.isfinite(Y).all():
+            raise ConfigError("Y contains NaN or inf")
+        self.index_ = make_index(self.backend, self.index_params).fit(X)
+        self.labels_ = LabelMatrix(Y, self.labels)  # type: ignore[arg-type]
         self.n_outputs_ = Y.shape[1]
         return self
 
@@ -70,20 +92,17 @@ class _KNNBase(BaseEstimator):
 
     def _neighbor_mean(self, X: np.ndarray) -> np.ndarray:
         sims, idx = self.kneighbors(X)
-        return neighbor_mean(self.Y_, sims, idx, self.weights)
+        return neighbor_mean(self.labels_, sims, idx, self.weights)
 
     def add_output(self, y: np.ndarray) -> None:
         """Append one output column (a new LLM's labels on the stored inputs) without refitting."""
         check_is_fitted(self, "index_")
-        y = np.asarray(y, dtype=np.float32).reshape(-1, 1)
-        if len(y) != len(self.Y_):
-            raise ConfigError(f"need one label per stored input ({len(self.Y_)}), got {len(y)}")
-        self.Y_ = np.hstack([self.Y_, y])
+        self.labels_ = self.labels_.with_column(np.asarray(y, dtype=np.float32))
         self.n_outputs_ += 1
 
     def drop_output(self, j: int) -> None:
         check_is_fitted(self, "index_")
-        self.Y_ = np.delete(self.Y_, j, axis=1)
+        self.labels_ = self.labels_.without_column(j)
         self.n_outputs_ -= 1
 
     @classmethod
@@ -91,13 +110,26 @@ class _KNNBase(BaseEstimator):
         return {"k": 3}
 
 
-def neighbor_mean(Y: np.ndarray, sims: np.ndarray, idx: np.ndarray, weights: str = "uniform") -> np.ndarray:
-    """Average of Y over each row's neighbours (n x k indices) -> n x M.
+def make_index(backend: str = "auto", index_params: dict[str, Any] | None = None) -> NeighborIndex:
+    """A NeighborIndex from a backend name plus optional parameters (names checked, one clear error)."""
+    params = dict(index_params or {})
+    unknown = set(params) - set(INDEX_PARAMS) | ({"backend"} & set(params))
+    if unknown:
+        raise ConfigError(f"unknown neighbour index parameters {sorted(unknown)}",
+                          f"use {', '.join(p for p in INDEX_PARAMS if p != 'backend')} (and backend on its own)")
+    return NeighborIndex(backend=backend, **params)  # type: ignore[arg-type]
 
+
+def neighbor_mean(
+    Y: np.ndarray | LabelMatrix, sims: np.ndarray, idx: np.ndarray, weights: str = "uniform"
+) -> np.ndarray:
+    """Average of Y over each row's neighbours (n x k indices) -> n x M, float32.
+
+    ``Y`` is a dense matrix or a compact :class:`LabelMatrix`: both give the same float32 values.
     "distance" weights each neighbour by its similarity (clipped at a small positive floor), so a
     near-duplicate training question counts more than a loosely related one.
     """
-    gathered = Y[idx]  # n x k x M
+    gathered = Y.take(idx) if isinstance(Y, LabelMatrix) else np.asarray(Y[idx], dtype=np.float32)  # n x k x M
     if weights == "uniform":
         return gathered.mean(axis=1)
     w = np.maximum(sims, 1e-6)[:, :, None]
@@ -112,6 +144,8 @@ class KNNCorrectness(_KNNBase):
     k : number of neighbours.
     weights : "uniform" (the paper) or "distance" (similarity-weighted).
     backend : neighbour search backend, see :class:`benchroute.neighbors.NeighborIndex`.
+    index_params : further NeighborIndex parameters (thresholds, nlist, nprobe, ...) as a dict.
+    labels : label storage, see :class:`benchroute.labels.LabelMatrix` ["auto": 0/1 bit-packed].
 
     Examples
     --------
@@ -328,6 +362,7 @@ __all__ = [
     "KNNScoreRegressor",
     "MLPCorrectness",
     "MLPScoreRegressor",
+    "make_index",
     "make_predictor",
     "neighbor_mean",
     "normalize",

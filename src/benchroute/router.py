@@ -33,7 +33,8 @@ from .confidence import (
 from .cost import cheapest_within_trusted, choose, model_costs
 from .errors import ConfigError, IntegrityError, NotFittedError
 from .io import atomic_write_dir, jsonable
-from .neighbors import exact_search, normalize
+from .labels import is_binary, pack_bits, unpack_bits
+from .neighbors import BACKENDS, INDEX_PARAMS, exact_search, normalize
 from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
 from .scores import (
     BLEND_KS,
@@ -48,7 +49,8 @@ from .scores import (
     trust_rule,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: labels bit-packed (Y_bits), index / index_params; 1 still loads
+READABLE_VERSIONS = (1, 2)
 SCORES = ("S1", "S2", "S3", "blend")
 
 
@@ -141,6 +143,10 @@ class Router:
     blend_ks, blend_lambdas : the grid of the default blended score (see :func:`benchroute.scores.blend`).
     blend_min_z : keep the best-on-average model unless the chosen blend's inner gain exceeds this many
         paired standard errors [0 = off; measured in docs/reproduction.md: 1.0 did not help].
+    index, index_params : how the kNN predictor searches the stored questions ("auto": exact up to
+        100k, approximate IVF beyond; "numpy", "faiss-flat", "faiss-ivf", "faiss-hnsw") and the
+        :class:`~benchroute.neighbors.NeighborIndex` parameters (thresholds, nlist, nprobe, ...) as a
+        dict. Saved with the router; loading rebuilds the index from the stored vectors. See docs/scaling.md.
     """
 
     def __init__(
@@ -163,6 +169,8 @@ class Router:
         blend_ks: Sequence[int] = BLEND_KS,
         blend_lambdas: Sequence[float] = BLEND_LAMBDAS,
         blend_min_z: float = 0.0,
+        index: str = "auto",
+        index_params: dict[str, Any] | None = None,
     ) -> None:
         self.predictor = predictor
         self.k = k
@@ -182,11 +190,15 @@ class Router:
         self.blend_ks = tuple(blend_ks)
         self.blend_lambdas = tuple(blend_lambdas)
         self.blend_min_z = blend_min_z
+        self.index = index
+        self.index_params = index_params
 
     # ------------------------------------------------------------------ fitting
     def _make_predictor(self) -> Any:
         if isinstance(self.predictor, str):
-            params = {"k": self.k} if self.predictor == "knn" else {}
+            params: dict[str, Any] = {}
+            if self.predictor == "knn":
+                params = {"k": self.k, "backend": self.index, "index_params": dict(self.index_params or {})}
             return make_predictor(self.predictor, **params)
         from sklearn.base import clone
 
@@ -217,7 +229,7 @@ class Router:
             raise ConfigError(f"got {len(emb)} embeddings for {benchmark.n_items} benchmark items")
         if benchmark.n_tasks < 2:
             raise ConfigError("a router needs at least 2 benchmark tasks (the confidence model holds tasks out)")
-        Y = benchmark.correct.astype(np.float32)
+        Y = _compact_labels(benchmark.correct)
         self.tasks_ = list(benchmark.tasks)
         self.models_ = list(benchmark.models)
         self.X_ = emb
@@ -371,9 +383,10 @@ class Router:
         g = predictor.predict_proba(X)
         # one neighbour search serves the distance u(d') and the blend's wide neighbourhood
         width = max(self.kappa, self.blend_.k if self.score == "blend" else 0)
-        sims, idx = exact_search(X, store_X, width)
+        sims, idx = self._store_search(X, width) if labeled is None else exact_search(X, store_X, width)
         u = float((1.0 - sims[:, : self.kappa]).mean())
-        s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1)) if self.score == "blend" else None
+        # float32 like the labels' former dtype: 0/1 sums are exact, so uint8 labels give the same means
+        s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1), dtype=np.float32) if self.score == "blend" else None
         p = self.estimate_p(u, g)
         rec = self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k)
         if cost_weight or max_cost is not None or cheapest_within is not None:
@@ -500,11 +513,19 @@ class Router:
 
     def nearest_tasks(self, X: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
         """Which benchmark tasks the inputs' k nearest questions come from, with their shares."""
-        _, idx = exact_search(normalize(X), self.X_, getattr(self.predictor_, "k", self.k))
+        _, idx = self._store_search(normalize(X), getattr(self.predictor_, "k", self.k))
         counts = np.bincount(self.task_index_[idx].ravel(), minlength=len(self.tasks_))
         share = counts / counts.sum()
         order = np.argsort(-share, kind="stable")[:top]
         return [{"task": self.tasks_[d], "share": float(share[d])} for d in order if share[d] > 0]
+
+    def _store_search(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest stored questions of normalized X, through the kNN predictor's index when it has one
+        (so a large store is searched with the chosen FAISS index, not scanned per call)."""
+        index = getattr(self.predictor_, "index_", None)
+        if index is not None and len(index) == len(self.X_):
+            return index.search(X, k, normalized=True)
+        return exact_search(X, self.X_, k)
 
     def _labeled(self, labeled: Any) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(labeled, tuple) and len(labeled) == 2:
@@ -624,7 +645,8 @@ class Router:
             "alphas": list(self.alphas), "repeats": self.repeats, "cap": self.cap, "draws": self.draws,
             "embedding_model": self.embedding_model, "seed": self.seed,
             "blend_ks": list(self.blend_ks), "blend_lambdas": list(self.blend_lambdas),
-            "blend_min_z": self.blend_min_z,
+            "blend_min_z": self.blend_min_z, "index": self.index,
+            "index_params": None if self.index_params is None else jsonable(dict(self.index_params)),
         }
 
     def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
@@ -635,7 +657,8 @@ class Router:
         path = Path(path)
         arrays = {
             "X": self.X_.astype(np.float32),
-            "Y": self.Y_.astype(np.uint8),
+            # 0/1 correctness bit-packed (1/32 of float32); fractional labels (add_model fills) stay float32
+            **({"Y_bits": pack_bits(self.Y_)} if is_binary(self.Y_) else {"Y": self.Y_.astype(np.float32)}),
             "task_index": self.task_index_.astype(np.int32),
             "task_accuracy": self.task_accuracy_.astype(np.float64),
             "params_b": self.params_b_.astype(np.float64),
@@ -696,9 +719,13 @@ class Router:
         if not ok:
             raise IntegrityError(f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router")
         if not isinstance(payload, dict) or payload.get("format") != "benchroute-router" or \
-                payload.get("format_version") != FORMAT_VERSION:
+                payload.get("format_version") not in READABLE_VERSIONS:
             version = payload.get("format_version") if isinstance(payload, dict) else None
-            raise IntegrityError(f"{manifest}: unsupported router format {version}")
+            raise IntegrityError(f"{manifest}: unsupported router format {version}",
+                                 f"this benchroute reads formats {READABLE_VERSIONS}: upgrade it, or re-save the router")
+        if payload["format_version"] == 1 and isinstance(payload.get("params"), dict):
+            # format 1 predates the index choice: those routers searched with the defaults
+            payload["params"] = {"index": "auto", "index_params": None, **payload["params"]}
         _check_manifest(payload, manifest)
         try:
             blob = (path / "arrays.safetensors").read_bytes()
@@ -733,7 +760,8 @@ class Router:
         router.tasks_ = list(payload["tasks"])
         router.models_ = list(payload["models"])
         router.X_ = arrays["X"]
-        router.Y_ = arrays["Y"].astype(np.float32)
+        router.Y_ = (unpack_bits(arrays["Y_bits"], len(router.models_)) if "Y_bits" in arrays
+                     else _compact_labels(arrays["Y"]))
         router.task_index_ = arrays["task_index"]
         router.task_accuracy_ = arrays["task_accuracy"]
         router.params_b_ = arrays["params_b"]
@@ -755,6 +783,13 @@ class Router:
             router.blend_ = BlendChoice(**payload["blend"])
         return router
 
+    def _index_card_line(self) -> list[str]:
+        index = getattr(self.predictor_, "index_", None)
+        if index is None:
+            return []
+        line = f"- neighbour index: {jsonable(index.describe())} (index={self.index!r}, index_params={self.index_params})"
+        return [line]
+
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
         """A Markdown summary of what the router was trained on and how (saved as card.md)."""
         self._check_fitted()
@@ -765,6 +800,7 @@ class Router:
             f"- benchroute {__version__}, format version {FORMAT_VERSION}",
             f"- embedding model: `{self.embedding_model}` ({self.X_.shape[1]}-d)",
             f"- predictor: `{self.get_params()['predictor']}` (k={self.k}), score {self.score}, t={self.t}",
+            *self._index_card_line(),
             (f"- confidence: {self.p_estimator} (sigma={self.sigma}, kappa={self.kappa}), "
             f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, {self.pairs_.u.max():.3f}], "
             f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"),
@@ -820,23 +856,33 @@ def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
         raise bad(f"unexpected router parameters {sorted(set(params) ^ set(defaults))}")
     for key, value in params.items():
         default = defaults[key]
-        if isinstance(default, bool):
+        if key == "index":
+            ok = value in BACKENDS
+        elif key == "index_params":
+            ok = value is None or (isinstance(value, dict) and all(
+                k in INDEX_PARAMS and k != "backend" and (v is None or isinstance(v, int | float | str))
+                for k, v in value.items()))
+        elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool) and (
                 key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
         elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value) and (
+            ok = _finite_number(value) and (
                 key != "sigma" or value > 0) and (key not in ("t", "eta") or 0 <= value <= 1)
         elif isinstance(default, tuple | list):
-            ok = isinstance(value, list) and len(value) > 0 and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+            ok = isinstance(value, list) and len(value) > 0 and all(_finite_number(v) for v in value)
         else:  # predictor, score, p_estimator, embedding_model: names
             ok = isinstance(value, str) and value != ""
         if not ok:
             raise bad(f"router parameter {key} = {value!r} is not valid")
     if payload["params"]["embedding_model"] in ("", ".", ".."):
         raise bad("embedding_model is not valid")
+
+
+def _finite_number(v: Any) -> bool:
+    """A JSON number usable as a float parameter (no bool, no NaN, no 10**400 that overflows a float)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e300 and bool(np.isfinite(float(v)))
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: Path) -> None:
@@ -847,7 +893,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
         raise IntegrityError(f"{file}: X must be a non-empty finite n x d float32 array")
     n = len(X)
     z = len(arrays.get("pairs_u", ()))
-    shapes = {"Y": (n, m), "task_index": (n,), "task_accuracy": (t, m), "params_b": (m,), "cost": (m,),
+    _check_labels(arrays, n, m, payload["format_version"], file)
+    shapes = {"task_index": (n,), "task_accuracy": (t, m), "params_b": (m,), "cost": (m,),
               "pairs_u": (z,), "pairs_p": (z, m), "pairs_task": (z,), "pairs_alpha": (z,), "pairs_repeat": (z,)}
     for name, shape in shapes.items():
         if name not in arrays or arrays[name].shape != shape:
@@ -855,14 +902,40 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
             raise IntegrityError(f"{file}: array {name} has shape {got}, expected {shape}")
     if "atc_conf" not in arrays or "atc_correct" not in arrays or arrays["atc_conf"].shape != arrays["atc_correct"].shape:
         raise IntegrityError(f"{file}: atc_conf and atc_correct are missing or differ in shape")
-    if not np.isin(arrays["Y"], (0, 1)).all():
-        raise IntegrityError(f"{file}: Y must hold 0/1 correctness")
     ti = arrays["task_index"]
     if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
         raise IntegrityError(f"{file}: task_index must index the {t} tasks")
-    unknown = set(arrays) - set(shapes) - {"X", "atc_conf", "atc_correct"}
+    unknown = set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct"}
     if any(not k.startswith("mlp.") for k in unknown):
         raise IntegrityError(f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}")
+
+
+def _check_labels(arrays: dict[str, np.ndarray], n: int, m: int, version: int, file: Path) -> None:
+    """Exactly one label array: Y_bits (n x ceil(m/8) uint8, zero padding), or Y (uint8 0/1 in format 1,
+    float32 in [0, 1] for fractional labels in format 2)."""
+    if ("Y" in arrays) == ("Y_bits" in arrays) or (version == 1 and "Y" not in arrays):
+        raise IntegrityError(f"{file}: expected exactly one label array ({'Y' if version == 1 else 'Y_bits or Y'})")
+    if "Y_bits" in arrays:
+        bits = arrays["Y_bits"]
+        if bits.dtype != np.uint8 or bits.shape != (n, -(-m // 8)):
+            raise IntegrityError(f"{file}: array Y_bits has {bits.dtype} shape {bits.shape}, expected uint8 {(n, -(-m // 8))}")
+        if m % 8 and (bits[:, -1] & ((1 << (8 - m % 8)) - 1)).any():
+            raise IntegrityError(f"{file}: Y_bits has bits set past the {m} models (not written by benchroute)")
+        return
+    Y = arrays["Y"]
+    if Y.shape != (n, m):
+        raise IntegrityError(f"{file}: array Y has shape {Y.shape}, expected {(n, m)}")
+    if Y.dtype == np.uint8 or version == 1:
+        if not np.isin(Y, (0, 1)).all():
+            raise IntegrityError(f"{file}: Y must hold 0/1 correctness")
+    elif Y.dtype != np.float32 or not (np.isfinite(Y).all() and (Y >= 0).all() and (Y <= 1).all()):
+        raise IntegrityError(f"{file}: Y must be uint8 0/1 or float32 in [0, 1]")
+
+
+def _compact_labels(Y: np.ndarray) -> np.ndarray:
+    """0/1 labels as uint8 (a quarter of float32; every use gives the same values), others float32."""
+    Y = np.asarray(Y)
+    return Y.astype(np.uint8) if is_binary(Y) else Y.astype(np.float32)
 
 
 def _opt(x: float) -> float | None:
