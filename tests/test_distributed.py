@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from benchroute.cli import app, load_with_embeddings
 from benchroute.data import write_benchmark
-from benchroute.distributed import MIB, RayLOTORunner, ray_embed, start_ray
+from benchroute.distributed import MIB, RayLOTORunner, start_ray
 from benchroute.embed import Embedder, EmbeddingCache, text_hash
 from benchroute.evaluate import LOTOEvaluator
 from benchroute.io import jsonable
@@ -45,29 +45,6 @@ def _as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return json.loads(json.dumps(jsonable(rows), allow_nan=False))
 
 
-def test_ray_embedding_writes_bit_identical_vectors(ray_local: Any, minilm_bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    texts = list(minilm_bench.inputs[::12])  # 50 texts of varied lengths
-    texts = texts + texts[:5]  # duplicates are embedded once
-    unique = list(dict.fromkeys(texts))
-    one = Embedder(SMALL_MODEL, cache=tmp_path / "one.sqlite", commit_every=16)
-    dist = Embedder(SMALL_MODEL, cache=tmp_path / "ray.sqlite", commit_every=16)
-    # both caches already hold the same 10 vectors: only the other 40 (3 chunks) may be dispatched
-    seed = one.encode_uncached(unique[:10])
-    one.store(unique[:10], seed)
-    dist.store(unique[:10], seed)
-    expected = one.encode(texts)
-    done: list[int] = []
-    assert ray_embed(dist, texts, progress=done.append) == len(unique) - 10
-    assert sum(done) == len(unique) - 10 and len(done) == len(dist.chunks(unique[10:]))
-    assert ray_embed(dist, texts) == 0  # a second run finds everything in the cache
-    with EmbeddingCache(tmp_path / "ray.sqlite") as cache:
-        assert cache.count(dist.model_id) == len(unique)
-        stored = cache.get_many(dist.model_id, [text_hash(t) for t in texts])
-    got = np.stack([stored[text_hash(t)] for t in texts])
-    # the workers encode the same longest-first chunks as one process: bit-identical, not just close
-    assert got.dtype == np.float32 and np.array_equal(got, expected)
-
-
 def test_ray_loto_rows_equal_the_serial_rows(ray_local: Any) -> None:
     bench = tiny_benchmark()
 
@@ -86,7 +63,9 @@ def test_ray_loto_rows_equal_the_serial_rows(ray_local: Any) -> None:
     assert on_ray[0]["task"] == "t4"  # the order asked for, not the order of completion
 
 
-def test_cli_embed_and_loto_with_ray(ray_local: Any, minilm_bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_ray_embedding_is_bit_identical_and_ray_loto_rows_equal(ray_local: Any, minilm_bench,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
+    """`embed --ray` then `experiment loto --ray` on 4 tasks x 15 items, against one process."""
     sub = minilm_bench.select(tasks=minilm_bench.tasks[:4])
     keep = np.concatenate([np.arange(sub.task_slice(t).start, sub.task_slice(t).start + 15) for t in sub.tasks])
     items = sub.items.iloc[keep].reset_index(drop=True)
@@ -96,7 +75,14 @@ def test_cli_embed_and_loto_with_ray(ray_local: Any, minilm_bench, tmp_path: Pat
         columns=["task", "item_id", "model", "score"],
     )
     bench_dir = write_benchmark(tmp_path / "bench", items, scores, pd.DataFrame({"model": sub.models}))
-    cache = tmp_path / "cli.sqlite"
+    texts = list(items.input)
+    one = Embedder(SMALL_MODEL, cache=tmp_path / "one.sqlite", commit_every=16)
+    # both caches already hold the same 10 vectors: only the other 50 (4 chunks) may be dispatched
+    seed = one.encode_uncached(texts[:10])
+    one.store(texts[:10], seed)
+    with EmbeddingCache(tmp_path / "ray.sqlite") as cache:
+        cache.put_many(one.model_id, [text_hash(t) for t in texts[:10]], seed)
+    expected = one.encode(texts)
     runner = CliRunner()
 
     def ok(args: list[str]) -> str:
@@ -104,13 +90,21 @@ def test_cli_embed_and_loto_with_ray(ray_local: Any, minilm_bench, tmp_path: Pat
         assert result.exit_code == 0, result.output
         return result.stdout
 
-    out = ok(["embed", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(cache), "--commit-every", "16"])
-    assert "60 inputs, 60 newly embedded" in out and "Ray: 2 CPUs (local)" in out
-    assert "Ray:" not in ok(["embed", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(cache)])
-    ok(["experiment", "loto", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(cache),
+    embed = ["embed", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(tmp_path / "ray.sqlite")]
+    out = ok([*embed, "--commit-every", "16"])
+    assert "60 inputs, 50 newly embedded" in out and "Ray: 2 CPUs (local)" in out
+    with EmbeddingCache(tmp_path / "ray.sqlite") as cache:
+        assert cache.count(one.model_id) == 60
+        stored = cache.get_many(one.model_id, [text_hash(t) for t in texts])
+    got = np.stack([stored[text_hash(t)] for t in texts])
+    # the workers encode the same longest-first chunks as one process: bit-identical, not just close
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert "Ray:" not in ok(embed)  # nothing left to embed: no Ray started
+
+    ok(["experiment", "loto", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(tmp_path / "ray.sqlite"),
         "--repeats", "2", "--out", str(tmp_path / "out")])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    bench = load_with_embeddings(str(bench_dir), SMALL_MODEL, cache)
+    bench = load_with_embeddings(str(bench_dir), SMALL_MODEL, tmp_path / "ray.sqlite")
     serial = LOTOEvaluator(bench, Router(repeats=2, embedding_model=SMALL_MODEL)).run()
     assert results["per_task"] == _as_json(serial)
     bad = runner.invoke(app, ["embed", str(bench_dir), "--address", "127.0.0.1:6379"])
