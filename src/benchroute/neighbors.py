@@ -330,25 +330,27 @@ INDEX_PARAMS: tuple[str, ...] = (
 )
 
 def cross_task_neighbors(
-    emb: np.ndarray, task_index: np.ndarray, depth: int
+    emb: np.ndarray, task_index: np.ndarray, depth: int, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For every item, its ``depth`` nearest items from OTHER tasks, most similar first.
+    """For every item (or only ``rows``), its ``depth`` nearest items from OTHER tasks, most similar first.
 
     This one pass serves every leave-one-task-out fold: the neighbours of an item of task d with
     tasks {d, d'} removed are this list with d' filtered out, as long as ``depth`` exceeds the
-    number of neighbours needed plus the size of the largest task.
+    number of neighbours needed plus the size of the largest task. ``rows`` lets benchmarks time
+    a sample of this quadratic pass on stores too large to run it whole.
     """
     emb = normalize(emb)
     n = len(emb)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
     depth = min(depth, n)
-    out_s = np.zeros((n, depth), np.float32)
-    out_i = np.zeros((n, depth), np.int64)
+    out_s = np.zeros((len(rows), depth), np.float32)
+    out_i = np.zeros((len(rows), depth), np.int64)
     step = _chunk_rows(n)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        sims = emb[start:stop] @ emb.T
-        same = task_index[start:stop, None] == task_index[None, :]
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        sims = emb[chunk] @ emb.T
+        same = task_index[chunk, None] == task_index[None, :]
         sims[same] = -np.inf
         s, i = topk_from_similarity(sims, depth)
-        out_s[start:stop], out_i[start:stop] = s, i
+        out_s[start : start + len(chunk)], out_i[start : start + len(chunk)] = s, i
     return out_s, out_i
