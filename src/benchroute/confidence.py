@@ -184,6 +184,11 @@ class FoldEngine:
         valid = np.isfinite(s)
         for x in excluded:
             valid &= t != x
+        # the first `width` valid entries of each sorted row: a running count instead of a sort
+        take = valid & (np.cumsum(valid, axis=1, dtype=np.int32) <= width)
+        if take.sum() == take.shape[0] * width:  # every row has enough neighbours left (the usual case)
+            flat = np.flatnonzero(take)
+            return s.ravel()[flat].reshape(-1, width), self.cross_i[rows].ravel()[flat].reshape(-1, width)
         order = np.argsort(~valid, axis=1, kind="stable")[:, :width]
         sims = np.take_along_axis(s, order, axis=1)
         sims = np.where(np.take_along_axis(valid, order, axis=1), sims, -np.inf)
@@ -340,10 +345,13 @@ class FoldEngine:
         if not len(pp):
             return
         keep = long_t[pp] != xx[:, None]
-        order = np.argsort(~keep, axis=1, kind="stable")[:, : self.need]
-        new_s = np.take_along_axis(long_s[pp], order, axis=1)
-        new_i = np.take_along_axis(long_i[pp], order, axis=1)
-        short = np.flatnonzero(keep.sum(axis=1) < self.need)
+        # the first `need` entries of each sorted list that are not x: a running count instead of a sort
+        take = keep & (np.cumsum(keep, axis=1, dtype=np.int32) <= self.need)
+        short = np.flatnonzero(take.sum(axis=1) < self.need)
+        take[short] = np.arange(take.shape[1]) < self.need  # placeholders: these rows are recomputed below
+        r, c = np.nonzero(take)
+        new_s = long_s[pp[r], c].reshape(-1, self.need)
+        new_i = long_i[pp[r], c].reshape(-1, self.need)
         for x in np.unique(xx[short]):
             rows = short[xx[short] == x]
             new_s[rows], new_i[rows] = self._merge(d, items[pp[rows]], item_moved[pp[rows]], (int(x),))
