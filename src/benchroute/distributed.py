@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,19 @@ def _quiet(ray: Any) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if name == "ray.data" else logging.ERROR)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast on a host:port nobody listens on (Ray itself waits minutes for a missing GCS)."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__})",
+                          "start one with `ray start --head --port=6379` and pass HEAD_IP:6379, "
+                          "or leave --address out for a local run") from exc
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None,
               object_store_memory: int | None = None) -> bool:
     """Connect to the cluster at ``address``, or start a local Ray; True if this call started it.
@@ -84,15 +98,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, **common)
         else:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                      object_store_memory=object_store_memory or local_object_store_bytes(), **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        hint = ("a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token and its "
+                "token (`ray get-auth-token` on the head) in ~/.ray/auth_token on this machine"
+                if address else "leave --ray out, or check `ray status` and the logs in /tmp/ray")
         raise ConfigError(f"cannot start or reach {where} ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                          "start a cluster with `ray start --head` and pass its address (host:6379), "
-                          "or leave --address out for a local run") from exc
+                          hint) from exc
     _quiet(ray)
     return True
 
