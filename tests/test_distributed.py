@@ -135,3 +135,11 @@ benchroute.cli.main()
     assert proc.returncode == 2, proc.stderr
     assert "Ray is not installed" in proc.stderr and "pip install 'benchroute[ray]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_ray_extra_pulls_no_torch() -> None:
+    """The torch==2.13.0 pin stays the only torch: Ray (with its data extra) requires none."""
+    from importlib.metadata import requires, version
+
+    assert not [r for r in requires("ray") or [] if r.lower().startswith("torch")]
+    assert version("torch").startswith("2.13.0")
