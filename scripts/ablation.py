@@ -26,10 +26,10 @@ from benchroute.evaluate import LOTOEvaluator, paired_difference, summarize
 from benchroute.io import atomic_write_text
 from benchroute.router import Router
 
-METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
+METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
 
 
-def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int) -> dict:
+def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_estimator: str) -> dict:
     bench = load_benchmark(dataset)
     emb = Embedder(model)
     if emb.missing(bench.inputs):
@@ -37,11 +37,11 @@ def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int) -> 
     if emb.missing(bench.inputs):
         raise SystemExit(f"{dataset} is not embedded with {model}: run `benchroute embed {dataset} --model {model}`")
     bench = bench.with_embeddings(emb.encode(bench.inputs))
-    ev = LOTOEvaluator(bench, Router(seed=seed, embedding_model=model))
+    ev = LOTOEvaluator(bench, Router(seed=seed, embedding_model=model, p_estimator=p_estimator))
     rows = ev.run(alphas=(alpha,), repeats=repeats)
     summary = summarize(rows)
     return {
-        "dataset": dataset, "model": model, "seed": seed, "alpha": alpha,
+        "dataset": dataset, "model": model, "seed": seed, "alpha": alpha, "p_estimator": p_estimator,
         "summary": {m: summary[m] for m in METHODS if m in summary},
         "paired": {m: paired_difference(rows, m, "BMA") for m in METHODS if m in summary and m != "BMA"},
     }
@@ -53,12 +53,13 @@ def _num(x: float | None) -> float:
 
 def table(runs: list[dict]) -> str:
     """Markdown: one line per (dataset, model, alpha, method), mean +- std over seeds of acc and gain."""
-    groups: dict[tuple[str, str, float], list[dict]] = {}
+    groups: dict[tuple[str, str, float, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["model"], r["alpha"]), []).append(r)
-    lines = ["| data | embeddings | alpha | method | acc (mean ± std over seeds) | - BMA (paired SE) | Pearson | p MAE | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (ds, model, alpha), rs in sorted(groups.items()):
+        groups.setdefault((r["dataset"], r["model"], r["alpha"], r.get("p_estimator", "kernel")), []).append(r)
+    lines = [("| data | embeddings | alpha | Router's p | method | acc (mean ± std over seeds) | - BMA (paired SE) "
+              "| Pearson | p MAE kernel / calibrated | seeds |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, model, alpha, pest), rs in sorted(groups.items()):
         for m in METHODS:
             if m not in rs[0]["summary"]:
                 continue
@@ -68,8 +69,9 @@ def table(runs: list[dict]) -> str:
             pear = np.mean([_num(r["summary"][m].get("pearson")) for r in rs])
             pear_s = f"{pear:.3f}" if np.isfinite(pear) else "—"
             mae = np.mean([_num(r["summary"][m].get("p_mae")) for r in rs])
-            lines.append(f"| {ds} | {model} | {alpha:g} | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
-                         f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} | {len(rs)} |")
+            mae_cal = np.mean([_num(r["summary"][m].get("p_mae_cal")) for r in rs])
+            lines.append(f"| {ds} | {model} | {alpha:g} | {pest} | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                         f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} / {mae_cal:.3f} | {len(rs)} |")
     return "\n".join(lines)
 
 
@@ -80,6 +82,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--alpha", type=float, default=0.0)
     ap.add_argument("--repeats", type=int, default=10, help="test repeats per task when alpha > 0")
+    ap.add_argument("--p-estimator", default="kernel", choices=["kernel", "atc", "calibrated"],
+                    help="the p that the Router's trust gate uses")
     ap.add_argument("--out", type=Path, default=Path("out/ablation"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,9 +91,10 @@ def main() -> None:
     for ds in args.datasets:
         for model in args.models:
             for seed in args.seeds:
-                path = args.out / f"{ds}.{model}.a{args.alpha:g}.s{seed}.json"
+                path = args.out / f"{ds}.{model}.a{args.alpha:g}.{args.p_estimator}.s{seed}.json"
                 if not path.exists():
-                    atomic_write_text(path, json.dumps(run_one(ds, model, seed, args.alpha, args.repeats)))
+                    result = run_one(ds, model, seed, args.alpha, args.repeats, args.p_estimator)
+                    atomic_write_text(path, json.dumps(result))
                     print(f"done {path.name}", flush=True)
                 runs.append(json.loads(path.read_text()))
     print(table(runs))

@@ -11,6 +11,7 @@ import pytest
 from benchroute.confidence import (
     DEFAULT_ALPHAS,
     ATCEstimator,
+    ConfidenceCalibrator,
     FoldEngine,
     KernelSmoother,
     dataset_distance,
@@ -278,3 +279,31 @@ def test_atc_per_model_columns() -> None:
     correct = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
     atc = ATCEstimator().fit(conf, correct)
     np.testing.assert_allclose(atc.predict(conf), [0.5, 0.5])
+
+
+def test_calibrator_rows_match_their_tasks_and_reproduce_alpha_zero_p(synthetic) -> None:  # type: ignore[no-untyped-def]
+    engine = FoldEngine(synthetic.X, synthetic.Y, synthetic.task_index)
+    for excluded in ([], [2]):
+        pairs = engine.pairs(excluded=excluded, alphas=(0.0,), repeats=1)
+        assert len(pairs.atc_task) == len(pairs.atc_conf)
+        assert set(pairs.atc_task.tolist()) == set(range(synthetic.n_tasks)) - set(excluded)
+        # the per-task mean of the item-level correctness is the alpha = 0 pair's p of that task
+        for d in set(pairs.atc_task.tolist()):
+            np.testing.assert_allclose(pairs.atc_correct[pairs.atc_task == d].mean(axis=0), pairs.p[pairs.task == d][0])
+
+
+def test_calibrator_is_monotone_and_learns_overconfidence() -> None:
+    rng = np.random.default_rng(0)
+    n_tasks, per, m = 12, 40, 4
+    task = np.repeat(np.arange(n_tasks), per)
+    conf = rng.uniform(0.5, 1.0, size=(n_tasks, m))[task] + 0.01 * rng.random((len(task), m))
+    # held-out accuracy is well below the confidence: over-confident by a factor
+    correct = rng.random((len(task), m)) < 0.5 + 0.5 * (conf - 0.5)
+    cal = ConfidenceCalibrator().fit(conf, correct, task)
+    grid = np.linspace(0.5, 1.0, 11)
+    p = np.array([cal.predict(np.full((3, 1), c))[0] for c in grid])
+    assert (np.diff(p) >= -1e-12).all() and ((p >= 0) & (p <= 1)).all()
+    # it maps a confidence of ~0.9 to ~0.7, not to 0.9 as raw confidence (ATC's starting point) would
+    assert cal.predict(np.full((5, 1), 0.9))[0] == pytest.approx(0.7, abs=0.08)
+    with pytest.raises(NotFittedError):
+        ConfidenceCalibrator().predict(conf)

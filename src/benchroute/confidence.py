@@ -108,6 +108,35 @@ class ATCEstimator:
         return (conf > self.tau_).mean(axis=0) + self.lam_ * (conf == self.tau_).mean(axis=0)
 
 
+class ConfidenceCalibrator:
+    """p(d', m) from the predictor's own mean confidence on the new task, calibrated on held-out tasks.
+
+    The kernel smoother reads p off the task distance u alone, one curve per model; but how often a
+    thresholded kNN prediction is right depends mostly on how one-sided the neighbours' labels are,
+    which the predictor shows on the new task itself: the mean confidence max(g, 1 - g) of model m over
+    its inputs. Raw confidence is over-confident on unseen tasks (ATC's problem), so an increasing
+    isotonic map from mean confidence to the thresholded accuracy is fitted on the held-out benchmark
+    tasks (alpha = 0 folds, pooled over models: one point per task and model).
+    """
+
+    def fit(self, conf: np.ndarray, correct: np.ndarray, task: np.ndarray) -> ConfidenceCalibrator:
+        from sklearn.isotonic import IsotonicRegression
+
+        task = np.asarray(task)
+        tasks, inverse = np.unique(task, return_inverse=True)
+        counts = np.bincount(inverse).astype(np.float64)[:, None]
+        mean_conf = _group_sum(np.asarray(conf, dtype=np.float64), inverse, len(tasks)) / counts
+        mean_correct = _group_sum(np.asarray(correct, dtype=np.float64), inverse, len(tasks)) / counts
+        self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            mean_conf.ravel(), mean_correct.ravel())
+        return self
+
+    def predict(self, conf: np.ndarray) -> np.ndarray:
+        """p per model from the n x M confidences max(g, 1 - g) of the new task's inputs."""
+        check_is_fitted(self, "isotonic_")
+        return self.isotonic_.predict(np.asarray(conf, dtype=np.float64).mean(axis=0))
+
+
 @dataclass
 class ConfidencePairs:
     """Training pairs (u_z, p_z(m)) with where each came from."""
@@ -120,6 +149,7 @@ class ConfidencePairs:
     # item-level (confidence, thresholded-prediction correct) from the alpha = 0 folds, for ATC
     atc_conf: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     atc_correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    atc_task: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # task of each atc row
 
 
 def n_moved(alpha: float, n: int, cap: int = 50) -> int:
@@ -444,4 +474,5 @@ class NestedPairs:
                 corr[d][hit] = k2
             out.atc_conf = np.concatenate([conf[d] for d in sorted(conf)])
             out.atc_correct = np.concatenate([corr[d] for d in sorted(corr)])
+            out.atc_task = np.concatenate([np.full(len(conf[d]), d) for d in sorted(conf)])
         return out

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from .confidence import ATCEstimator, FoldEngine, KernelSmoother, NestedPairs, n_moved
+from .confidence import ATCEstimator, ConfidenceCalibrator, FoldEngine, KernelSmoother, NestedPairs, n_moved
 from .errors import ConfigError
 from .router import Router
 from .scores import BlendChoice, blend, s1, s2, s3, select_blend, trust_rule
@@ -77,6 +77,7 @@ class LOTOEvaluator:
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
         self._nested: NestedPairs | None = None
         self._blend: dict[int, BlendChoice] = {}
+        self._calibrators: dict[int, ConfidenceCalibrator | None] = {}
 
     def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
         """The confidence model for held-out task d, trained on folds that never see d (cached)."""
@@ -88,7 +89,14 @@ class LOTOEvaluator:
             ks = KernelSmoother(r.sigma).fit(pairs.u, pairs.p)
             atc = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
             self._confidence[d] = (ks, atc, pairs.u[pairs.alpha == 0])
+            self._calibrators[d] = (ConfidenceCalibrator().fit(pairs.atc_conf, pairs.atc_correct, pairs.atc_task)
+                                    if pairs.atc_conf.size else None)
         return self._confidence[d]
+
+    def calibrator(self, d: int) -> ConfidenceCalibrator | None:
+        """The confidence calibrator for held-out task d (fitted with the confidence model, cached)."""
+        self.confidence(d)
+        return self._calibrators[d]
 
     def blend_choice(self, d: int) -> BlendChoice:
         """The blend's (k, lambda) for held-out task d, chosen by LOTO over the other tasks without d."""
@@ -122,8 +130,12 @@ class LOTOEvaluator:
         p_kernel = ks.predict(u)
         p_true = ((g > r.t) == y).mean(axis=0)
         p_atc = atc.predict(np.maximum(g, 1 - g)) if atc is not None else p_kernel
+        cal = self.calibrator(d)
+        p_cal = cal.predict(np.maximum(g, 1 - g)) if cal is not None else p_kernel
+        p_router = {"kernel": p_kernel, "atc": p_atc, "calibrated": p_cal}[r.p_estimator]
         scores = {
             "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p_atc),
+            "S3_cal": s3(v2, p_cal),
         }
         choice: dict[str, int] = {}
         for name, sc in scores.items():
@@ -136,7 +148,7 @@ class LOTOEvaluator:
             bc = self.blend_choice(d)
             curve = self.engine.s1_curve(d, [], (bc.k,), moved)
             scores["Router"] = blend(curve[0], train_acc, bc.lam)
-            router_decision = trust_rule(v2, p_kernel, len(rem), bma, score=np.where(mask, scores["Router"], -np.inf),
+            router_decision = trust_rule(v2, p_router, len(rem), bma, score=np.where(mask, scores["Router"], -np.inf),
                                          eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
             choice["Blend"] = int(np.argmax(np.where(mask, scores["Router"], -np.inf)))  # ungated, for the ablation
             scores["Blend"] = scores["Router"]
@@ -158,6 +170,7 @@ class LOTOEvaluator:
         out = TaskOutcome(self.bench.tasks[d], alpha, repeat, u)
         pred_acc = float(p_true[mask].mean())
         p_mae = float(np.abs(p_kernel - p_true)[mask].mean())
+        p_mae_cal = float(np.abs(p_cal - p_true)[mask].mean())
         for name, j in choice.items():
             row = {
                 "task": self.bench.tasks[d], "method": name, "alpha": alpha, "repeat": repeat,
@@ -175,6 +188,7 @@ class LOTOEvaluator:
                 row["fell_back"] = gate.fell_back
             row["predictor_acc"] = pred_acc
             row["p_mae"] = p_mae
+            row["p_mae_cal"] = p_mae_cal
             out.rows.append(row)
         out.rows.append(self._moe_row(d, g, y, true_acc, oracle, bma, mask, alpha, repeat, u))
         out.rows.append({"task": self.bench.tasks[d], "method": "Random", "alpha": alpha, "repeat": repeat,
@@ -226,7 +240,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         return {}
     df = pd.DataFrame(rows)
     cols = [c for c in ("acc", "ratio", "pearson", "spearman", "is_bma", "params_b", "rank", "predictor_acc",
-                        "p_mae", "fell_back") if c in df]
+                        "p_mae", "p_mae_cal", "fell_back") if c in df]
     df[cols] = df[cols].astype(float)
     per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
     out: dict[str, dict[str, float]] = {}
