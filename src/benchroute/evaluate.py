@@ -67,6 +67,9 @@ class LOTOEvaluator:
         self.router = router or Router()
         if self.router.predictor != "knn":
             raise ConfigError("the LOTO harness evaluates the kNN predictor", "use predictor='knn'")
+        if self.router.p_estimator not in ("kernel", "atc", "calibrated"):
+            # "calibrated" (ConfidenceCalibrator) is an evaluation variant: measured, not a Router option
+            raise ConfigError(f"unknown p_estimator {self.router.p_estimator!r}", "use 'kernel', 'atc' or 'calibrated'")
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
         r = self.router
