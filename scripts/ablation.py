@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchroute.data import load_benchmark
-from benchroute.embed import Embedder, import_bundled_packs
+from benchroute.cli import load_with_embeddings
 from benchroute.evaluate import LOTOEvaluator, paired_difference, summarize
 from benchroute.io import atomic_write_text
 from benchroute.router import Router
@@ -30,13 +29,7 @@ METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_true_p", "Blend
 
 
 def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_estimator: str) -> dict:
-    bench = load_benchmark(dataset)
-    emb = Embedder(model)
-    if emb.missing(bench.inputs):
-        import_bundled_packs(emb)
-    if emb.missing(bench.inputs):
-        raise SystemExit(f"{dataset} is not embedded with {model}: run `benchroute embed {dataset} --model {model}`")
-    bench = bench.with_embeddings(emb.encode(bench.inputs))
+    bench = load_with_embeddings(dataset, model)  # bundled packs, then the cache, then the model
     ev = LOTOEvaluator(bench, Router(seed=seed, embedding_model=model, p_estimator=p_estimator))
     rows = ev.run(alphas=(alpha,), repeats=repeats)
     summary = summarize(rows)
