@@ -45,7 +45,7 @@ def import_ray() -> Any:
 
 
 def local_object_store_bytes() -> int:
-    """A quarter of the RAM, within [512 MiB, 8 GiB]: the shared LOTO state of openllm_v2 is ~0.3 GiB.
+    """A quarter of the RAM, within [512 MiB, 8 GiB]: the shared LOTO state of openllm_v2 is 216 MB.
 
     It is a cap, not an allocation; Ray spills objects to disk beyond it instead of failing.
     """
@@ -61,8 +61,8 @@ def _quiet(ray: Any) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    for name in ("ray.data", "ray.data._internal.progress"):  # the latter: "progress bars disabled"
-        logging.getLogger(name).setLevel(logging.WARNING if name == "ray.data" else logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
 
 
 def _check_reachable(address: str) -> None:
