@@ -25,7 +25,7 @@ from benchroute.embed import (
     read_pack,
     text_hash,
 )
-from benchroute.errors import IntegrityError, ModelNotAvailableError
+from benchroute.errors import ConfigError, IntegrityError, ModelNotAvailableError
 
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
 
@@ -138,3 +138,26 @@ def test_pack_round_trip_and_tamper_detection(tmp_path: Path) -> None:
         read_pack(bad)
     with pytest.raises(IntegrityError, match="not embedded"):
         export_pack(src, emb.model_id, ["never embedded text"], tmp_path / "x.safetensors")
+
+
+def test_bf16_fast_path_is_close_deterministic_and_cached_apart(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    exact = Embedder(SMALL_MODEL, cache=cache)
+    fast = Embedder(SMALL_MODEL, cache=cache, fast="bf16")
+    assert fast.model_id == exact.model_id + "+bf16"
+    texts = TEXTS + ["word " * 400]  # one input longer than the model's 256-token limit
+    v32, v16 = exact.encode(texts), fast.encode(texts)
+    assert v16.dtype == np.float32 and np.allclose(np.linalg.norm(v16, axis=1), 1.0, atol=1e-6)
+    cos = (v32 * v16).sum(axis=1)
+    assert cos.min() > 0.999 and not np.array_equal(v32, v16)  # close, yet really computed in bf16
+    # the two paths never share cache rows; each returns its own vectors from the cache
+    assert cache.count(exact.model_id) == cache.count(fast.model_id) == len(texts)
+    assert np.array_equal(Embedder(SMALL_MODEL, cache=cache).encode(texts), v32)
+    # deterministic: a fresh model on the same chunk gives bit-identical vectors
+    assert np.array_equal(Embedder(SMALL_MODEL, cache=False, fast="bf16").encode(texts), v16)
+    assert "fast='bf16'" in repr(fast)
+
+
+def test_unknown_fast_path_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown fast embedding path 'int4'"):
+        Embedder(SMALL_MODEL, cache=False, fast="int4")
