@@ -20,7 +20,7 @@ each task held out in turn (real queries are harder than synthetic ones: see ben
 
     python benchmarks/bench_route.py [--sizes 10000 100000 1000000] [--sweep-size 100000]
 
-Runs ~15 min on 2 cores with the defaults (1M: generation, exact search of 100 queries, IVF build).
+Runs ~16 min on 2 cores with the defaults (1M: generation, exact search of 100 queries, IVF build).
 """
 
 from __future__ import annotations
@@ -124,15 +124,16 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     nq = args.queries
     print(f"\n{n:,} stored questions ({store.nbytes / 2**30:.2f} GiB float32; generated in "
           f"{time.perf_counter() - t0:.0f} s), {args.models} models, k={args.k}")
-    print(f"{'index':>11} {'params':>20} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"{'index':>11} {'params':>28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'recall seen':>12} {'recall new':>11} {'same route':>11}")
     exact_pred = KNNCorrectness(k=args.k, backend="numpy").fit(store, labels)
     _, exact_idx = exact_pred.kneighbors(queries)
     exact_choice = exact_pred.predict_proba(queries).argmax(axis=1)
-    nlist = default_nlist(n)
     variants: list[tuple[str, dict[str, Any]]] = [("numpy", {}), ("faiss-flat", {}), ("faiss-ivf", {})]
     if n <= args.hnsw_max:
         variants.append(("faiss-hnsw", {}))
+    if n == args.sweep_size:  # the other IVF codecs: float32 lists, and 8-bit codes re-ranked exactly
+        variants += [("faiss-ivf", {"ivf_codec": "Flat", "refine": 1}), ("faiss-ivf", {"ivf_codec": "SQ8", "refine": 4})]
     for backend, params in variants:
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use both cores
         t = time.perf_counter()
@@ -144,24 +145,26 @@ def run_size(n: int, args: argparse.Namespace) -> None:
         p50, p99 = latency(pred, queries[::6] if n > 100_000 and exact_kind else queries)
         _, idx = pred.kneighbors(queries)
         info = pred.index_.describe()
-        shown = {"faiss-ivf": f"nlist={info.get('nlist')} nprobe={info.get('nprobe')}",
+        shown = {"faiss-ivf": f"{info.get('codec')} nlist={info.get('nlist')} nprobe={info.get('nprobe')}",
                  "faiss-hnsw": f"M={info.get('hnsw_m')} ef={info.get('ef_search')}"}.get(backend, "exact")
-        print(f"{backend:>11} {shown:>20} {build:>8.1f} {p50:>8.3f} {p99:>8.3f} "
+        print(f"{backend:>11} {shown:>28} {build:>8.1f} {p50:>8.3f} {p99:>8.3f} "
               f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f} "
               f"{same_route(pred, queries, exact_choice):>11.3f}", flush=True)
         if n == args.sweep_size:
-            sweep(pred, queries, exact_idx, nq, nlist)
+            sweep(pred, queries, exact_idx, nq)
         del pred
     print(f"({n:,}: {time.perf_counter() - t0:.0f} s in all)")
 
 
-def sweep(pred: KNNCorrectness, queries: np.ndarray, exact_idx: np.ndarray, nq: int, nlist: int) -> None:
+def sweep(pred: KNNCorrectness, queries: np.ndarray, exact_idx: np.ndarray, nq: int) -> None:
     """Recall against latency for other nprobe / efSearch values on the same built index."""
     import faiss
 
     index = pred.index_.faiss_index_
     if pred.index_.backend_ == "faiss-ivf":
         ivf, name, values = faiss.extract_index_ivf(index), "nprobe", [4, 8, 16, 32, 64, 128]
+        if pred.index_.ivf_codec != NeighborIndex().ivf_codec:
+            values = [16, 32, 64]
     elif pred.index_.backend_ == "faiss-hnsw":
         ivf, name, values = index.hnsw, "efSearch", [16, 32, 64, 128, 256]
     else:
@@ -173,7 +176,7 @@ def sweep(pred: KNNCorrectness, queries: np.ndarray, exact_idx: np.ndarray, nq: 
             pred.index_.nprobe_ = v
         p50, _ = latency(pred, queries[::3])
         _, idx = pred.kneighbors(queries)
-        print(f"{'':>11} {name + '=' + str(v):>20} {'':>8} {p50:>8.3f} {'':>8} "
+        print(f"{'':>11} {name + '=' + str(v):>28} {'':>8} {p50:>8.3f} {'':>8} "
               f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f}", flush=True)
     setattr(ivf, name, default)
 

@@ -10,14 +10,18 @@ prediction next to the measurement:
   time, and the leave-one-task-out neighbour pass (quadratic in N: run whole at the smallest size,
   on a random sample of rows at the larger ones and scaled by N / rows).
 
-Time constants are fitted at the smallest size and the model then *predicts* the larger sizes, so
-"ratio" (measured / model) checks the growth law, not a fit. Last, a subprocess whose data segment
+The time model is first principles: bytes read / memory bandwidth for a query (one thread, as when
+serving), flops / matrix-product rate for index builds and the neighbour pass (two threads), plus a
+per-element cost of the partial sort; the three rates are measured by micro-benchmarks at start, not
+fitted to the results, so "ratio" (measured / model) is how close each step runs to what the
+hardware allows. Last, a subprocess whose data segment
 is capped below the store size (``RLIMIT_DATA``) searches the largest store exactly through the
 memory map and must return the same neighbours as the in-memory FAISS flat search.
 
     python benchmarks/bench_scale.py [--sizes 10000 100000 1000000] [--workdir /tmp/benchroute-scale]
 
-~20 min on 2 cores with the defaults, most of it writing the 1M store and building its IVF index.
+~12 min on 2 cores with the defaults (8 once the 1M store file exists), most of it writing the 1M store,
+building its IVF index and timing the sampled neighbour pass.
 """
 
 from __future__ import annotations
@@ -88,22 +92,46 @@ def p50_ms(index: NeighborIndex, q: np.ndarray, k: int = 5) -> float:
     return float(np.median(times) * 1000)
 
 
-class Table:
-    """Rows of (N, quantity, model, measured); time models are scaled by constants fitted at the first N."""
+def machine_rates() -> dict[str, float]:
+    """Read bandwidth (1 thread), float32 matrix-product rate (2 threads), mask + partial-sort cost per element."""
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self) -> None:
-        self.const: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    big = rng.random((350_000, 768), dtype=np.float32)  # ~1 GiB: far beyond the caches
+    v = rng.random(768, dtype=np.float32)
+    with threadpool_limits(1):
+        big @ v
+        t = time.perf_counter()
+        for _ in range(3):
+            big @ v
+        bandwidth = 3 * big.nbytes / (time.perf_counter() - t)
+    a, b = big[:2048], big[2048:67_584]
+    a @ b[:4096].T
+    t = time.perf_counter()
+    a @ b.T
+    flops = 2 * a.shape[0] * b.shape[0] * a.shape[1] / (time.perf_counter() - t)
+    sims = big[:64, :512] @ big[:, :512].T  # 64 x 350k similarities, then what the pass does per element:
+    task = np.arange(len(big)) // TASK_SIZE
+    t = time.perf_counter()
+    sims[task[:64, None] == task[None, :]] = -np.inf  # mask the own task
+    np.argpartition(-sims, KAPPA + TASK_SIZE - 1, axis=1)  # keep the top depth
+    select = (time.perf_counter() - t) / sims.size
+    print(f"machine: read {bandwidth / 1e9:.1f} GB/s (1 thread), matrix products {flops / 1e9:.0f} GFLOP/s "
+          f"(2 threads), mask + partial sort {select * 1e9:.1f} ns/element")
+    return {"bandwidth": bandwidth, "flops": flops, "select": select}
+
+
+class Table:
+    """Rows of (N, quantity, model, measured, measured / model)."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
         print(f"{'N':>10}  {'quantity':<44} {'model':>14} {'measured':>14} {'ratio':>6}")
 
     def memory(self, n: int, what: str, model: float, measured: float) -> None:
         print(f"{n:>10,}  {what:<44} {mib(model):>14} {mib(measured):>14} {measured / model:>6.2f}", flush=True)
 
-    def time(self, n: int, what: str, work: float, measured: float, unit: str = "s", note: str = "") -> None:
-        """``work`` is the model's operation count; the first size fixes seconds per unit of work."""
-        key = what.split("~")[0]
-        if key not in self.const:
-            self.const[key] = measured / work
-        model = self.const[key] * work
+    def time(self, n: int, what: str, model: float, measured: float, unit: str = "s", note: str = "") -> None:
         print(f"{n:>10,}  {what:<44} {model:>12.3f} {unit:<1} {measured:>12.3f} {unit:<1} {measured / model:>6.2f}"
               f"{'  ' + note if note else ''}", flush=True)
 
@@ -136,7 +164,9 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     table.memory(n, "index FAISS flat N*d*4", n * dim * 4, rss_anon() - before)
     faiss.omp_set_num_threads(1)
     n_exact = len(q) if n <= 100_000 else 30
-    table.time(n, "route p50, exact (FAISS flat)  ~ N*d", n * dim, p50_ms(flat, q[:n_exact]), "ms")
+    r = table.rates
+    table.time(n, "route p50, exact (FAISS flat): N*d*4 B / read", n * dim * 4 / r["bandwidth"] * 1e3,
+               p50_ms(flat, q[:n_exact]), "ms")
     _, exact_idx = flat.search(q, 5)
     np.save(Path(args.workdir) / f"exact_{n}.npy", exact_idx)
     del flat
@@ -151,12 +181,12 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     table.memory(n, f"index IVF-SQfp16 N*(2d+8)+nlist*d*4 (nlist {nlist})",
                  n * (2 * dim + 8) + nlist * dim * 4, rss_anon() - before)
     train = min(n, 50 * nlist)
-    table.time(n, "IVF build  ~ (10*train + N)*nlist*d", (10 * train + n) * nlist * dim, build)
+    table.time(n, "IVF build: 2*(10*train + N)*nlist*d flop", 2 * (10 * train + n) * nlist * dim / r["flops"], build)
     faiss.omp_set_num_threads(1)
-    scanned = nlist + nprobe * n / nlist  # centroids compared + vectors read per query
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ivf.search(q, 5)[1], exact_idx, strict=True)])
-    table.time(n, "route p50, IVF  ~ nlist + nprobe*N/nlist", scanned * dim, p50_ms(ivf, q), "ms",
-               f"nprobe {nprobe}, recall@5 {recall:.3f}")
+    read = nlist * dim * 4 + nprobe * n / nlist * dim * 2  # centroids (float32) + probed codes (fp16)
+    table.time(n, "route p50, IVF: (nlist*4d + nprobe*N/nlist*2d) B", read / r["bandwidth"] * 1e3,
+               p50_ms(ivf, q), "ms", f"nprobe {nprobe}, recall@5 {recall:.3f}")
     del ivf
 
     # the leave-one-task-out neighbour pass: every item against every item of the other tasks
@@ -169,7 +199,8 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     sims, idx = cross_task_neighbors(emb, task, depth, rows=rows)
     took = (time.perf_counter() - t) * n / len(rows)
     note = "whole" if len(rows) == n else f"{len(rows):,} rows sampled, x N/rows"
-    table.time(n, "LOTO neighbour pass  ~ N^2*d", float(n) * n * dim, took, "s", note)
+    pass_model = float(n) * n * (2 * dim / r["flops"] + r["select"])
+    table.time(n, "LOTO neighbour pass: N^2*(2d flop + sort)", pass_model, took, "s", note)
     held = (sims.nbytes + idx.nbytes + idx.size * np.dtype(np.int32).itemsize) * n / len(rows)  # + task ids
     table.memory(n, f"LOTO neighbour lists N*depth*16 (depth {depth})", n * depth * 16, held)
     del emb
@@ -224,7 +255,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     q = queries(args.dim)
-    table = Table()
+    table = Table(machine_rates())
     path = None
     for n in sorted(args.sizes):
         path = run_size(n, args, table, q)
