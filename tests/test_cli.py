@@ -65,3 +65,27 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_fit_with_a_chosen_index_saves_it_and_routes_the_same(bench_dir: Path, tmp_path: Path, held_out) -> None:  # type: ignore[no-untyped-def]
+    from benchroute.router import Router
+
+    _ok(["fit", str(bench_dir), "-o", str(tmp_path / "exact"), "--model", "all-MiniLM-L6-v2", "--index", "numpy"])
+    _ok(["fit", str(bench_dir), "-o", str(tmp_path / "flat"), "--model", "all-MiniLM-L6-v2",
+         "--index", "faiss-flat", "--index-param", "block_rows=4096"])
+    flat = Router.load(tmp_path / "flat")
+    assert flat.index == "faiss-flat" and flat.index_params == {"block_rows": 4096}
+    query = held_out[0][:5]
+    exact = [d.model for d in Router.load(tmp_path / "exact").route(query)]
+    assert [d.model for d in flat.route(query)] == exact  # both indexes are exact
+
+
+def test_bad_index_options_are_one_line_errors(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for extra, needle in ((["--index", "annoy"], "unknown index"), (["--index-param", "nprob=3"], "bad --index-param")):
+        monkeypatch.setattr("sys.argv", ["benchroute", "fit", str(bench_dir), "-o", str(tmp_path / "r"), *extra])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err

@@ -266,6 +266,26 @@ def _router_from_options(**params: Any) -> Any:
     return Router(**{k: v for k, v in params.items() if v is not None})
 
 
+def _index_params(index: str, pairs: list[str]) -> dict[str, Any] | None:
+    """KEY=VALUE options as NeighborIndex parameters (numbers parsed, names checked)."""
+    from .errors import ConfigError
+    from .neighbors import BACKENDS, INDEX_PARAMS
+
+    if index not in BACKENDS:
+        raise ConfigError(f"unknown index {index!r}", f"use one of {', '.join(BACKENDS)}")
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in INDEX_PARAMS or key == "backend":
+            allowed = ", ".join(p for p in INDEX_PARAMS if p != "backend")
+            raise ConfigError(f"bad --index-param {pair!r}", f"use KEY=VALUE with KEY one of {allowed}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None
+
+
 @app.command()
 def fit(
     path: DirArg,
@@ -277,10 +297,15 @@ def fit(
     model: ModelOpt = "all-mpnet-base-v2",
     cache: CacheOpt = None,
     drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items.")] = False,
+    index: Annotated[str, typer.Option(help="Neighbour index: auto, numpy, faiss-flat, faiss-ivf or faiss-hnsw "
+                                            "(docs/scaling.md).")] = "auto",
+    index_param: Annotated[list[str] | None, typer.Option(help="Index parameter KEY=VALUE, repeatable "
+                                                                "(e.g. nprobe=32, approx_min=200000).")] = None,
 ) -> None:
     """Learn a router from every task of a benchmark and save it."""
+    router = _router_from_options(predictor=predictor, k=k, score=score, eta=eta, embedding_model=model,
+                                  index=index, index_params=_index_params(index, index_param or []))
     bench = load_with_embeddings(path, model, cache, drop_incomplete)
-    router = _router_from_options(predictor=predictor, k=k, score=score, eta=eta, embedding_model=model)
     with console.status("fitting predictors and the confidence model"):
         router.fit(bench)
     router.save(out, card_extra={"benchmark": bench.summary()["figures"]})
