@@ -116,9 +116,10 @@ def test_active_study_shapes_and_values(ev: LOTOEvaluator) -> None:
 
 def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
     """One (task, repeat, budget) of the random strategy recomputed by hand through the fold engine."""
-    from benchroute.scores import blend
+    from benchroute.scores import blend, s2, trust_rule
 
     out = active_study(ev, (5,), ("random",), repeats=1, seed=7)
+    r = ev.router
     accs = []
     for d in range(ev.bench.n_tasks):
         members = ev.engine.members[d]
@@ -126,8 +127,13 @@ def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
         picked = np.sort(suggest_labels(ev.engine.emb[members], g, 5, "random", seed=[7, 104729, d, 0]))
         bc = ev.blend_choice(d)
         prior = np.delete(ev.task_acc, d, axis=0).mean(axis=0)
-        choice = int(np.argmax(blend(ev.engine.s1_curve(d, [], (bc.k,), picked[None, :])[0], prior, bc.lam)))
+        score = blend(ev.engine.s1_curve(d, [], (bc.k,), picked[None, :])[0], prior, bc.lam)
         rem = np.setdiff1d(np.arange(len(members)), picked)
+        # the blend proposes, the trust rule (S2 and kernel p of the fold with the labels) decides
+        g_moved, u_moved, _ = ev.engine.fold(d, [], picked[None, :])
+        p = ev.confidence(d)[0].predict(float(u_moved[0]))
+        choice = trust_rule(s2(g_moved[0], r.t), p, len(rem), int(np.argmax(prior)), score=score, eta=r.eta,
+                            draws=r.draws, seed=r.seed).chosen
         accs.append(ev.Y[members[rem]].mean(axis=0)[choice])
     assert out["strategies"]["random"]["acc_mean"][0] == pytest.approx(np.mean(accs))
 

@@ -236,8 +236,9 @@ def test_cost_study_shapes_and_invariants(tiny_ev: LOTOEvaluator) -> None:
     costs = [c["cost"] for c in out["router_curve"]]
     assert (np.diff(costs) <= 1e-12).all()  # cheaper as lambda grows
     assert costs[-1] < costs[0]
-    # lambda 0 is the plain router: the LOTO "Router" rows' mean accuracy
-    router = np.mean([next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "Router")
+    # lambda 0 is argmax of the router's predicted accuracy (the blend, before the trust rule decides):
+    # the LOTO "Blend" rows' mean accuracy
+    router = np.mean([next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "Blend")
                       for d in range(tiny_ev.bench.n_tasks)])
     assert out["router_curve"][0]["acc"] == pytest.approx(router)
     bma = np.mean([next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "BMA")

@@ -131,15 +131,17 @@ def suggest_labels(
 def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarray | None) -> tuple[int, np.ndarray]:
     """(chosen model, per-model score) of the evaluated router on task d with ``moved`` (1 x s) labeled."""
     r = ev.router
-    if r.score == "blend":
-        bc = ev.blend_choice(d)
-        sc = blend(ev.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
-        return int(np.argmax(sc)), sc
     g_all, u_all, rem = ev.engine.fold(d, [], moved)
     ks, _, _ = ev.confidence(d)
     p = ks.predict(float(u_all[0]))
     v2 = s2(g_all[0], r.t)
-    sc = s3(v2, p)
+    if r.score == "blend":  # the default: the blend proposes, the trust rule decides (as evaluate_task)
+        bc = ev.blend_choice(d)
+        sc = blend(ev.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
+        if not r.trust:
+            return int(np.argmax(sc)), sc
+    else:
+        sc = s3(v2, p)
     dec = trust_rule(v2, p, rem.shape[1], bma, score=sc, eta=r.eta, draws=r.draws, seed=r.seed)
     return dec.chosen, sc
 

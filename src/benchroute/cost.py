@@ -417,7 +417,8 @@ def cost_study(ev: Any, lambdas: Sequence[float] = DEFAULT_LAMBDAS, progress: An
     router's predicted accuracies feed :func:`choose` with ``cost_weight = lambda`` for each lambda;
     the true accuracy and cost of each choice are averaged over tasks into one point per lambda.
     The predicted accuracy is the blend score for the default router; any other router is scored
-    by S3 (the trust rule is a decision, not a predicted accuracy, so its lambda = 0 is argmax S3).
+    by S3. The trust rule is a decision, not a predicted accuracy, so lambda = 0 is argmax of the
+    score (the LOTO "Blend" row for the default router, "S3" for the others), not the gated "Router".
     Candidates are the models with a known cost (the others are listed under
     "excluded_unknown_cost"), for every lambda and baseline alike, so lambda = 0 is the plain
     router restricted to those models.
