@@ -209,8 +209,11 @@ class FoldEngine:
         width = width or self.need
         if not excluded:  # the lists already omit each item's own task and are sorted: a slice
             return self.cross_s[rows, :width], self.cross_i[rows, :width]
-        t = self.cross_t[rows]
-        s = self.cross_s[rows]
+        # at most |x| entries of each excluded task x precede the width-th valid one: a shorter window
+        window = width + sum(len(self.members[x]) for x in excluded)
+        t = self.cross_t[rows, :window]
+        s = self.cross_s[rows, :window]
+        ii = self.cross_i[rows, :window]
         valid = np.isfinite(s)
         for x in excluded:
             valid &= t != x
@@ -218,11 +221,11 @@ class FoldEngine:
         take = valid & (np.cumsum(valid, axis=1, dtype=np.int32) <= width)
         if take.sum() == take.shape[0] * width:  # every row has enough neighbours left (the usual case)
             flat = np.flatnonzero(take)
-            return s.ravel()[flat].reshape(-1, width), self.cross_i[rows].ravel()[flat].reshape(-1, width)
+            return s.ravel()[flat].reshape(-1, width), ii.ravel()[flat].reshape(-1, width)
         order = np.argsort(~valid, axis=1, kind="stable")[:, :width]
         sims = np.take_along_axis(s, order, axis=1)
         sims = np.where(np.take_along_axis(valid, order, axis=1), sims, -np.inf)
-        return sims, np.take_along_axis(self.cross_i[rows], order, axis=1)
+        return sims, np.take_along_axis(ii, order, axis=1)
 
     def _moved_draws(self, d: int, a_i: int, s: int, repeats: int, seed: int) -> np.ndarray:
         """r x s local indices moved into training; they depend only on (seed, d, alpha, repeat)."""
