@@ -29,6 +29,7 @@ quantized per tensor / per channel; these need ``pip install onnxruntime onnx``)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import tempfile
@@ -176,6 +177,9 @@ def fast(args: argparse.Namespace) -> None:
     bench = load_benchmark(args.dataset)
     texts = sample_texts(bench, args.n)
     specs = [args.path] + [c for c in args.candidates.split(",") if c and c not in (args.path, "fp32")]
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        print("skipping the ONNX candidates: pip install onnxruntime onnx")
+        specs = [s for s in specs if not s.startswith("onnx")]
     workdir = tempfile.TemporaryDirectory(prefix="bench-embed-")
     encoders = {s: candidate(args.model, s, Path(workdir.name)) for s in ["fp32", *specs]}
     for enc in encoders.values():  # load, export, warm up: outside every timing
