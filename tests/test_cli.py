@@ -89,3 +89,18 @@ def test_bad_index_options_are_one_line_errors(bench_dir: Path, tmp_path: Path, 
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
+
+
+def test_embed_fast_path_caches_under_its_own_model_id(tmp_path: Path) -> None:
+    from benchroute.embed import EmbeddingCache
+    from synthetic import tiny_benchmark
+
+    b = tiny_benchmark(n_groups=2, per_group=2, per_task=5)
+    scores = pd.DataFrame([(t, i, m, float(b.scores[r, j])) for r, (t, i) in enumerate(zip(b.items.task, b.items.item_id,
+                                                                                             strict=True))
+                           for j, m in enumerate(b.models)], columns=["task", "item_id", "model", "score"])
+    path = write_benchmark(tmp_path / "tiny", b.items, scores, pd.DataFrame({"model": b.models}))
+    cache = tmp_path / "cache.sqlite"
+    _ok(["embed", str(path), "--model", "all-MiniLM-L6-v2", "--cache", str(cache), "--fast", "bf16"])
+    models = EmbeddingCache(cache).models()
+    assert len(models) == 1 and next(iter(models)).endswith("+bf16") and next(iter(models.values())) == b.n_items

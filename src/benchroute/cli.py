@@ -182,6 +182,8 @@ def embed(
     commit_every: Annotated[int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")] = 256,
     use_ray: RayOpt = False,
     address: AddressOpt = None,
+    fast: Annotated[str | None, typer.Option("--fast", help="Opt-in faster embedding path: bf16 (needs a CPU with "
+                                                             "native bf16; cached under its own model id).")] = None,
 ) -> None:
     """Embed a benchmark's inputs into the persistent cache (resumable; --ray: on Ray Data), or import/export packs."""
     from .data import load_benchmark
@@ -196,7 +198,7 @@ def embed(
         if path is None:
             return
     bench = load_benchmark(path)
-    embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every)
+    embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every, fast=fast)
     with ray_or_local(use_ray, address, needed=bool(embedder.missing(bench.inputs))):
         todo = embed_missing(embedder, bench.inputs, bench.name, use_ray)
     console.print(

@@ -137,8 +137,8 @@ def _reraise_cause(exc: BaseException) -> None:
 class EmbedWorker:
     """Ray Data actor: one :class:`Embedder` (model loaded once per actor) encoding whole chunks, no cache."""
 
-    def __init__(self, model: str, model_id: str, batch_size: int) -> None:
-        self.embedder = Embedder(model, cache=False, batch_size=batch_size)
+    def __init__(self, model: str, model_id: str, batch_size: int, fast: str | None = None) -> None:
+        self.embedder = Embedder(model, cache=False, batch_size=batch_size, fast=fast)
         if self.embedder.model_id != model_id:
             raise IntegrityError(
                 f"the embedding model {model!r} on this Ray node is {self.embedder.model_id}, the driver's is "
@@ -178,7 +178,7 @@ def ray_embed(embedder: Embedder, texts: Iterable[str], *, num_actors: int | Non
     out = ds.map_batches(
         EmbedWorker, batch_size=1, batch_format="numpy", num_cpus=1,
         fn_constructor_kwargs={"model": embedder.model, "model_id": embedder.model_id,
-                               "batch_size": embedder.batch_size},
+                               "batch_size": embedder.batch_size, "fast": embedder.fast},
         compute=ray.data.ActorPoolStrategy(size=actors),
     )
     try:
