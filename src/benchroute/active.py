@@ -36,7 +36,7 @@ import numpy as np
 
 from .cost import largest_model, model_costs
 from .errors import ConfigError
-from .scores import blend, s2, s3, trust_rule
+from .scores import s2, s3, trust_rule
 
 __all__ = ["DEFAULT_BUDGETS", "STRATEGIES", "active_study", "disagreement", "suggest_labels"]
 
@@ -136,8 +136,7 @@ def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarr
     p = ks.predict(float(u_all[0]))
     v2 = s2(g_all[0], r.t)
     if r.score == "blend":  # the default: the blend proposes, the trust rule decides (as evaluate_task)
-        bc = ev.blend_choice(d)
-        sc = blend(ev.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
+        sc = ev.blend_score(d, prior, moved)
         if not r.trust:
             return int(np.argmax(sc)), sc
     else:

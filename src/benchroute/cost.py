@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .scores import blend, s2, s3
+from .scores import s2, s3
 
 __all__ = [
     "COST_UNITS", "DEFAULT_LAMBDAS", "Choice", "aiq", "cheapest_within_trusted", "choose", "cost_study",
@@ -402,8 +402,7 @@ def largest_model(params_b: np.ndarray, cost: np.ndarray, mean_acc: np.ndarray,
 def _predicted_accuracy(ev: Any, d: int, prior: np.ndarray) -> np.ndarray:
     """The router's predicted accuracy of every model on held-out task d (alpha = 0)."""
     if ev.router.score == "blend":
-        bc = ev.blend_choice(d)
-        return blend(ev.engine.s1_curve(d, [], (bc.k,))[0], prior, bc.lam)
+        return ev.blend_score(d, prior)
     # any other router is evaluated as the paper's S3 (kernel p), like evaluate_task's "Router" row
     g_all, u_all, _ = ev.engine.fold(d, [], None)
     ks, _, _ = ev.confidence(d)

@@ -111,6 +111,11 @@ class LOTOEvaluator:
             self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z)
         return self._blend[d]
 
+    def blend_score(self, d: int, prior: np.ndarray, moved: np.ndarray | None = None) -> np.ndarray:
+        """The blend of held-out task d at its nested (k, lambda), with ``moved`` (1 x s) samples labeled."""
+        bc = self.blend_choice(d)
+        return blend(self.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
+
     def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
                       candidates: np.ndarray | None = None) -> TaskOutcome:
         """Route held-out task d (with ``alpha`` of its samples labeled) and score every method."""
@@ -132,9 +137,10 @@ class LOTOEvaluator:
         v1, v2 = s1(g), s2(g, r.t)
         p_kernel = ks.predict(u)
         p_true = ((g > r.t) == y).mean(axis=0)
-        p_atc = atc.predict(np.maximum(g, 1 - g)) if atc is not None else p_kernel
+        conf = np.maximum(g, 1 - g)
+        p_atc = atc.predict(conf) if atc is not None else p_kernel
         cal = self.calibrator(d)
-        p_cal = cal.predict(np.maximum(g, 1 - g)) if cal is not None else p_kernel
+        p_cal = cal.predict(conf) if cal is not None else p_kernel
         p_router = {"kernel": p_kernel, "atc": p_atc, "calibrated": p_cal}[r.p_estimator]
         scores = {
             "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p_atc),
@@ -148,13 +154,11 @@ class LOTOEvaluator:
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
         if r.score == "blend":
-            bc = self.blend_choice(d)
-            curve = self.engine.s1_curve(d, [], (bc.k,), moved)
-            scores["Router"] = blend(curve[0], train_acc, bc.lam)
-            router_decision = trust_rule(v2, p_router, len(rem), bma, score=np.where(mask, scores["Router"], -np.inf),
-                                         eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
-            choice["Blend"] = int(np.argmax(np.where(mask, scores["Router"], -np.inf)))  # ungated, for the ablation
-            scores["Blend"] = scores["Router"]
+            scores["Router"] = scores["Blend"] = self.blend_score(d, train_acc, moved)
+            masked = np.where(mask, scores["Router"], -np.inf)
+            router_decision = trust_rule(v2, p_router, len(rem), bma, score=masked, eta=r.eta, draws=r.draws,
+                                         seed=r.seed) if r.trust else None
+            choice["Blend"] = int(np.argmax(masked))  # ungated, for the ablation
             choice["Router"] = router_decision.chosen if router_decision is not None else choice["Blend"]
         else:
             choice["Router"], scores["Router"], router_decision = choice["S3_trust"], scores["S3"], decision
