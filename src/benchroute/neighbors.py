@@ -45,6 +45,11 @@ def _chunk_rows(n_store: int, budget: int = 64_000_000) -> int:
     return max(1, min(4096, budget // max(n_store, 1)))
 
 
+def _rank_order(sims: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per row, the order by similarity descending, ties by lower index: every search's one ordering."""
+    return np.lexsort((idx, -sims), axis=1)
+
+
 def topk_from_similarity(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest entries per row, sorted descending (ties: lower index first)."""
     n, m = sims.shape
@@ -56,8 +61,7 @@ def topk_from_similarity(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     part_sims = np.take_along_axis(sims, part, axis=1)
-    # lexicographic: by similarity descending, then by index ascending for a deterministic order
-    order = np.lexsort((part, -part_sims), axis=1)
+    order = _rank_order(part_sims, part)
     idx = np.take_along_axis(part, order, axis=1)
     return np.take_along_axis(part_sims, order, axis=1), idx.astype(np.int64)
 
@@ -95,7 +99,7 @@ def merge_topk(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, n
     identical to one search over the whole store. Candidates with index -1 (FAISS' "none") sort last.
     """
     sims = np.where(idx < 0, -np.inf, sims)
-    order = np.lexsort((idx, -sims), axis=1)[:, :k]
+    order = _rank_order(sims, idx)[:, :k]
     return np.take_along_axis(sims, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
 
 
