@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from benchroute.cli import load_with_embeddings
-from benchroute.evaluate import LOTOEvaluator, paired_difference, summarize
+from benchroute.evaluate import P_ESTIMATORS, LOTOEvaluator, paired_difference, summarize
 from benchroute.io import atomic_write_text
 from benchroute.router import Router
 
-METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
+METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_acc", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
 
 
 def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_estimator: str) -> dict:
@@ -50,7 +50,7 @@ def table(runs: list[dict]) -> str:
     for r in runs:
         groups.setdefault((r["dataset"], r["model"], r["alpha"], r.get("p_estimator", "kernel")), []).append(r)
     lines = [("| data | embeddings | alpha | Router's p | method | acc (mean ± std over seeds) | - BMA (paired SE) "
-              "| Pearson | p MAE kernel / calibrated | seeds |"),
+              "| Pearson | p MAE kernel / calibrated / accuracy | seeds |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (ds, model, alpha, pest), rs in sorted(groups.items()):
         for m in METHODS:
@@ -63,8 +63,9 @@ def table(runs: list[dict]) -> str:
             pear_s = f"{pear:.3f}" if np.isfinite(pear) else "—"
             mae = np.mean([_num(r["summary"][m].get("p_mae")) for r in rs])
             mae_cal = np.mean([_num(r["summary"][m].get("p_mae_cal")) for r in rs])
+            mae_acc = np.mean([_num(r["summary"][m].get("p_mae_acc")) for r in rs])
             lines.append(f"| {ds} | {model} | {alpha:g} | {pest} | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
-                         f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} / {mae_cal:.3f} | {len(rs)} |")
+                         f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} / {mae_cal:.3f} / {mae_acc:.3f} | {len(rs)} |")
     return "\n".join(lines)
 
 
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--alpha", type=float, default=0.0)
     ap.add_argument("--repeats", type=int, default=10, help="test repeats per task when alpha > 0")
-    ap.add_argument("--p-estimator", default="kernel", choices=["kernel", "atc", "calibrated"],
+    ap.add_argument("--p-estimator", default="kernel", choices=list(P_ESTIMATORS),
                     help="the p that the Router's trust gate uses")
     ap.add_argument("--out", type=Path, default=Path("out/ablation"))
     args = ap.parse_args()

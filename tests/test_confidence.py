@@ -10,12 +10,14 @@ import pytest
 
 from benchroute.confidence import (
     DEFAULT_ALPHAS,
+    AccuracyEstimator,
     ATCEstimator,
     ConfidenceCalibrator,
     FoldEngine,
     KernelSmoother,
     dataset_distance,
     n_moved,
+    p_from_accuracy,
 )
 from benchroute.errors import ConfigError, NotFittedError
 from benchroute.predictors import KNNCorrectness
@@ -307,3 +309,38 @@ def test_calibrator_is_monotone_and_learns_overconfidence() -> None:
     assert cal.predict(np.full((5, 1), 0.9))[0] == pytest.approx(0.7, abs=0.08)
     with pytest.raises(NotFittedError):
         ConfidenceCalibrator().predict(conf)
+
+
+def test_p_from_accuracy_is_the_independent_predictors_agreement() -> None:
+    # predicts "correct" on 70% of inputs, the model is right on 40%: agreement .7 * .4 + .3 * .6 = .46
+    assert p_from_accuracy(np.array([0.7]), np.array([0.4]))[0] == pytest.approx(0.46)
+    # a predictor that always says "correct" is right exactly as often as the model
+    np.testing.assert_allclose(p_from_accuracy(np.ones(3), np.array([0.1, 0.5, 0.9])), [0.1, 0.5, 0.9])
+    # simulated independent predictions: the formula is the expected agreement
+    rng = np.random.default_rng(1)
+    pred, right = rng.random(200_000) < 0.3, rng.random(200_000) < 0.8
+    assert (pred == right).mean() == pytest.approx(p_from_accuracy(np.array([0.3]), np.array([0.8]))[0], abs=0.005)
+
+
+def test_accuracy_estimator_learns_level_from_neighbours_and_spread_from_prior() -> None:
+    rng = np.random.default_rng(0)
+    n_tasks, m = 15, 60
+    spread = np.linspace(-0.15, 0.15, m)  # the models' stable differences
+    level = rng.uniform(0.3, 0.8, n_tasks)  # each task's difficulty
+    accuracy = level[:, None] + spread[None, :] + 0.01 * rng.standard_normal((n_tasks, m))
+    prior = accuracy.mean(axis=0)
+    # S1 at k = 5 sees the level but garbles the spread; at k = 50 it also misses the level
+    curves = {x: np.stack([level[x] + 0.2 * rng.standard_normal(m),
+                           0.55 + 0.2 * rng.standard_normal(m)]) for x in range(n_tasks)}
+    priors = {x: prior for x in range(n_tasks)}
+    est = AccuracyEstimator().fit(curves, priors, accuracy, ks=(5, 50))
+    assert est.k_ == 5 and est.lam_ >= 0.8  # the level from the near neighbours, the spread from the prior
+    new_level = 0.35
+    got = est.predict(new_level + 0.2 * rng.standard_normal(m), prior)
+    assert np.abs(got - (new_level + spread)).mean() < 0.06
+    # far better than the prior alone, which has the benchmarks' average level
+    assert np.abs(prior - (new_level + spread)).mean() > 0.15
+    with pytest.raises(NotFittedError):
+        AccuracyEstimator().predict(np.zeros(m), prior)
+    with pytest.raises(ConfigError):
+        AccuracyEstimator().fit({}, {}, accuracy, ks=(5,))

@@ -14,7 +14,7 @@ from benchroute.router import Router
 from synthetic import tiny_benchmark
 
 #: Methods whose decision may only depend on the other tasks (S3_true_p and Oracle read d's labels).
-BLIND_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_atc", "Router", "BMA")
+BLIND_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_atc", "S3_cal", "S3_acc", "Blend", "Router", "BMA")
 
 
 def _router(**kw):  # type: ignore[no-untyped-def]
@@ -30,16 +30,16 @@ def test_loto_is_deterministic_for_a_fixed_seed() -> None:
     assert json.dumps(a, default=str) != json.dumps(c, default=str)
 
 
-@pytest.mark.parametrize("held_out", [0, 3])
-def test_poisoning_the_held_out_task_leaves_its_decisions_unchanged(held_out: int) -> None:
+@pytest.mark.parametrize(("held_out", "p_estimator"), [(0, "kernel"), (3, "kernel"), (3, "accuracy")])
+def test_poisoning_the_held_out_task_leaves_its_decisions_unchanged(held_out: int, p_estimator: str) -> None:
     bench = tiny_benchmark()
     scores = bench.scores.copy()
     rows = bench.task_index == held_out
     scores[rows] = 1.0 - scores[rows]  # every label of the held-out task flipped
     poisoned = dataclasses.replace(bench, scores=scores)
     assert not np.array_equal(poisoned.correct[rows], bench.correct[rows])
-    clean = LOTOEvaluator(bench, _router()).evaluate_task(held_out).rows
-    dirty = LOTOEvaluator(poisoned, _router()).evaluate_task(held_out).rows
+    clean = LOTOEvaluator(bench, _router(p_estimator=p_estimator)).evaluate_task(held_out).rows
+    dirty = LOTOEvaluator(poisoned, _router(p_estimator=p_estimator)).evaluate_task(held_out).rows
     pick = {r["method"]: r["model"] for r in clean}
     pick_poisoned = {r["method"]: r["model"] for r in dirty}
     for m in BLIND_METHODS:

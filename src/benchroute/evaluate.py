@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from .confidence import ATCEstimator, ConfidenceCalibrator, FoldEngine, KernelSmoother, NestedPairs, n_moved
+from .confidence import (
+    AccuracyEstimator,
+    ATCEstimator,
+    ConfidenceCalibrator,
+    FoldEngine,
+    KernelSmoother,
+    NestedPairs,
+    n_moved,
+    p_from_accuracy,
+)
 from .errors import ConfigError
 from .router import Router
 from .scores import BlendChoice, blend, s1, s2, s3, select_blend, trust_rule
@@ -25,6 +34,9 @@ from .scores import BlendChoice, blend, s1, s2, s3, select_blend, trust_rule
 METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
            "MoE", "Few-shot", "LL")
 SCORE_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router")
+#: p estimators the harness can measure: the Router's two, two evaluation variants, and "true" (the
+#: held-out task's own p: an oracle diagnostic of the trust gate, not a method).
+P_ESTIMATORS = ("kernel", "atc", "calibrated", "accuracy", "true")
 #: Test-time alpha values of the OOD-gap sweep.
 SWEEP_ALPHAS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -67,9 +79,9 @@ class LOTOEvaluator:
         self.router = router or Router()
         if self.router.predictor != "knn":
             raise ConfigError("the LOTO harness evaluates the kNN predictor", "use predictor='knn'")
-        if self.router.p_estimator not in ("kernel", "atc", "calibrated"):
-            # "calibrated" (ConfidenceCalibrator) is an evaluation variant: measured, not a Router option
-            raise ConfigError(f"unknown p_estimator {self.router.p_estimator!r}", "use 'kernel', 'atc' or 'calibrated'")
+        if self.router.p_estimator not in P_ESTIMATORS:
+            # "calibrated", "accuracy" and "true" are evaluation variants: measured, not Router options
+            raise ConfigError(f"unknown p_estimator {self.router.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}")
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
         r = self.router
@@ -80,6 +92,8 @@ class LOTOEvaluator:
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
         self._nested: NestedPairs | None = None
         self._blend: dict[int, BlendChoice] = {}
+        self._inner: dict[int, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]] = {}
+        self._accuracy: dict[int, AccuracyEstimator] = {}
         self._calibrators: dict[int, ConfidenceCalibrator | None] = {}
 
     def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
@@ -101,15 +115,29 @@ class LOTOEvaluator:
         self.confidence(d)
         return self._calibrators[d]
 
+    def inner_curves(self, d: int) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """For every training task x of held-out task d: S1 at each blend k without x and d, and its prior."""
+        if d not in self._inner:
+            inner = [x for x in range(self.bench.n_tasks) if x != d]
+            curves = {x: self.engine.s1_curve(x, [d], self.router.blend_ks) for x in inner}
+            priors = {x: self.task_acc[[t for t in inner if t != x]].mean(axis=0) for x in inner}
+            self._inner[d] = (curves, priors)
+        return self._inner[d]
+
     def blend_choice(self, d: int) -> BlendChoice:
         """The blend's (k, lambda) for held-out task d, chosen by LOTO over the other tasks without d."""
         if d not in self._blend:
             r = self.router
-            inner = [x for x in range(self.bench.n_tasks) if x != d]
-            curves = {x: self.engine.s1_curve(x, [d], r.blend_ks) for x in inner}
-            priors = {x: self.task_acc[[t for t in inner if t != x]].mean(axis=0) for x in inner}
+            curves, priors = self.inner_curves(d)
             self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z)
         return self._blend[d]
+
+    def accuracy_estimator(self, d: int) -> AccuracyEstimator:
+        """The per-model accuracy estimator for held-out task d, (k, lam) chosen over the tasks without d."""
+        if d not in self._accuracy:
+            curves, priors = self.inner_curves(d)
+            self._accuracy[d] = AccuracyEstimator().fit(curves, priors, self.task_acc, self.router.blend_ks)
+        return self._accuracy[d]
 
     def blend_score(self, d: int, prior: np.ndarray, moved: np.ndarray | None = None) -> np.ndarray:
         """The blend of held-out task d at its nested (k, lambda), with ``moved`` (1 x s) samples labeled."""
@@ -141,10 +169,13 @@ class LOTOEvaluator:
         p_atc = atc.predict(conf) if atc is not None else p_kernel
         cal = self.calibrator(d)
         p_cal = cal.predict(conf) if cal is not None else p_kernel
-        p_router = {"kernel": p_kernel, "atc": p_atc, "calibrated": p_cal}[r.p_estimator]
+        est = self.accuracy_estimator(d)
+        p_acc = p_from_accuracy(v2, est.predict(self.engine.s1_curve(d, [], (est.k_,), moved)[0], train_acc))
+        p_router = {"kernel": p_kernel, "atc": p_atc, "calibrated": p_cal, "accuracy": p_acc,
+                    "true": p_true}[r.p_estimator]
         scores = {
             "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p_atc),
-            "S3_cal": s3(v2, p_cal),
+            "S3_cal": s3(v2, p_cal), "S3_acc": s3(v2, p_acc),
         }
         choice: dict[str, int] = {}
         for name, sc in scores.items():
@@ -178,6 +209,7 @@ class LOTOEvaluator:
         pred_acc = float(p_true[mask].mean())
         p_mae = float(np.abs(p_kernel - p_true)[mask].mean())
         p_mae_cal = float(np.abs(p_cal - p_true)[mask].mean())
+        p_mae_acc = float(np.abs(p_acc - p_true)[mask].mean())
         for name, j in choice.items():
             row = {
                 "task": self.bench.tasks[d], "method": name, "alpha": alpha, "repeat": repeat,
@@ -196,6 +228,7 @@ class LOTOEvaluator:
             row["predictor_acc"] = pred_acc
             row["p_mae"] = p_mae
             row["p_mae_cal"] = p_mae_cal
+            row["p_mae_acc"] = p_mae_acc
             out.rows.append(row)
         out.rows.append(self._moe_row(d, g, y, true_acc, oracle, bma, mask, alpha, repeat, u))
         out.rows.append({"task": self.bench.tasks[d], "method": "Random", "alpha": alpha, "repeat": repeat,
@@ -247,7 +280,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         return {}
     df = pd.DataFrame(rows)
     cols = [c for c in ("acc", "ratio", "pearson", "spearman", "is_bma", "params_b", "rank", "predictor_acc",
-                        "p_mae", "p_mae_cal", "fell_back") if c in df]
+                        "p_mae", "p_mae_cal", "p_mae_acc", "fell_back") if c in df]
     df[cols] = df[cols].astype(float)
     per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
     out: dict[str, dict[str, float]] = {}
