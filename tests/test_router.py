@@ -113,6 +113,32 @@ def test_default_blend_router(make_router, train_bench, held_out, tmp_path: Path
     assert Router.load(router.save(tmp_path / "r")).recommend(inputs).to_dict() == rec.to_dict()
 
 
+def test_labels_arbitrate_by_the_rule_chosen_at_fit(make_router, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from benchroute.scores import LABEL_GRID, LABEL_RULES
+
+    inputs, _ = held_out
+    router = make_router(score="blend")
+    assert set(router.label_rules_) == set(LABEL_GRID) and set(router.label_rules_.values()) <= set(LABEL_RULES)
+    plain = router.recommend(inputs[10:])
+    order = [router.models_.index(r.model) for r in plain.ranking]
+    third = order[2]  # the blend's third model is right on every labeled sample, the others never
+    Y = np.zeros((10, len(router.models_)), np.float32)
+    Y[:, third] = 1
+    router.label_rules_ = {s: "top3" for s in LABEL_GRID}
+    rec = router.recommend(inputs[10:], labeled=(inputs[:10], Y))
+    assert rec.chosen == router.models_[third] != rec.candidate
+    assert rec.extra["labels"] == {"rule": "top3", "n_labeled": 10, "rule_for": 10}
+    assert "top 3" in rec.reason and "10 labeled samples" in rec.reason
+    # the rule travels with the saved router
+    again = Router.load(router.save(tmp_path / "r"))
+    assert again.label_rules_ == router.label_rules_
+    assert again.recommend(inputs[10:], labeled=(inputs[:10], Y)).to_dict() == rec.to_dict()
+    # "none": the labels only join the training data (the blend's choice stands)
+    router.label_rules_ = {s: "none" for s in LABEL_GRID}
+    rec = router.recommend(inputs[10:], labeled=(inputs[:10], Y))
+    assert "labels" not in rec.extra and rec.chosen in (rec.candidate, rec.best_on_average)
+
+
 def test_trust_off_never_falls_back(make_router, held_out) -> None:  # type: ignore[no-untyped-def]
     inputs, _ = held_out
     rec = make_router(trust=False).recommend(inputs)

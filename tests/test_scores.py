@@ -9,13 +9,18 @@ import pytest
 from scipy.stats import binom
 
 from benchroute.scores import (
+    LABEL_GRID,
+    LABEL_RULES,
     TrustDecision,
     accuracy_distribution,
+    apply_label_rule,
+    label_grid_size,
     prob_better_exact,
     prob_better_mc,
     s1,
     s2,
     s3,
+    select_label_rule,
     trust_rule,
 )
 
@@ -151,3 +156,53 @@ def test_select_blend_picks_the_best_inner_config_and_the_gate_falls_back() -> N
     assert (gated.lam, gated.gated) == (1.0, True)
     assert gated.inner_accuracy == pytest.approx(free.bma_inner_accuracy)
     assert select_blend(curves, priors, accuracy, ks=(5, 10), lambdas=(0.0, 1.0), min_z=z - 0.01).lam == 0.0
+
+
+# ---------------------------------------------------------------------------------- label rules
+
+
+def test_apply_label_rule_hand_examples() -> None:
+    score = np.array([0.70, 0.69, 0.50, 0.68, 0.60])  # blend order: 0, 1, 3, 4, 2
+    bma = 4
+    # 4 labeled rows: model 3 right on all, model 0 on one, model 4 (BMA) on two, model 1 on three
+    lab = np.array([[1, 1, 0, 1, 1], [0, 1, 0, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 1, 0]])
+    assert apply_label_rule("none", score, lab, bma) == 0
+    assert apply_label_rule("veto", score, lab, bma) == 4  # the blend's pick loses to BMA on the labels
+    assert apply_label_rule("top2", score, lab, bma) == 1  # among {0, 1} and BMA
+    assert apply_label_rule("top3", score, lab, bma) == 3  # model 3 enters at M = 3
+    # model 2 is the best on labels only with M = 5, but it is never considered below
+    assert apply_label_rule("top5", score, np.array([[0, 0, 1, 0, 0]]), bma) == 2
+    assert apply_label_rule("top3", score, np.array([[0, 0, 1, 0, 0]]), bma) == 0  # all tie: blend order
+    # masked models (-inf scores) are never candidates, and no labels means the blend's choice
+    masked = np.where(np.arange(5) == 3, -np.inf, score)
+    assert apply_label_rule("top5", masked, lab, bma) == 1
+    assert apply_label_rule("top3", score, np.zeros((0, 5)), bma) == 0
+    with pytest.raises(ValueError, match="unknown label rule"):
+        apply_label_rule("best", score, lab, bma)
+
+
+def test_label_grid_size_is_the_nearest() -> None:
+    assert [label_grid_size(n) for n in (1, 5, 7, 8, 12, 16, 35, 36, 500)] == [5, 5, 5, 10, 10, 20, 20, 50, 50]
+    assert label_grid_size(7) in LABEL_GRID
+
+
+def test_select_label_rule_follows_the_evidence() -> None:
+    rng = np.random.default_rng(0)
+    m, prior = 6, np.linspace(0.5, 0.6, 6)  # model 5 is the best on average
+
+    def draws(informative: bool) -> list:
+        out = []
+        for _ in range(40):
+            acc = rng.uniform(0.3, 0.9, m)
+            curve = acc + 0.3 * rng.standard_normal(m)  # a noisy blend: often wrong about the winner
+            p = acc if informative else np.full(m, 0.5)  # labels that track accuracy, or pure noise
+            lab = (rng.random((20, m)) < p).astype(float)
+            out.append((curve, prior, lab, acc))
+        return out
+
+    assert select_label_rule(draws(True), lam=0.0) in ("top3", "top5")
+    # labels that say nothing cannot beat keeping the blend's choice by much: ties go to "none"
+    noise = [(acc, prior, np.ones((20, m)), acc) for _, _, _, acc in draws(False)]  # all labels equal
+    assert select_label_rule(noise, lam=0.0) == "none"
+    assert select_label_rule([], lam=0.5) == "none"
+    assert set(LABEL_RULES) >= {"none", "veto"}

@@ -483,6 +483,23 @@ class FoldEngine:
             out[j] = (counts[nz] @ self.Y[nz]) / (len(items) * k)
         return out
 
+    def labeled_draws(
+        self, d: int, excluded: Sequence[int], k: int, s: int, repeats: int, seed: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``repeats`` random draws of s labeled samples of task d: (S1 at k with them in training, their
+        label rows, the accuracy on d's other samples). Tasks with no more than s samples give none."""
+        n = len(self.members[d])
+        if s <= 0 or n <= s:
+            return []
+        rng = np.random.default_rng([seed, 4999, d, s, *excluded])
+        out = []
+        for _ in range(repeats):
+            moved = np.sort(rng.choice(n, s, replace=False))[None, :]
+            rest = np.setdiff1d(np.arange(n), moved[0])
+            out.append((self.s1_curve(d, excluded, (k,), moved)[0], self.Y[self.members[d][moved[0]]],
+                        self.Y[self.members[d][rest]].mean(axis=0)))
+        return out
+
     def test_fold(self, d: int, excluded: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         """(g for all items of d, u(d)) with d and ``excluded`` out of training: a held-out task."""
         g, u, _ = self.fold(d, excluded, None)

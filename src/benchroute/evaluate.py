@@ -28,7 +28,18 @@ from .confidence import (
 )
 from .errors import ConfigError
 from .router import Router
-from .scores import BlendChoice, blend, s1, s2, s3, select_blend, trust_rule
+from .scores import (
+    BlendChoice,
+    apply_label_rule,
+    blend,
+    label_grid_size,
+    label_rules_for,
+    s1,
+    s2,
+    s3,
+    select_blend,
+    trust_rule,
+)
 
 #: Methods of the LOTO table, in display order.
 METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
@@ -94,6 +105,7 @@ class LOTOEvaluator:
         self._blend: dict[int, BlendChoice] = {}
         self._inner: dict[int, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]] = {}
         self._accuracy: dict[int, AccuracyEstimator] = {}
+        self._label_rules: dict[tuple[int, int], str] = {}
         self._calibrators: dict[int, ConfidenceCalibrator | None] = {}
 
     def confidence(self, d: int) -> tuple[KernelSmoother, ATCEstimator | None, np.ndarray]:
@@ -138,6 +150,15 @@ class LOTOEvaluator:
             curves, priors = self.inner_curves(d)
             self._accuracy[d] = AccuracyEstimator().fit(curves, priors, self.task_acc, self.router.blend_ks)
         return self._accuracy[d]
+
+    def label_rule(self, d: int, n_labeled: int) -> str:
+        """How ``n_labeled`` labels of held-out task d may overrule the blend, chosen over the tasks without d."""
+        size = label_grid_size(n_labeled)
+        if (d, size) not in self._label_rules:
+            inner = [x for x in range(self.bench.n_tasks) if x != d]
+            rules = label_rules_for(self.engine, inner, [d], self.blend_choice(d), self.task_acc, (size,), self.router.seed)
+            self._label_rules[(d, size)] = rules[size]
+        return self._label_rules[(d, size)]
 
     def blend_score(self, d: int, prior: np.ndarray, moved: np.ndarray | None = None) -> np.ndarray:
         """The blend of held-out task d at its nested (k, lambda), with ``moved`` (1 x s) samples labeled."""
@@ -191,6 +212,10 @@ class LOTOEvaluator:
                                          seed=r.seed) if r.trust else None
             choice["Blend"] = int(np.argmax(masked))  # ungated, for the ablation
             choice["Router"] = router_decision.chosen if router_decision is not None else choice["Blend"]
+            label_rule = self.label_rule(d, s) if s else "none"
+            if label_rule != "none":  # the labels arbitrate instead of the binomial gate
+                choice["Router"] = apply_label_rule(label_rule, masked, self.Y[members[moved[0]]], bma)
+                router_decision = None
         else:
             choice["Router"], scores["Router"], router_decision = choice["S3_trust"], scores["S3"], decision
         choice["BMA"] = bma
@@ -221,6 +246,8 @@ class LOTOEvaluator:
                 sc = scores[name][mask]
                 row["pearson"] = _corr(sc, true_acc[mask], pearsonr)
                 row["spearman"] = _corr(sc, true_acc[mask], spearmanr)
+            if name == "Router" and s and r.score == "blend":
+                row["label_rule"] = label_rule
             gate = {"S3_trust": decision, "Router": router_decision}.get(name)
             if gate is not None:
                 row["trust_probability"] = gate.probability

@@ -39,9 +39,14 @@ from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
 from .scores import (
     BLEND_KS,
     BLEND_LAMBDAS,
+    LABEL_GRID,
+    LABEL_RULES,
     BlendChoice,
     TrustDecision,
+    apply_label_rule,
     blend,
+    label_grid_size,
+    label_rules_for,
     s1,
     s2,
     s3,
@@ -262,6 +267,9 @@ class Router:
         priors = {d: np.delete(self.task_accuracy_, d, axis=0).mean(axis=0) for d in range(D)}
         self.blend_ = select_blend(curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas,
                                    self.blend_min_z)
+        # how a few labels of a new task may overrule the blend, per number of labels (same protocol)
+        self.label_rules_ = label_rules_for(engine, list(range(D)), [], self.blend_, self.task_accuracy_,
+                                            LABEL_GRID, self.seed)
 
     def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
         if isinstance(self.predictor_, KNNCorrectness):
@@ -370,7 +378,7 @@ class Router:
         X = self.embed(inputs)
         mask = self._candidate_mask(candidates)
         n = len(X)
-        store_X, store_Y, few_shot, n_labeled = self.X_, self.Y_, None, 0
+        store_X, store_Y, few_shot, n_labeled, lab_Y = self.X_, self.Y_, None, 0, None
         predictor = self.predictor_
         if labeled is not None:  # the labeled samples join the training data: a predictor refit
             lab_X, lab_Y = self._labeled(labeled)
@@ -388,7 +396,7 @@ class Router:
         # float32 like the labels' former dtype: 0/1 sums are exact, so uint8 labels give the same means
         s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1), dtype=np.float32) if self.score == "blend" else None
         p = self.estimate_p(u, g)
-        rec = self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k)
+        rec = self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k, lab_Y)
         if cost_weight or max_cost is not None or cheapest_within is not None:
             self._apply_cost(rec, g, p, n, mask, cost_weight, max_cost, cheapest_within)
         return rec
@@ -430,6 +438,7 @@ class Router:
         few_shot: dict[str, float] | None,
         X: np.ndarray,
         s1k: np.ndarray | None = None,
+        labeled_Y: np.ndarray | None = None,
     ) -> Recommendation:
         v1, v2 = s1(g), s2(g, self.t)
         v3 = s3(v2, p)
@@ -455,6 +464,12 @@ class Router:
                 decision = TrustDecision(cand, cand, bma, None, self.eta, False)
             if decision.candidate == bma and wide != bma:  # the prior held the kNN favourite back
                 decision = replace(decision, fell_back=True)
+            rule = self.label_rules_.get(label_grid_size(n_labeled), "none") if labeled_Y is not None else "none"
+            if rule != "none":  # the labels arbitrate among the blend's leaders instead of the binomial gate
+                top = int(np.argmax(masked))
+                chosen = apply_label_rule(rule, masked, labeled_Y, bma)
+                decision = TrustDecision(chosen, top, bma, None, self.eta, chosen == bma and top != bma)
+                extra["labels"] = {"rule": rule, "n_labeled": n_labeled, "rule_for": label_grid_size(n_labeled)}
         elif self.trust:
             decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
         else:
@@ -480,7 +495,8 @@ class Router:
             fell_back=decision.fell_back,
             probability=decision.probability,
             eta=self.eta,
-            reason=(self._blend_reason(decision, extra["blend"]["knn_favourite"]) if s1k is not None
+            reason=(self._labels_reason(decision, extra["labels"]) if "labels" in extra
+                    else self._blend_reason(decision, extra["blend"]["knn_favourite"]) if s1k is not None
                     else decision.reason(self.models_)),
             score=self.score,
             n_inputs=n,
@@ -493,6 +509,14 @@ class Router:
             few_shot=few_shot,
             extra=extra,
         )
+
+    def _labels_reason(self, decision: TrustDecision, labels: dict[str, Any]) -> str:
+        names, rule = self.models_, labels["rule"]
+        among = ("the blend's choice or the best-on-average model" if rule == "veto"
+                 else f"the blend's top {rule[3:]} and the best-on-average model")
+        return (f"{names[decision.chosen]}: the best on the {labels['n_labeled']} labeled samples among {among} "
+                f"(rule {rule!r}, chosen by leave-one-task-out for {labels['rule_for']} labels; "
+                f"the blend alone picks {names[decision.candidate]})")
 
     def _blend_reason(self, decision: TrustDecision, favourite: str) -> str:
         names, b = self.models_, self.blend_
@@ -685,6 +709,7 @@ class Router:
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "card_extra": jsonable(card_extra or {}),
             "blend": jsonable(vars(self.blend_)) if hasattr(self, "blend_") else None,
+            "label_rules": {str(k): v for k, v in self.label_rules_.items()} if hasattr(self, "label_rules_") else None,
             "cost_unit": self.cost_unit_,
             "predictor_params": (
                 None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
@@ -781,6 +806,8 @@ class Router:
         router._fit_confidence(pairs)
         if payload.get("blend") is not None:
             router.blend_ = BlendChoice(**payload["blend"])
+            # routers saved before label rules existed keep the blend's choice whatever the labels say
+            router.label_rules_ = {int(k): v for k, v in (payload.get("label_rules") or {}).items()}
         return router
 
     def _index_card_line(self) -> list[str]:
@@ -824,9 +851,9 @@ class Router:
 _MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required except _OPTIONAL_KEYS
     "format": str, "format_version": int, "benchroute_version": str, "params": dict, "tasks": list,
     "models": list, "arrays_sha256": str, "card_extra": dict, "blend": (dict, type(None)),
-    "predictor_params": (dict, type(None)), "cost_unit": (str, type(None)),
+    "predictor_params": (dict, type(None)), "cost_unit": (str, type(None)), "label_rules": (dict, type(None)),
 }
-_OPTIONAL_KEYS = {"cost_unit"}
+_OPTIONAL_KEYS = {"cost_unit", "label_rules"}
 _POSITIVE_INTS = {"k": 10**6, "kappa": 10**6, "repeats": 10**6, "cap": 10**9, "draws": 10**7}
 
 
@@ -878,6 +905,9 @@ def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
             raise bad(f"router parameter {key} = {value!r} is not valid")
     if payload["params"]["embedding_model"] in ("", ".", ".."):
         raise bad("embedding_model is not valid")
+    rules = payload.get("label_rules") or {}
+    if not all(k.isdigit() and int(k) in LABEL_GRID and v in LABEL_RULES for k, v in rules.items()):
+        raise bad(f"label_rules must map sizes {LABEL_GRID} to rules {LABEL_RULES}")
 
 
 def _finite_number(v: Any) -> bool:

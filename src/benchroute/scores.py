@@ -17,6 +17,7 @@ m3 = argmax S3 only if P(S~(m3) > S~(m*)) > eta, where m* is the best model on a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -195,3 +196,80 @@ def select_blend(
         acc, lam, k = float(bma_acc.mean()), 1.0, ks[0]
     return BlendChoice(k=k, lam=lam, inner_accuracy=acc, bma_inner_accuracy=float(bma_acc.mean()),
                        gain_se=se if np.isfinite(se) else None, gated=gated)
+
+
+#: How a few labeled samples of the new task may overrule the blend (chosen by leave-one-task-out):
+#: "none" keeps the blend's choice, "veto" falls back to the best-on-average model if the blend's choice
+#: is worse on the labeled samples, "topM" takes the best on the labeled samples among the blend's top M
+#: models and the best-on-average one.
+LABEL_RULES: tuple[str, ...] = ("none", "veto", "top2", "top3", "top5")
+#: Numbers of labeled samples the rule is chosen for; a request uses the nearest.
+LABEL_GRID: tuple[int, ...] = (5, 10, 20, 50)
+#: Simulated labeled draws per training task and grid size.
+LABEL_REPEATS = 3
+
+
+def label_grid_size(n_labeled: int) -> int:
+    """The grid size a request with ``n_labeled`` samples uses (the nearest; ties to the smaller)."""
+    return min(LABEL_GRID, key=lambda g: (abs(g - n_labeled), g))
+
+
+def apply_label_rule(rule: str, score: np.ndarray, labeled: np.ndarray, bma: int) -> int:
+    """The model a rule of :data:`LABEL_RULES` picks from the blend ``score`` and labeled rows (s x M 0/1).
+
+    Why not simply the best model on the labeled samples: a dozen labels over dozens of models is a
+    winner's-curse estimate (few-shot accuracy is below the blend's at every alpha we measured); asking
+    the labels only to arbitrate among two to six candidates keeps their noise from picking the model.
+    Ties go to the blend's order (the best-on-average model last).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    labeled = np.asarray(labeled, dtype=np.float64)
+    top = int(np.argmax(score))
+    if rule == "none" or len(labeled) == 0:
+        return top
+    if rule == "veto":
+        return bma if labeled[:, top].mean() < labeled[:, bma].mean() else top
+    if not rule.startswith("top"):
+        raise ValueError(f"unknown label rule {rule!r}; use one of {LABEL_RULES}")
+    order = [int(j) for j in np.argsort(-score, kind="stable")[: int(rule[3:])] if np.isfinite(score[j])]
+    cand = list(dict.fromkeys([*order, bma]))
+    return cand[int(np.argmax(labeled[:, cand].mean(axis=0)))]
+
+
+def select_label_rule(
+    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], lam: float, rules: tuple[str, ...] = LABEL_RULES
+) -> str:
+    """The rule with the best mean accuracy over simulated labeled draws of held-out training tasks.
+
+    ``draws``: (S1 at the blend's k with the draw's samples labeled, the prior, labeled rows, accuracy
+    on the task's other samples) per draw. Ties prefer the earlier rule ("none" first).
+    """
+    if not draws:
+        return "none"
+    total = np.zeros(len(rules))
+    for curve, prior, labeled, acc in draws:
+        score = blend(curve, prior, lam)
+        bma = int(np.argmax(prior))
+        total += [acc[apply_label_rule(rule, score, labeled, bma)] for rule in rules]
+    return rules[int(np.argmax(total - 1e-9 * np.arange(len(rules))))]
+
+
+def label_rules_for(
+    engine: Any, tasks: list[int], excluded: list[int], choice: BlendChoice, task_accuracy: np.ndarray,
+    sizes: tuple[int, ...], seed: int, repeats: int = LABEL_REPEATS,
+) -> dict[int, str]:
+    """The label rule per number of labeled samples, by leave-one-task-out over ``tasks``.
+
+    Each training task x in turn plays the new task: s of its samples are labeled (``repeats`` draws,
+    from ``engine``, a :class:`benchroute.confidence.FoldEngine`, with x and ``excluded`` out of
+    training), the blend at ``choice`` ranks the models against the prior of the other tasks, and each
+    rule is scored on x's remaining samples.
+    """
+    rules = {}
+    for s in sizes:
+        draws = []
+        for x in tasks:
+            prior = task_accuracy[[t for t in tasks if t != x]].mean(axis=0)
+            draws += [(c, prior, lab, acc) for c, lab, acc in engine.labeled_draws(x, excluded, choice.k, s, repeats, seed)]
+        rules[s] = select_label_rule(draws, choice.lam)
+    return rules
