@@ -7,6 +7,7 @@ best-on-average model (BMA) with its standard error, beside the default blend's.
     python scripts/directions.py posterior --dataset openllm_v2 --alpha 0.05
     python scripts/directions.py alpha-select --dataset openllm_v2 --alpha 0.05
     python scripts/directions.py near-prior --dataset llmrouter
+    python scripts/directions.py ridge --dataset llmrouter
 
 * ``posterior``: with labeled samples, a Gaussian posterior over all models' accuracies on the new task.
   Prior mean: the blend; prior covariance: the blend's errors on the training tasks (Ledoit-Wolf);
@@ -17,6 +18,11 @@ best-on-average model (BMA) with its standard error, beside the default blend's.
   tasks with simulated labeled draws) instead of at alpha = 0.
 * ``near-prior``: a third term in the blend, the accuracy on the nearest benchmark tasks (softmax of
   the cosine similarity of task centroids at temperature tau); (k, lambda, mu, tau) by inner LOTO.
+* ``ridge``: a linear probe (ridge regression of every model's 0/1 correctness on the embeddings, one
+  multi-output fit) as a second source of S1 for the blend, beside kNN at each k; the source, its
+  penalty (10, 100, 1000) and lambda by inner LOTO. S1 of a linear model is the task centroid times
+  the weights, and leaving tasks out is a downdate of the Gram matrix, so the nested fits are exact.
+  Printed with and without the trust rule.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
         for moved in held_out_draws(ev, d, alpha, repeats):
             rest = np.setdiff1d(np.arange(len(members)), moved[0] if moved is not None else [])
             acc = ev.Y[members[rest]].mean(axis=0)
-            scores = {"BMA": prior, "blend (default)": ev.blend_score(d, prior, moved), **pick(ev, d, moved)}
+            scores = {"BMA": prior, "blend (default score, no gate)": ev.blend_score(d, prior, moved), **pick(ev, d, moved)}
             for name, sc in scores.items():
                 acc_by.setdefault(name, []).append(float(acc[int(np.argmax(sc))]))
         for name, v in acc_by.items():
@@ -140,9 +146,47 @@ def near_prior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str,
     return {"blend + nearest-task prior": (1 - lam - mu) * curve + lam * prior + mu * near(d, inner, tau)}
 
 
+def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
+    from benchroute.scores import s2, trust_rule
+
+    if moved is not None:
+        raise SystemExit("the ridge study runs at alpha = 0")
+    X = np.hstack([ev.bench.embeddings.astype(np.float64), np.ones((len(ev.Y), 1))])
+    members = ev.engine.members
+    gram = [X[m].T @ X[m] for m in members]
+    cross = [X[m].T @ ev.Y[m].astype(np.float64) for m in members]
+    centroid = [X[m].mean(axis=0) for m in members]
+    g_all, c_all = sum(gram), sum(cross)
+    curves, priors = ev.inner_curves(d)
+    inner = sorted(curves)
+    r = ev.router
+    sources = {f"kNN k={k}": ({x: curves[x][j] for x in inner}, ev.engine.s1_curve(d, [], (k,))[0])
+               for j, k in enumerate(r.blend_ks)}
+    for pen in (10.0, 100.0, 1000.0):
+        eye = pen * np.eye(X.shape[1])
+        sources[f"ridge {pen:g}"] = (
+            {x: centroid[x] @ np.linalg.solve(g_all - gram[d] - gram[x] + eye, c_all - cross[d] - cross[x]) for x in inner},
+            centroid[d] @ np.linalg.solve(g_all - gram[d] + eye, c_all - cross[d]))
+    best: tuple[float, float, str] | None = None
+    for lam in sorted(r.blend_lambdas, reverse=True):
+        for name, (inner_s1, _) in sources.items():
+            m = float(np.mean([ev.task_acc[x, int(np.argmax(blend(inner_s1[x], priors[x], lam)))] for x in inner]))
+            if best is None or m > best[0] + 1e-12:
+                best = (m, lam, name)
+    assert best is not None
+    _, lam, name = best
+    prior = np.delete(ev.task_acc, d, axis=0).mean(axis=0)
+    score = blend(sources[name][1], prior, lam)
+    g, u, _ = ev.engine.fold(d, [], None)
+    smoother = ev.confidence(d)[0]
+    gate = trust_rule(s2(g[0], r.t), smoother.predict(float(u[0])), len(members[d]), int(np.argmax(prior)),
+                      score=score, eta=r.eta, draws=r.draws, seed=r.seed)
+    return {"blend with kNN or ridge S1": score, "  + trust rule": np.eye(len(prior))[gate.chosen]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", choices=["posterior", "alpha-select", "near-prior"])
+    ap.add_argument("study", choices=["posterior", "alpha-select", "near-prior", "ridge"])
     ap.add_argument("--dataset", default="openllm_v2")
     ap.add_argument("--model", default="all-mpnet-base-v2")
     ap.add_argument("--alpha", type=float, default=0.0)
@@ -151,7 +195,8 @@ def main() -> None:
     if args.study in ("posterior", "alpha-select") and args.alpha <= 0:
         ap.error(f"{args.study} needs labeled samples: pass --alpha > 0")
     ev = LOTOEvaluator(load_with_embeddings(args.dataset, args.model), Router(embedding_model=args.model))
-    pick = {"posterior": posterior, "alpha-select": alpha_select(args.alpha), "near-prior": near_prior}[args.study]
+    pick = {"posterior": posterior, "alpha-select": alpha_select(args.alpha), "near-prior": near_prior,
+            "ridge": ridge}[args.study]
     print(f"{args.study} on {args.dataset}, alpha = {args.alpha:g}")
     run(ev, args.alpha, args.repeats, pick)
 
