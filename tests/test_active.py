@@ -116,11 +116,11 @@ def test_active_study_shapes_and_values(ev: LOTOEvaluator) -> None:
 
 def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
     """One (task, repeat, budget) of the random strategy recomputed by hand through the fold engine."""
-    from benchroute.scores import blend, s2, trust_rule
+    from benchroute.scores import apply_label_rule, blend, s2, trust_rule
 
     out = active_study(ev, (5,), ("random",), repeats=1, seed=7)
     r = ev.router
-    accs = []
+    accs, rules = [], []
     for d in range(ev.bench.n_tasks):
         members = ev.engine.members[d]
         g = ev.engine.fold(d, [], None)[0][0]
@@ -134,8 +134,13 @@ def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
         p = ev.confidence(d)[0].predict(float(u_moved[0]))
         choice = trust_rule(s2(g_moved[0], r.t), p, len(rem), int(np.argmax(prior)), score=score, eta=r.eta,
                             draws=r.draws, seed=r.seed).chosen
+        rule = ev.label_rule(d, 5)  # ... unless the nested label rule lets the 5 labels arbitrate
+        if rule != "none":
+            choice = apply_label_rule(rule, score, ev.Y[members[picked]], int(np.argmax(prior)))
+        rules.append(rule)
         accs.append(ev.Y[members[rem]].mean(axis=0)[choice])
     assert out["strategies"]["random"]["acc_mean"][0] == pytest.approx(np.mean(accs))
+    assert any(rule != "none" for rule in rules)  # the arbitration path is exercised (the synthetic tasks use it)
 
 
 def test_active_study_rejects_unknown_strategy(ev: LOTOEvaluator) -> None:

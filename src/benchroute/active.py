@@ -36,7 +36,7 @@ import numpy as np
 
 from .cost import largest_model, model_costs
 from .errors import ConfigError
-from .scores import s2, s3, trust_rule
+from .scores import s2
 
 __all__ = ["DEFAULT_BUDGETS", "STRATEGIES", "active_study", "disagreement", "suggest_labels"]
 
@@ -130,19 +130,12 @@ def suggest_labels(
 
 def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarray | None) -> tuple[int, np.ndarray]:
     """(chosen model, per-model score) of the evaluated router on task d with ``moved`` (1 x s) labeled."""
-    r = ev.router
     g_all, u_all, rem = ev.engine.fold(d, [], moved)
-    ks, _, _ = ev.confidence(d)
-    p = ks.predict(float(u_all[0]))
-    v2 = s2(g_all[0], r.t)
-    if r.score == "blend":  # the default: the blend proposes, the trust rule decides (as evaluate_task)
-        sc = ev.blend_score(d, prior, moved)
-        if not r.trust:
-            return int(np.argmax(sc)), sc
-    else:
-        sc = s3(v2, p)
-    dec = trust_rule(v2, p, rem.shape[1], bma, score=sc, eta=r.eta, draws=r.draws, seed=r.seed)
-    return dec.chosen, sc
+    g = g_all[0]
+    y = ev.Y[ev.engine.members[d][rem[0]]] > 0.5
+    p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y)[ev.router.p_estimator]
+    chosen, score, _, _ = ev.router_decision(d, s2(g, ev.router.t), p, rem.shape[1], bma, prior, moved)
+    return chosen, score
 
 
 def active_study(

@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .router import Router
 from .scores import (
     BlendChoice,
+    TrustDecision,
     apply_label_rule,
     blend,
     label_grid_size,
@@ -165,6 +166,44 @@ class LOTOEvaluator:
         bc = self.blend_choice(d)
         return blend(self.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
 
+    def p_estimates(self, d: int, g: np.ndarray, u: float, prior: np.ndarray, moved: np.ndarray | None,
+                    y: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """p per model on held-out task d from every estimator (``y``, its 0/1 labels, adds the true p)."""
+        r = self.router
+        ks, atc, _ = self.confidence(d)
+        v2 = s2(g, r.t)
+        conf = np.maximum(g, 1 - g)
+        cal = self.calibrator(d)
+        est = self.accuracy_estimator(d)
+        p = {"kernel": ks.predict(u)}
+        p["atc"] = atc.predict(conf) if atc is not None else p["kernel"]
+        p["calibrated"] = cal.predict(conf) if cal is not None else p["kernel"]
+        p["accuracy"] = p_from_accuracy(v2, est.predict(self.engine.s1_curve(d, [], (est.k_,), moved)[0], prior))
+        if y is not None:
+            p["true"] = ((g > r.t) == y).mean(axis=0)
+        return p
+
+    def router_decision(
+        self, d: int, v2: np.ndarray, p: np.ndarray, n: int, bma: int, prior: np.ndarray,
+        moved: np.ndarray | None, mask: np.ndarray | None = None,
+    ) -> tuple[int, np.ndarray, TrustDecision | None, str]:
+        """The evaluated Router's (choice, score, trust decision, label rule) on held-out task d.
+
+        As :meth:`Router.recommend`: the score (blend at its nested (k, lambda), or S3) proposes, the trust
+        rule (when on) decides between the proposal and the best-on-average model ``bma``, and with
+        ``moved`` labeled samples the nested label rule may let the labels choose instead.
+        """
+        r = self.router
+        score = self.blend_score(d, prior, moved) if r.score == "blend" else s3(v2, p)
+        masked = score if mask is None else np.where(mask, score, -np.inf)
+        decision = trust_rule(v2, p, n, bma, score=masked, eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
+        chosen = decision.chosen if decision is not None else int(np.argmax(masked))
+        s = 0 if moved is None else moved.shape[1]
+        rule = self.label_rule(d, s) if s and r.score == "blend" else "none"
+        if rule != "none":  # the labels arbitrate instead of the binomial gate
+            chosen, decision = apply_label_rule(rule, masked, self.Y[self.engine.members[d][moved[0]]], bma), None
+        return chosen, score, decision, rule
+
     def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
                       candidates: np.ndarray | None = None) -> TaskOutcome:
         """Route held-out task d (with ``alpha`` of its samples labeled) and score every method."""
@@ -182,21 +221,12 @@ class LOTOEvaluator:
         mask = np.ones(self.bench.n_models, bool) if candidates is None else candidates
         train_acc = np.delete(self.task_acc, d, axis=0).mean(axis=0)
         bma = int(np.argmax(np.where(mask, train_acc, -np.inf)))
-        ks, atc, _ = self.confidence(d)
         v1, v2 = s1(g), s2(g, r.t)
-        p_kernel = ks.predict(u)
-        p_true = ((g > r.t) == y).mean(axis=0)
-        conf = np.maximum(g, 1 - g)
-        p_atc = atc.predict(conf) if atc is not None else p_kernel
-        cal = self.calibrator(d)
-        p_cal = cal.predict(conf) if cal is not None else p_kernel
-        est = self.accuracy_estimator(d)
-        p_acc = p_from_accuracy(v2, est.predict(self.engine.s1_curve(d, [], (est.k_,), moved)[0], train_acc))
-        p_router = {"kernel": p_kernel, "atc": p_atc, "calibrated": p_cal, "accuracy": p_acc,
-                    "true": p_true}[r.p_estimator]
+        p = self.p_estimates(d, g, u, train_acc, moved, y)
+        p_kernel, p_true = p["kernel"], p["true"]
         scores = {
-            "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p_atc),
-            "S3_cal": s3(v2, p_cal), "S3_acc": s3(v2, p_acc),
+            "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p["atc"]),
+            "S3_cal": s3(v2, p["calibrated"]), "S3_acc": s3(v2, p["accuracy"]),
         }
         choice: dict[str, int] = {}
         for name, sc in scores.items():
@@ -205,19 +235,11 @@ class LOTOEvaluator:
                               eta=r.eta, draws=r.draws, seed=r.seed)
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
+        choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
+            d, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
         if r.score == "blend":
-            scores["Router"] = scores["Blend"] = self.blend_score(d, train_acc, moved)
-            masked = np.where(mask, scores["Router"], -np.inf)
-            router_decision = trust_rule(v2, p_router, len(rem), bma, score=masked, eta=r.eta, draws=r.draws,
-                                         seed=r.seed) if r.trust else None
-            choice["Blend"] = int(np.argmax(masked))  # ungated, for the ablation
-            choice["Router"] = router_decision.chosen if router_decision is not None else choice["Blend"]
-            label_rule = self.label_rule(d, s) if s else "none"
-            if label_rule != "none":  # the labels arbitrate instead of the binomial gate
-                choice["Router"] = apply_label_rule(label_rule, masked, self.Y[members[moved[0]]], bma)
-                router_decision = None
-        else:
-            choice["Router"], scores["Router"], router_decision = choice["S3_trust"], scores["S3"], decision
+            scores["Blend"] = scores["Router"]
+            choice["Blend"] = int(np.argmax(np.where(mask, scores["Blend"], -np.inf)))  # ungated, for the ablation
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle
@@ -233,8 +255,8 @@ class LOTOEvaluator:
         out = TaskOutcome(self.bench.tasks[d], alpha, repeat, u)
         pred_acc = float(p_true[mask].mean())
         p_mae = float(np.abs(p_kernel - p_true)[mask].mean())
-        p_mae_cal = float(np.abs(p_cal - p_true)[mask].mean())
-        p_mae_acc = float(np.abs(p_acc - p_true)[mask].mean())
+        p_mae_cal = float(np.abs(p["calibrated"] - p_true)[mask].mean())
+        p_mae_acc = float(np.abs(p["accuracy"] - p_true)[mask].mean())
         for name, j in choice.items():
             row = {
                 "task": self.bench.tasks[d], "method": name, "alpha": alpha, "repeat": repeat,
