@@ -53,10 +53,37 @@ def test_fit_recommend_route_round_trip(bench_dir: Path, tmp_path: Path, held_ou
     assert len(routed) == 1 and routed[0]["model"] in train_bench.models
     picks = json.loads(_ok(["suggest-labels", str(out), "--inputs", str(inputs), "--budget", "3", "--json"]))
     assert len({p["index"] for p in picks}) == 3
+    # the suggested inputs labeled and passed back: they join the data (few-shot accuracy reported)
+    texts, Y = held_out
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("\n".join(json.dumps({"input": texts[p["index"]], "correct": {
+        m: int(Y[p["index"], j]) for j, m in enumerate(train_bench.models)}}) for p in picks))
+    rec = json.loads(_ok(["recommend", str(out), "--inputs", str(inputs), "--labeled", str(labeled), "--json"]))
+    assert rec["n_labeled"] == 3
+    for j, m in enumerate(train_bench.models):
+        assert rec["few_shot"][m] == pytest.approx(Y[[p["index"] for p in picks], j].mean())
+    assert "3 labeled samples" in _ok(["recommend", str(out), "--inputs", str(inputs), "--labeled", str(labeled)])
+
+
+def _labeled_error(file: Path) -> str:
+    """The DataError message that reading ``file`` as labeled samples raises (it names the file)."""
+    from benchroute.cli import read_labeled
+    from benchroute.errors import DataError
+
+    with pytest.raises(DataError) as exc:
+        read_labeled(file)
+    assert str(file) in str(exc.value)
+    return str(exc.value)
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "q1", "correct": {"m": 1}}\n{"input": "q2", "correct": [1, 0]}\n')
+    assert 'row 2: expected a "correct" object' in _labeled_error(bad)
+    bad.write_text('{"input": "q1", "correct": {"m": 1}}\n{"input": "q2", "correct": {"m": 1}\n')
+    assert "row 2: invalid JSON" in _labeled_error(bad)
+    assert "must be a .jsonl file" in _labeled_error(tmp_path / "labels.csv")
     for argv in (["data", "info", str(tmp_path / "missing")],
                  ["recommend", str(tmp_path / "no_router"), "--inputs", str(tmp_path / "x.txt")]):
         monkeypatch.setattr("sys.argv", ["benchroute", *argv])

@@ -314,29 +314,59 @@ def fit(
     console.print(f"saved router ({bench.n_tasks} tasks, {bench.n_models} models) to {out}")
 
 
-def read_inputs(file: Path) -> list[str]:
-    """Inputs of a new task from .txt (one per line), .jsonl ("input" field) or .csv (input column)."""
+def _read_text(file: Path) -> str:
     from .errors import DataError
 
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise DataError("file not found", file=str(file), hint="check the path") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text (byte {exc.start})", file=str(file), hint="save it as UTF-8") from exc
+
+
+def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file with a string "input" field."""
+    from .errors import DataError
+
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line") from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
+            raise DataError('expected an object with a string "input" field', file=str(file), row=i)
+        out.append((i, rec))
+    return out
+
+
+def read_labeled(file: Path) -> list[dict[str, Any]]:
+    """Labeled samples of a new task from JSONL: {"input": text, "correct": {model: 0 or 1, ...}} per line."""
+    from .errors import DataError
+
+    if file.suffix.lower() != ".jsonl":
+        raise DataError("labeled samples must be a .jsonl file", file=str(file),
+                        hint='one {"input": ..., "correct": {model: 0/1}} object per line')
+    records = _jsonl_records(file, _read_text(file))
+    for i, rec in records:
+        if not isinstance(rec.get("correct"), dict):
+            raise DataError('expected a "correct" object mapping every model to 0 or 1', file=str(file), row=i)
+    if not records:
+        raise DataError("no labeled samples in the file", file=str(file), hint="give at least one, or drop --labeled")
+    return [rec for _, rec in records]
+
+
+def read_inputs(file: Path) -> list[str]:
+    """Inputs of a new task from .txt (one per line), .jsonl ("input" field) or .csv (input column)."""
+    from .errors import DataError
+
+    text = _read_text(file)
     suffix = file.suffix.lower()
     if suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line") from exc
-            if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
-                raise DataError('expected an object with a string "input" field', file=str(file), row=i)
-            out.append(rec["input"])
+        out = [rec["input"] for _, rec in _jsonl_records(file, text)]
     elif suffix == ".csv":
         import io
 
@@ -369,12 +399,15 @@ def recommend(
     cost_weight: Annotated[float, typer.Option(help="Maximize score - w * cost / max cost (0 = accuracy only).")] = 0.0,
     max_cost: Annotated[float | None, typer.Option(help="Best model costing at most this (USD/Mtok or B params).")] = None,
     cheapest_within: Annotated[float | None, typer.Option(help="Cheapest model within this of the best accuracy.")] = None,
+    labeled: Annotated[Path | None, typer.Option(
+        help='A few labeled samples of the task (.jsonl: {"input": ..., "correct": {model: 0/1}} per line).')] = None,
 ) -> None:
-    """Recommend a model for a new task from a handful of its unlabeled inputs."""
+    """Recommend a model for a new task from a handful of its unlabeled inputs (and optionally a few labeled ones)."""
     from .router import Router
 
     router = Router.load(router_dir)
-    rec = router.recommend(read_inputs(inputs), candidates=_split_csv(candidates), cost_weight=cost_weight,
+    rec = router.recommend(read_inputs(inputs), labeled=read_labeled(labeled) if labeled else None,
+                           candidates=_split_csv(candidates), cost_weight=cost_weight,
                            max_cost=max_cost, cheapest_within=cheapest_within)
     if as_json:
         print(json.dumps(rec.to_dict(), indent=2))
@@ -395,6 +428,10 @@ def recommend(
     if frontier:
         console.print("* = on the accuracy-cost frontier (no other model is both better and cheaper)")
     console.print(f"chosen: [bold]{rec.chosen}[/] — {rec.reason}")
+    if rec.few_shot is not None:
+        best = max(rec.few_shot, key=lambda m: rec.few_shot[m])  # type: ignore[index]
+        console.print(f"{rec.n_labeled} labeled samples: {rec.chosen} got {rec.few_shot[rec.chosen]:.0%} of them "
+                      f"right (best on them: {best}, {rec.few_shot[best]:.0%})")
     console.print(f"distance u = {rec.distance:.3f}: {rec.closeness}")
     near = ", ".join(f"{t['task']} ({t['share']:.0%})" for t in rec.nearest_tasks)
     console.print(f"nearest benchmark tasks: {near}")
