@@ -41,16 +41,6 @@ from benchroute.scores import blend
 Pick = Callable[[LOTOEvaluator, int, np.ndarray | None], dict[str, np.ndarray]]  # d, moved -> name: score
 
 
-def held_out_draws(ev: LOTOEvaluator, d: int, alpha: float, repeats: int) -> list[np.ndarray | None]:
-    """The harness's own labeled draws of task d (None at alpha = 0)."""
-    n = len(ev.engine.members[d])
-    s = n_moved(alpha, n, ev.router.cap)
-    if not s:
-        return [None]
-    return [np.sort(np.random.default_rng([ev.router.seed, 7919, d, int(alpha * 1e4), r]).choice(n, s, replace=False))[None, :]
-            for r in range(repeats)]
-
-
 def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
     """Mean accuracy of each variant's argmax over tasks (and draws), paired against BMA."""
     per_task: dict[str, list[float]] = {}
@@ -58,7 +48,7 @@ def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
         members = ev.engine.members[d]
         prior = np.delete(ev.task_acc, d, axis=0).mean(axis=0)
         acc_by: dict[str, list[float]] = {}
-        for moved in held_out_draws(ev, d, alpha, repeats):
+        for moved in [ev.moved_draw(d, alpha, r) for r in range(repeats if alpha > 0 else 1)]:
             rest = np.setdiff1d(np.arange(len(members)), moved[0] if moved is not None else [])
             acc = ev.Y[members[rest]].mean(axis=0)
             scores = {"BMA": prior, "blend (default score, no gate)": ev.blend_score(d, prior, moved), **pick(ev, d, moved)}
@@ -69,7 +59,7 @@ def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
     bma = np.array(per_task["BMA"])
     for name, v in per_task.items():
         diff = np.array(v) - bma
-        print(f"{name:28s} {np.mean(v):.4f}   - BMA {diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}")
+        print(f"{name:32s} {np.mean(v):.4f}   - BMA {diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}")
 
 
 def posterior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -204,16 +204,22 @@ class LOTOEvaluator:
             chosen, decision = apply_label_rule(rule, masked, self.Y[self.engine.members[d][moved[0]]], bma), None
         return chosen, score, decision, rule
 
+    def moved_draw(self, d: int, alpha: float, repeat: int) -> np.ndarray | None:
+        """The labeled samples (1 x s local indices) of held-out task d at ``alpha`` and ``repeat`` (None at 0)."""
+        r = self.router
+        n = len(self.engine.members[d])
+        s = n_moved(alpha, n, r.cap)
+        if not s:
+            return None
+        return np.sort(np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat]).choice(n, s, replace=False))[None, :]
+
     def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
                       candidates: np.ndarray | None = None) -> TaskOutcome:
         """Route held-out task d (with ``alpha`` of its samples labeled) and score every method."""
         r = self.router
         members = self.engine.members[d]
-        s = n_moved(alpha, len(members), r.cap)
-        moved = None
-        if s:
-            moved = np.sort(np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat])
-                            .choice(len(members), s, replace=False))[None, :]
+        moved = self.moved_draw(d, alpha, repeat)
+        s = 0 if moved is None else moved.shape[1]
         g, u_arr, rem = self.engine.fold(d, [], moved)
         g, u, rem = g[0], float(u_arr[0]), rem[0]
         y = self.Y[members[rem]] > 0.5
