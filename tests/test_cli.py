@@ -84,14 +84,16 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     bad.write_text('{"input": "q1", "correct": {"m": 1}}\n{"input": "q2", "correct": {"m": 1}\n')
     assert "row 2: invalid JSON" in _labeled_error(bad)
     assert "must be a .jsonl file" in _labeled_error(tmp_path / "labels.csv")
-    for argv in (["data", "info", str(tmp_path / "missing")],
-                 ["recommend", str(tmp_path / "no_router"), "--inputs", str(tmp_path / "x.txt")]):
+    for argv, start in ((["data", "info", str(tmp_path / "missing")], "error:"),
+                        (["recommend", str(tmp_path / "no_router"), "--inputs", str(tmp_path / "x.txt")], "error:"),
+                        (["no-such-command"], "Usage:"), (["fit", "--no-such-option"], "Usage:")):
         monkeypatch.setattr("sys.argv", ["benchroute", *argv])
         with pytest.raises(SystemExit) as exc:
             main()
         assert exc.value.code == 2
         err = capsys.readouterr().err
-        assert err.startswith("error:") and "Traceback" not in err
+        assert err.startswith(start) and "Traceback" not in err, err
+        assert start == "error:" or "No such" in err
 
 
 def test_fit_with_a_chosen_index_saves_it_and_routes_the_same(bench_dir: Path, tmp_path: Path, held_out) -> None:  # type: ignore[no-untyped-def]

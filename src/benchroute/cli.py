@@ -13,7 +13,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -587,20 +586,16 @@ for _kind, _doc in (
 
 
 def main() -> None:
-    """Console-script entry point: user errors exit 2 with one line, never a traceback."""
+    """Console-script entry point: user errors exit 2 with one line, never a traceback.
+
+    Usage errors (unknown command or option), --help and Ctrl-C are click's own standalone handling
+    (whichever click the installed Typer uses); our errors are caught here.
+    """
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=True)
     except BenchrouteError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

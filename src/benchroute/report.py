@@ -45,8 +45,8 @@ NULL = "—"
 """What a missing / null / non-finite value renders as."""
 
 SUMMARY_METHOD_ORDER: tuple[str, ...] = (
-    "Router", "S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "MoE", "LL", "Few-shot", "BMA",
-    "Random", "Oracle",
+    "Router", "Blend", "S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "S3_cal", "S3_acc", "MoE", "LL",
+    "Few-shot", "BMA", "Random", "Oracle",
 )
 """Row order of the Table-1-style summary (methods first, baselines after, Oracle last)."""
 
@@ -109,6 +109,9 @@ PRETTY_METHOD: dict[str, str] = {
     "S3_true_p": "S3 (true p)",
     "S3_trust": "S3 + trust rule",
     "S3_atc": "S3 (ATC p)",
+    "S3_cal": "S3 (calibrated p)",
+    "S3_acc": "S3 (accuracy-based p)",
+    "Blend": "Blend (no trust rule)",
 }
 
 
