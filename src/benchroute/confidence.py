@@ -176,15 +176,16 @@ class AccuracyEstimator:
         """``curves[x]``: S1 of held-out task x at each k (len(ks) x M); ``accuracy``: task x model."""
         if not curves:
             raise ConfigError("AccuracyEstimator needs at least one held-out training task")
-        best: tuple[float, int, float] | None = None
-        for j, k in enumerate(ks):
-            for lam in self.lambdas:
-                mae = float(np.mean([np.abs(self.estimate(c[j], priors[x], lam) - accuracy[x]).mean()
-                                     for x, c in curves.items()]))
-                if best is None or mae < best[0] - 1e-12:
-                    best = (mae, int(k), float(lam))
-        assert best is not None
-        self.inner_mae_, self.k_, self.lam_ = best
+        tasks = sorted(curves)
+        c = np.stack([curves[x] for x in tasks]).astype(np.float64)  # T x K x M
+        level = c.mean(axis=2, keepdims=True)
+        prior = np.stack([priors[x] for x in tasks]).astype(np.float64)[:, None, :]  # T x 1 x M
+        lam = np.asarray(self.lambdas, dtype=np.float64)[:, None, None, None]  # L x 1 x 1 x 1
+        est = level + (1 - lam) * (c - level) + lam * (prior - prior.mean(axis=2, keepdims=True))
+        mae = np.abs(est - accuracy[tasks][:, None, :]).mean(axis=(1, 3))  # L x K: mean over tasks and models
+        # first minimum in (k, lambda) order: ties go to the smaller k, then the smaller lambda
+        li, j = np.unravel_index(np.argmin(mae.T), mae.T.shape)[::-1]
+        self.inner_mae_, self.k_, self.lam_ = float(mae[li, j]), int(ks[j]), float(self.lambdas[li])
         return self
 
     def predict(self, curve: np.ndarray, prior: np.ndarray) -> np.ndarray:
