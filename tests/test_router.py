@@ -132,6 +132,8 @@ def test_labels_arbitrate_by_the_rule_chosen_at_fit(make_router, held_out, tmp_p
     # the rule travels with the saved router
     again = Router.load(router.save(tmp_path / "r"))
     assert again.label_rules_ == router.label_rules_
+    card = (tmp_path / "r" / "card.md").read_text()
+    assert "10 labels: top3" in card and f"k={router.blend_.k}" in card
     assert again.recommend(inputs[10:], labeled=(inputs[:10], Y)).to_dict() == rec.to_dict()
     # "none": the labels only join the training data (the blend's choice stands)
     router.label_rules_ = {s: "none" for s in LABEL_GRID}

@@ -817,6 +817,15 @@ class Router:
         line = f"- neighbour index: {jsonable(index.describe())} (index={self.index!r}, index_params={self.index_params})"
         return [line]
 
+    def _blend_card_lines(self) -> list[str]:
+        if not hasattr(self, "blend_"):
+            return []
+        b = self.blend_
+        rules = ", ".join(f"{s} labels: {r}" for s, r in sorted(getattr(self, "label_rules_", {}).items()))
+        return [f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
+                f"{b.bma_inner_accuracy:.4f} for the best model on average)",
+                f"- label rules (how a few labels may overrule the blend): {rules or 'none saved'}"]
+
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
         """A Markdown summary of what the router was trained on and how (saved as card.md)."""
         self._check_fitted()
@@ -832,6 +841,7 @@ class Router:
             f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, {self.pairs_.u.max():.3f}], "
             f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"),
             f"- trust rule: eta={self.eta}, {self.draws} Monte Carlo draws, seed {self.seed}",
+            *self._blend_card_lines(),
             f"- best model on average: `{bma}` (macro accuracy {self.task_accuracy_.mean(axis=0).max():.4f})",
             f"- {len(self.tasks_)} training tasks, {len(self.X_)} questions, {len(self.models_)} models",
             "",
