@@ -125,3 +125,14 @@ def test_mlp_variant_study_compares_both_predictors(tmp_path: Path) -> None:
     assert res["summary"]["MLP"]["predictor_acc"] > 0.6
     md = render_markdown({"config": {}, "summary": {}, "per_task": [], "mlp_variant": res}, {})
     assert "MLP vs kNN" in md and f"{res['summary']['MLP']['predictor_acc']:.3f}" in md
+
+
+def test_the_papers_s3_router_is_evaluated_too() -> None:
+    """score="S3": the Router row is S3 + trust rule, and the other rows (the blend's curves feed the
+    accuracy-based p) still come out."""
+    rows = LOTOEvaluator(tiny_benchmark(), _router(score="S3")).run(tasks=[0, 1])
+    by = {(r["task"], r["method"]): r for r in rows}
+    for task in {r["task"] for r in rows}:
+        assert by[(task, "Router")]["model"] == by[(task, "S3_trust")]["model"]
+        assert "Blend" not in {m for t, m in by if t == task}
+        assert 0.0 <= by[(task, "Router")]["p_mae_acc"] <= 1.0

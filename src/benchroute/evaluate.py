@@ -97,8 +97,9 @@ class LOTOEvaluator:
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
         r = self.router
+        # deep enough for the blend's widest k whatever the score: the accuracy-based p uses those curves too
         self.engine = FoldEngine(benchmark.embeddings, self.Y, self.ti, k=r.k, kappa=r.kappa, threshold=r.t,
-                                 max_k=max(r.blend_ks) if r.score == "blend" else 0)
+                                 max_k=max(r.blend_ks))
         self.task_acc = np.stack([self.Y[self.ti == d].mean(axis=0) for d in range(benchmark.n_tasks)])
         self.params_b = benchmark.model_info["params_b"].to_numpy(dtype=float) if "params_b" in benchmark.model_info else np.full(benchmark.n_models, np.nan)
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
