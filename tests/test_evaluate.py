@@ -136,3 +136,16 @@ def test_the_papers_s3_router_is_evaluated_too() -> None:
         assert by[(task, "Router")]["model"] == by[(task, "S3_trust")]["model"]
         assert "Blend" not in {m for t, m in by if t == task}
         assert 0.0 <= by[(task, "Router")]["p_mae_acc"] <= 1.0
+
+
+def test_correlations_match_scipy() -> None:
+    from scipy.stats import pearsonr, spearmanr
+
+    from benchroute.evaluate import _pearson, _spearman
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x, y = rng.integers(0, 4, 25).astype(float), rng.random(25)  # ties in x, as in S2 or BMA-heavy scores
+        assert _pearson(x, y) == pytest.approx(pearsonr(x, y)[0], abs=1e-12)
+        assert _spearman(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+    assert np.isnan(_pearson(np.ones(5), np.arange(5.0))) and np.isnan(_spearman(np.arange(5.0), np.zeros(5)))

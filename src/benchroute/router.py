@@ -822,8 +822,8 @@ class Router:
             return []
         b = self.blend_
         rules = ", ".join(f"{s} labels: {r}" for s, r in sorted(getattr(self, "label_rules_", {}).items()))
-        return [f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
-                f"{b.bma_inner_accuracy:.4f} for the best model on average)",
+        return [(f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
+                 f"{b.bma_inner_accuracy:.4f} for the best model on average)"),
                 f"- label rules (how a few labels may overrule the blend): {rules or 'none saved'}"]
 
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
