@@ -344,3 +344,17 @@ def test_accuracy_estimator_learns_level_from_neighbours_and_spread_from_prior()
         AccuracyEstimator().predict(np.zeros(m), prior)
     with pytest.raises(ConfigError):
         AccuracyEstimator().fit({}, {}, accuracy, ks=(5,))
+
+
+def test_column_quantiles_are_numpys_bit_for_bit() -> None:
+    from benchroute.confidence import _column_quantiles
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        # discrete kNN-like confidences (ties) and continuous ones; q at 0, 1 and in between
+        v = rng.integers(5, 11, (n, m)) / 10.0 if trial % 2 else rng.random((n, m))
+        q = rng.random(m)
+        q[::3] = rng.integers(0, 2, len(q[::3]))
+        expected = np.array([np.quantile(v[:, j], q[j]) for j in range(m)])
+        assert np.array_equal(_column_quantiles(v, q), expected)
