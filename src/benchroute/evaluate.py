@@ -252,8 +252,11 @@ class LOTOEvaluator:
                               eta=r.eta, draws=r.draws, seed=r.seed)
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
-        choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
-            d, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
+        if r.score == "S3" and r.p_estimator == "kernel":  # the paper's router is the S3 + trust row above
+            choice["Router"], scores["Router"], router_decision, label_rule = decision.chosen, scores["S3"], decision, "none"
+        else:
+            choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
+                d, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
         if r.score == "blend":
             scores["Blend"] = scores["Router"]
             choice["Blend"] = int(np.argmax(np.where(mask, scores["Blend"], -np.inf)))  # ungated, for the ablation
