@@ -8,6 +8,7 @@ best-on-average model (BMA) with its standard error, beside the default blend's.
     python scripts/directions.py alpha-select --dataset openllm_v2 --alpha 0.05
     python scripts/directions.py near-prior --dataset llmrouter
     python scripts/directions.py ridge --dataset llmrouter
+    python scripts/directions.py sigma --dataset openllm_v2
 
 * ``posterior``: with labeled samples, a Gaussian posterior over all models' accuracies on the new task.
   Prior mean: the blend; prior covariance: the blend's errors on the training tasks (Ledoit-Wolf);
@@ -23,6 +24,8 @@ best-on-average model (BMA) with its standard error, beside the default blend's.
   penalty (10, 100, 1000) and lambda by inner LOTO. S1 of a linear model is the task centroid times
   the weights, and leaving tasks out is a downdate of the Gram matrix, so the nested fits are exact.
   Printed with and without the trust rule.
+* ``sigma``: the kernel smoother's bandwidth chosen by leave-one-task-out over the confidence pairs
+  (p MAE of each inner task's alpha = 0 pair) instead of the paper's 0.09; prints the p MAE.
 """
 
 from __future__ import annotations
@@ -174,9 +177,39 @@ def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.n
     return {"blend with kNN or ridge S1": score, "  + trust rule": np.eye(len(prior))[gate.chosen]}
 
 
+def sigma_study(ev: LOTOEvaluator, grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.09, 0.15, 0.3, 1.0)) -> None:
+    """p MAE of the kernel smoother at sigma = 0.09 and at the sigma chosen by inner LOTO."""
+    from collections import Counter
+
+    from benchroute.confidence import KernelSmoother
+
+    r = ev.router
+    mae, picks = [], []
+    for d in range(ev.bench.n_tasks):
+        ev.confidence(d)
+        assert ev._nested is not None
+        pairs = ev._nested.for_excluded(d)
+        inner = []
+        for sg in grid:
+            errs = []
+            for x in np.unique(pairs.task):
+                test = (pairs.task == x) & (pairs.alpha == 0)
+                fit = KernelSmoother(sg).fit(pairs.u[pairs.task != x], pairs.p[pairs.task != x])
+                errs.append(np.abs(fit.predict(float(pairs.u[test][0])) - pairs.p[test][0]).mean())
+            inner.append(np.mean(errs))
+        chosen = grid[int(np.argmin(inner))]
+        picks.append(chosen)
+        g, u, _ = ev.engine.fold(d, [], None)
+        p_true = ((g[0] > r.t) == (ev.Y[ev.engine.members[d]] > 0.5)).mean(axis=0)
+        mae.append([np.abs(KernelSmoother(sg).fit(pairs.u, pairs.p).predict(float(u[0])) - p_true).mean()
+                    for sg in (r.sigma, chosen)])
+    m = np.mean(mae, axis=0)
+    print(f"p MAE at sigma = {r.sigma:g}: {m[0]:.4f}; sigma by inner LOTO: {m[1]:.4f} (chosen: {dict(Counter(picks))})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", choices=["posterior", "alpha-select", "near-prior", "ridge"])
+    ap.add_argument("study", choices=["posterior", "alpha-select", "near-prior", "ridge", "sigma"])
     ap.add_argument("--dataset", default="openllm_v2")
     ap.add_argument("--model", default="all-mpnet-base-v2")
     ap.add_argument("--alpha", type=float, default=0.0)
@@ -185,6 +218,9 @@ def main() -> None:
     if args.study in ("posterior", "alpha-select") and args.alpha <= 0:
         ap.error(f"{args.study} needs labeled samples: pass --alpha > 0")
     ev = LOTOEvaluator(load_with_embeddings(args.dataset, args.model), Router(embedding_model=args.model))
+    if args.study == "sigma":
+        sigma_study(ev)
+        return
     pick = {"posterior": posterior, "alpha-select": alpha_select(args.alpha), "near-prior": near_prior,
             "ridge": ridge}[args.study]
     print(f"{args.study} on {args.dataset}, alpha = {args.alpha:g}")
