@@ -274,6 +274,15 @@ def test_add_copy_of_a_model_then_remove_it(make_router, train_bench, held_out) 
     assert router.recommend(inputs).to_dict() == before
 
 
+def test_removing_a_model_refits_the_blend_like_a_fresh_fit(make_router, train_bench, held_out) -> None:  # type: ignore[no-untyped-def]
+    router = make_router(score="blend")
+    bma = router.models_[router.best_on_average_]
+    router.remove_model(bma)  # the model every blend was shrunk toward
+    fresh = Router(**router.get_params()).fit(train_bench.select(models=[m for m in train_bench.models if m != bma]))
+    assert router.blend_ == fresh.blend_ and router.label_rules_ == fresh.label_rules_
+    assert router.recommend(held_out[0]).to_dict() == fresh.recommend(held_out[0]).to_dict()
+
+
 def test_add_model_with_partial_results(make_router, train_bench, held_out) -> None:  # type: ignore[no-untyped-def]
     router = make_router()
     y = train_bench.correct[:, 0].astype(float)

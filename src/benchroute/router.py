@@ -636,7 +636,7 @@ class Router:
         self.models_.append(name)
         self.params_b_ = np.append(self.params_b_, np.nan if params_b is None else params_b)
         self.cost_ = np.append(self.cost_, np.nan if cost is None else cost)
-        self._refit_confidence()
+        self._refit_learned()
         return self
 
     def remove_model(self, name: str) -> Router:
@@ -654,11 +654,15 @@ class Router:
         self.params_b_ = np.delete(self.params_b_, j)
         self.cost_ = np.delete(self.cost_, j)
         del self.models_[j]
-        self._refit_confidence()
+        self._refit_learned()
         return self
 
-    def _refit_confidence(self) -> None:
+    def _refit_learned(self) -> None:
+        """After the model set changed: the confidence pairs, and the blend's (k, lambda) and label rules
+        (both pick among the models, so a choice made for the old set would be stale)."""
         self._fit_confidence(self._confidence_pairs(excluded=()))
+        if self.score == "blend":
+            self._fit_blend()
 
     # ------------------------------------------------------------------ persistence
     def get_params(self) -> dict[str, Any]:
