@@ -235,11 +235,11 @@ def test_markdown_summary_table(written: dict[str, Path], full: dict[str, Any]) 
     assert md.startswith("# benchroute report: helm_synthetic")
     header = _md_row(md, "Method")
     assert header == ["Method", "Acc", "Ratio", "Pearson", "Spearman", "%BMA", "#Params (B)", "Rank",
-                      "pred. acc", "p MAE"]
+                      "pred. acc", "p MAE kernel", "p MAE acc."]
     router = _md_row(md, "Router")
     assert router[1] == "0.694"
     assert router[2] == f"{full['summary']['Router']['ratio']:.3f}"
-    assert _md_row(md, "BMA")[-1] == "—"  # null p MAE
+    assert _md_row(md, "BMA")[-2:] == ["—", "—"]  # null p MAE (and no accuracy-based p in this fixture)
     assert _md_row(md, "Oracle")[3] == "—"  # null Pearson
     # Fixed method order: rows appear as in SUMMARY_METHOD_ORDER.
     positions = [md.index(f"\n| {label} |") for label in

@@ -58,9 +58,10 @@ SWEEP_METHOD_ORDER: tuple[str, ...] = (
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("Acc", "acc"), ("Ratio", "ratio"), ("Pearson", "pearson"), ("Spearman", "spearman"),
     ("%BMA", "pct_bma"), ("#Params (B)", "params_b"), ("Rank", "rank"), ("pred. acc", "predictor_acc"),
-    ("p MAE", "p_mae"),
+    ("p MAE kernel", "p_mae"), ("p MAE acc.", "p_mae_acc"),
 )
-"""(header, key in results["summary"][method]) for the summary table."""
+"""(header, key in results["summary"][method]) for the summary table (the p MAE columns are per task,
+the same on every method's row: the kernel smoother's and the accuracy-based estimator's)."""
 
 PER_TASK_METHODS: tuple[str, ...] = ("Router", "S3", "BMA", "Oracle")
 SMALL_MODEL_SERIES: tuple[tuple[str, str, str], ...] = (
