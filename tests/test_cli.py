@@ -65,6 +65,19 @@ def test_fit_recommend_route_round_trip(bench_dir: Path, tmp_path: Path, held_ou
     assert "3 labeled samples" in _ok(["recommend", str(out), "--inputs", str(inputs), "--labeled", str(labeled)])
 
 
+def test_experiment_runs_the_papers_router_on_request(bench_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s3"
+    _ok(["experiment", "loto", str(bench_dir), "--model", "all-MiniLM-L6-v2", "--repeats", "2", "--score", "S3",
+         "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["router"]["score"] == "S3"
+    summary = results["summary"]
+    assert summary["Router"]["acc"] == summary["S3_trust"]["acc"] and "Blend" not in summary
+    bad = runner.invoke(app, ["experiment", "loto", str(bench_dir), "--model", "all-MiniLM-L6-v2",
+                              "--p-estimator", "magic", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "unknown p_estimator" in str(bad.exception)
+
+
 def _labeled_error(file: Path) -> str:
     """The DataError message that reading ``file`` as labeled samples raises (it names the file)."""
     from benchroute.cli import read_labeled

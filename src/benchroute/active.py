@@ -36,7 +36,7 @@ import numpy as np
 
 from .cost import largest_model, model_costs
 from .errors import ConfigError
-from .scores import s2
+from .scores import s1, s2
 
 __all__ = ["DEFAULT_BUDGETS", "STRATEGIES", "active_study", "disagreement", "suggest_labels"]
 
@@ -134,7 +134,7 @@ def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarr
     g = g_all[0]
     y = ev.Y[ev.engine.members[d][rem[0]]] > 0.5
     p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y)[ev.router.p_estimator]
-    chosen, score, _, _ = ev.router_decision(d, s2(g, ev.router.t), p, rem.shape[1], bma, prior, moved)
+    chosen, score, _, _ = ev.router_decision(d, s1(g), s2(g, ev.router.t), p, rem.shape[1], bma, prior, moved)
     return chosen, score
 
 

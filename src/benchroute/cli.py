@@ -502,13 +502,13 @@ def serve(
 # --------------------------------------------------------------------------- experiments
 def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
                 sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0, use_ray: bool = False,
-                address: str | None = None) -> None:
+                address: str | None = None, score: str = "blend", p_estimator: str = "kernel") -> None:
     from .evaluate import run_experiments
     from .io import atomic_write_json
     from .report import write_report
     from .router import Router
 
-    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed)
+    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator)
     with ray_or_local(use_ray, address):
         runner = None
         if use_ray:
@@ -568,9 +568,13 @@ def _make_experiment_command(kind: str, doc: str) -> None:
                                                     "(about a minute per task on 2 cores; 0 = off).")] = 0,
         use_ray: RayOpt = False,
         address: AddressOpt = None,
+        score: Annotated[str, typer.Option(help="The Router's score: blend (default), or the paper's S3 (S1, S2).")] = "blend",
+        p_estimator: Annotated[str, typer.Option(
+            help="p for the Router's trust rule: kernel, atc, or the evaluation variants calibrated, accuracy, "
+                 "true (oracle).")] = "kernel",
     ) -> None:
         _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed, mlp_tasks,
-                    use_ray, address)
+                    use_ray, address, score, p_estimator)
 
     command.__doc__ = doc
     experiment_app.command(kind)(command)

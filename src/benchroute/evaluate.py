@@ -27,7 +27,7 @@ from .confidence import (
     p_from_accuracy,
 )
 from .errors import ConfigError
-from .router import Router
+from .router import SCORES, Router
 from .scores import (
     BlendChoice,
     TrustDecision,
@@ -98,6 +98,8 @@ class LOTOEvaluator:
         self.router = router or Router()
         if self.router.predictor != "knn":
             raise ConfigError("the LOTO harness evaluates the kNN predictor", "use predictor='knn'")
+        if self.router.score not in SCORES:
+            raise ConfigError(f"unknown score {self.router.score!r}", f"use one of {', '.join(SCORES)}")
         if self.router.p_estimator not in P_ESTIMATORS:
             # "calibrated", "accuracy" and "true" are evaluation variants: measured, not Router options
             raise ConfigError(f"unknown p_estimator {self.router.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}")
@@ -195,7 +197,7 @@ class LOTOEvaluator:
         return p
 
     def router_decision(
-        self, d: int, v2: np.ndarray, p: np.ndarray, n: int, bma: int, prior: np.ndarray,
+        self, d: int, v1: np.ndarray, v2: np.ndarray, p: np.ndarray, n: int, bma: int, prior: np.ndarray,
         moved: np.ndarray | None, mask: np.ndarray | None = None,
     ) -> tuple[int, np.ndarray, TrustDecision | None, str]:
         """The evaluated Router's (choice, score, trust decision, label rule) on held-out task d.
@@ -205,7 +207,7 @@ class LOTOEvaluator:
         ``moved`` labeled samples the nested label rule may let the labels choose instead.
         """
         r = self.router
-        score = self.blend_score(d, prior, moved) if r.score == "blend" else s3(v2, p)
+        score = self.blend_score(d, prior, moved) if r.score == "blend" else {"S1": v1, "S2": v2, "S3": s3(v2, p)}[r.score]
         masked = score if mask is None else np.where(mask, score, -np.inf)
         decision = trust_rule(v2, p, n, bma, score=masked, eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
         chosen = decision.chosen if decision is not None else int(np.argmax(masked))
@@ -256,7 +258,7 @@ class LOTOEvaluator:
             choice["Router"], scores["Router"], router_decision, label_rule = decision.chosen, scores["S3"], decision, "none"
         else:
             choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
-                d, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
+                d, v1, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
         if r.score == "blend":
             scores["Blend"] = scores["Router"]
             choice["Blend"] = int(np.argmax(np.where(mask, scores["Blend"], -np.inf)))  # ungated, for the ablation
@@ -605,10 +607,13 @@ def run_experiments(
                 results["cost"] = cost_study(ev, progress=advance)
             with bar("active labeling (strategies x budgets)", benchmark.n_tasks) as advance:
                 results["active"] = active_study(ev, progress=advance)
-            with bar("routing vs number of training tasks", benchmark.n_tasks) as advance:
-                results["training_tasks"] = training_tasks_study(ev, progress=advance)
-            with bar("leave-one-group-out", benchmark.n_tasks) as advance:
-                results["groups"] = group_study(ev, progress=advance)
+            if router.score == "blend":
+                with bar("routing vs number of training tasks", benchmark.n_tasks) as advance:
+                    results["training_tasks"] = training_tasks_study(ev, progress=advance)
+                with bar("leave-one-group-out", benchmark.n_tasks) as advance:
+                    results["groups"] = group_study(ev, progress=advance)
+            else:  # both studies re-select the blend's (k, lambda) on other training sets
+                results["training_tasks"] = results["groups"] = {"skipped": "studies of the blend router (score='blend')"}
         if mlp_tasks > 0:
             with bar(f"MLP vs kNN predictor on {mlp_tasks} held-out tasks", mlp_tasks) as advance:
                 results["mlp_variant"] = mlp_variant_study(ev, mlp_tasks, mlp_params, advance)
