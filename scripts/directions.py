@@ -31,6 +31,7 @@ best-on-average model (BMA) with its standard error, beside the default blend's.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -139,16 +140,22 @@ def near_prior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str,
     return {"blend + nearest-task prior": (1 - lam - mu) * curve + lam * prior + mu * near(d, inner, tau)}
 
 
+@functools.lru_cache(maxsize=1)
+def _task_grams(ev: LOTOEvaluator) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per task: X'X and X'Y of the embeddings with an intercept column, and the centroid (once per run)."""
+    X = np.hstack([ev.bench.embeddings.astype(np.float64), np.ones((len(ev.Y), 1))])
+    members = ev.engine.members
+    return ([X[m].T @ X[m] for m in members], [X[m].T @ ev.Y[m].astype(np.float64) for m in members],
+            [X[m].mean(axis=0) for m in members])
+
+
 def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
     from benchroute.scores import s2, trust_rule
 
     if moved is not None:
         raise SystemExit("the ridge study runs at alpha = 0")
-    X = np.hstack([ev.bench.embeddings.astype(np.float64), np.ones((len(ev.Y), 1))])
+    gram, cross, centroid = _task_grams(ev)
     members = ev.engine.members
-    gram = [X[m].T @ X[m] for m in members]
-    cross = [X[m].T @ ev.Y[m].astype(np.float64) for m in members]
-    centroid = [X[m].mean(axis=0) for m in members]
     g_all, c_all = sum(gram), sum(cross)
     curves, priors = ev.inner_curves(d)
     inner = sorted(curves)
@@ -156,7 +163,7 @@ def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.n
     sources = {f"kNN k={k}": ({x: curves[x][j] for x in inner}, ev.engine.s1_curve(d, [], (k,))[0])
                for j, k in enumerate(r.blend_ks)}
     for pen in (10.0, 100.0, 1000.0):
-        eye = pen * np.eye(X.shape[1])
+        eye = pen * np.eye(len(g_all))
         sources[f"ridge {pen:g}"] = (
             {x: centroid[x] @ np.linalg.solve(g_all - gram[d] - gram[x] + eye, c_all - cross[d] - cross[x]) for x in inner},
             centroid[d] @ np.linalg.solve(g_all - gram[d] + eye, c_all - cross[d]))

@@ -180,19 +180,22 @@ class LOTOEvaluator:
         return blend(self.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
 
     def p_estimates(self, d: int, g: np.ndarray, u: float, prior: np.ndarray, moved: np.ndarray | None,
-                    y: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """p per model on held-out task d from every estimator (``y``, its 0/1 labels, adds the true p)."""
+                    y: np.ndarray | None = None, names: Sequence[str] = P_ESTIMATORS) -> dict[str, np.ndarray]:
+        """p per model on held-out task d from each estimator in ``names`` ("true" needs ``y``, d's 0/1 labels)."""
         r = self.router
         ks, atc, _ = self.confidence(d)
-        v2 = s2(g, r.t)
         conf = np.maximum(g, 1 - g)
-        cal = self.calibrator(d)
-        est = self.accuracy_estimator(d)
         p = {"kernel": ks.predict(u)}
-        p["atc"] = atc.predict(conf) if atc is not None else p["kernel"]
-        p["calibrated"] = cal.predict(conf) if cal is not None else p["kernel"]
-        p["accuracy"] = p_from_accuracy(v2, est.predict(self.engine.s1_curve(d, [], (est.k_,), moved)[0], prior))
-        if y is not None:
+        if "atc" in names:
+            p["atc"] = atc.predict(conf) if atc is not None else p["kernel"]
+        if "calibrated" in names:
+            cal = self.calibrator(d)
+            p["calibrated"] = cal.predict(conf) if cal is not None else p["kernel"]
+        if "accuracy" in names:
+            est = self.accuracy_estimator(d)
+            accuracy = est.predict(self.engine.s1_curve(d, [], (est.k_,), moved)[0], prior)
+            p["accuracy"] = p_from_accuracy(s2(g, r.t), accuracy)
+        if "true" in names and y is not None:
             p["true"] = ((g > r.t) == y).mean(axis=0)
         return p
 

@@ -464,12 +464,13 @@ class Router:
                 decision = TrustDecision(cand, cand, bma, None, self.eta, False)
             if decision.candidate == bma and wide != bma:  # the prior held the kNN favourite back
                 decision = replace(decision, fell_back=True)
-            rule = self.label_rules_.get(label_grid_size(n_labeled), "none") if labeled_Y is not None else "none"
+            size = label_grid_size(n_labeled)
+            rule = self.label_rules_.get(size, "none") if labeled_Y is not None else "none"
             if rule != "none":  # the labels arbitrate among the blend's leaders instead of the binomial gate
                 top = int(np.argmax(masked))
                 chosen = apply_label_rule(rule, masked, labeled_Y, bma)
                 decision = TrustDecision(chosen, top, bma, None, self.eta, chosen == bma and top != bma)
-                extra["labels"] = {"rule": rule, "n_labeled": n_labeled, "rule_for": label_grid_size(n_labeled)}
+                extra["labels"] = {"rule": rule, "n_labeled": n_labeled, "rule_for": size}
         elif self.trust:
             decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
         else:

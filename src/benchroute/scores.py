@@ -265,11 +265,10 @@ def label_rules_for(
     training), the blend at ``choice`` ranks the models against the prior of the other tasks, and each
     rule is scored on x's remaining samples.
     """
+    priors = {x: task_accuracy[[t for t in tasks if t != x]].mean(axis=0) for x in tasks}
     rules = {}
     for s in sizes:
-        draws = []
-        for x in tasks:
-            prior = task_accuracy[[t for t in tasks if t != x]].mean(axis=0)
-            draws += [(c, prior, lab, acc) for c, lab, acc in engine.labeled_draws(x, excluded, choice.k, s, repeats, seed)]
+        draws = [(c, priors[x], lab, acc) for x in tasks
+                 for c, lab, acc in engine.labeled_draws(x, excluded, choice.k, s, repeats, seed)]
         rules[s] = select_label_rule(draws, choice.lam)
     return rules
