@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from benchroute.data import load_benchmark
+from benchroute.data.benchmark import load_benchmark
 from benchroute.embed import DEFAULT_MODEL, FAST_PATHS, Embedder, import_bundled_packs, native_bf16
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.router import Router
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.router.estimator import Router
 
 SPEED_TARGET, COSINE_TARGET, AGREEMENT_TARGET = 1.8, 0.995, 0.95
 LOTO_METHODS = ("Router", "S3_trust")

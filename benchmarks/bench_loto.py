@@ -21,13 +21,14 @@ import time
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
-from benchroute.confidence import DEFAULT_ALPHAS, KernelSmoother, n_moved
-from benchroute.data import load_benchmark
+from benchroute.data.benchmark import load_benchmark
 from benchroute.embed import Embedder, import_bundled_packs
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.neighbors import normalize
-from benchroute.router import Router
-from benchroute.scores import s2, s3, trust_rule
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.method.confidence import KernelSmoother
+from benchroute.method.folds import DEFAULT_ALPHAS, n_moved
+from benchroute.method.neighbors import normalize
+from benchroute.method.scores import s2, s3, trust_rule
+from benchroute.router.estimator import Router
 
 
 def load(dataset: str, model: str):  # type: ignore[no-untyped-def]

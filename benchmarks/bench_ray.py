@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from benchroute.cli import load_with_embeddings
-from benchroute.distributed import RayLOTORunner, ray_embed, ray_session
+from benchroute.data import load_with_embeddings
 from benchroute.embed import Embedder
-from benchroute.evaluate import SWEEP_ALPHAS, LOTOEvaluator
-from benchroute.io import jsonable
-from benchroute.router import Router
+from benchroute.experiments.distributed import RayLOTORunner, ray_embed, ray_session
+from benchroute.experiments.evaluate import SWEEP_ALPHAS, LOTOEvaluator
+from benchroute.files import jsonable
+from benchroute.router.estimator import Router
 
 
 def phases(bench: Any, runner: RayLOTORunner | None, sweep_repeats: int) -> tuple[dict[str, float], list[Any]]:

@@ -21,7 +21,7 @@ import numpy as np
 from bench_loto import load
 from sklearn.neighbors import KNeighborsClassifier
 
-from benchroute.router import Router
+from benchroute.router.estimator import Router
 
 
 def baseline_g(X: np.ndarray, Y: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

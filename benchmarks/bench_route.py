@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from benchroute.neighbors import NeighborIndex, default_nlist, default_nprobe, normalize
-from benchroute.predictors import KNNCorrectness
+from benchroute.method.neighbors import NeighborIndex, default_nlist, default_nprobe, normalize
+from benchroute.method.predictors import KNNCorrectness
 
 
 class ClusteredEmbeddings:
@@ -188,7 +188,7 @@ def real_store(args: argparse.Namespace) -> None:
     from benchroute.errors import BenchrouteError
 
     try:
-        from benchroute.data import load_benchmark
+        from benchroute.data.benchmark import load_benchmark
         from benchroute.embed import Embedder
 
         bench = load_benchmark("openllm_v2")

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from bench_route import ClusteredEmbeddings
 
-from benchroute.labels import LabelMatrix
-from benchroute.neighbors import NeighborIndex, cross_task_neighbors, default_nlist, default_nprobe
+from benchroute.method.labels import LabelMatrix
+from benchroute.method.neighbors import NeighborIndex, cross_task_neighbors, default_nlist, default_nprobe
 
 TASK_SIZE = 250
 KAPPA = 19
@@ -212,7 +212,7 @@ import json, resource, sys, time
 import numpy as np
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-from benchroute.neighbors import NeighborIndex
+from benchroute.method.neighbors import NeighborIndex
 store = np.load(sys.argv[2], mmap_mode="r")
 q = np.load(sys.argv[3])
 t = time.perf_counter()

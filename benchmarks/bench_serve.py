@@ -47,8 +47,8 @@ def build_demo_router(out: Path) -> Path:
     """The test suite's tiny router: each model is right only on its own task."""
     import pandas as pd
 
-    from benchroute.data import load_benchmark, write_benchmark
-    from benchroute.router import Router
+    from benchroute.data.benchmark import load_benchmark, write_benchmark
+    from benchroute.router.estimator import Router
 
     models = ["math-llm", "trivia-llm", "code-llm"]
     items, scores = [], []
@@ -67,9 +67,9 @@ def run_server(router_dir: str, port: int) -> None:
     """Child process: serve the router on 127.0.0.1:port with auth (key in $BENCH_SERVE_KEY)."""
     import uvicorn
 
-    from benchroute.router import Router
-    from benchroute.serve_config import parse_config
-    from benchroute.server import create_app, tune_for_serving
+    from benchroute.router.estimator import Router
+    from benchroute.server.app import create_app, tune_for_serving
+    from benchroute.server.config import parse_config
 
     tune_for_serving()
     config = parse_config({
@@ -143,8 +143,8 @@ class _RouteCall:
 
 def router_overhead(router_dir: str, queries: list[str], reps: int) -> dict[str, tuple[float, float]]:
     from benchroute.embed import Embedder
-    from benchroute.router import Router
-    from benchroute.server import tune_for_serving
+    from benchroute.router.estimator import Router
+    from benchroute.server.app import tune_for_serving
 
     tune_for_serving()
     router = Router.load(router_dir)
@@ -161,7 +161,7 @@ def synthetic_overhead(n: int, dim: int, models: int, reps: int) -> dict[str, tu
     search (as ``serve`` runs it) and with one per CPU (FAISS' default)."""
     import faiss
 
-    from benchroute.predictors import KNNCorrectness
+    from benchroute.method.predictors import KNNCorrectness
 
     rng = np.random.default_rng(0)
     store = rng.standard_normal((n, dim)).astype(np.float32)

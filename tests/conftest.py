@@ -124,7 +124,7 @@ def embedding_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="session")
 def minilm_bench(embedding_cache: Path):  # type: ignore[no-untyped-def]
     """openllm_v2 restricted to :data:`ROUTER_TASKS`, subsampled, with MiniLM embeddings attached."""
-    from benchroute.data import load_benchmark
+    from benchroute.data.benchmark import load_benchmark
     from benchroute.embed import Embedder
 
     bench = subsample(load_benchmark("openllm_v2").select(tasks=ROUTER_TASKS), ITEMS_PER_TASK)
@@ -159,7 +159,7 @@ def held_out(minilm_bench) -> tuple[list[str], np.ndarray]:  # type: ignore[no-u
 @pytest.fixture(scope="session")
 def make_router(train_bench):  # type: ignore[no-untyped-def]
     """Factory of fresh routers fitted on ``train_bench`` (fast settings), for tests that mutate one."""
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     def make(**params):  # type: ignore[no-untyped-def]
         # the paper's S3 + trust rule unless a test asks otherwise (the default blend has its own tests)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchroute.data import Benchmark
+from benchroute.data.benchmark import Benchmark
 
 
 def tiny_benchmark(n_groups: int = 3, per_group: int = 2, per_task: int = 25, prices: bool = True,

@@ -1,14 +1,15 @@
-"""Tests for benchroute.active: labeling strategies and the leave-one-task-out active-labeling study."""
+"""Tests for benchroute.method.suggest: labeling strategies and the leave-one-task-out active-labeling study."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchroute.active import STRATEGIES, active_study, disagreement, suggest_labels
 from benchroute.errors import ConfigError
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.router import Router
+from benchroute.experiments.active import active_study
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.method.suggest import STRATEGIES, disagreement, suggest_labels
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 
 
@@ -116,7 +117,7 @@ def test_active_study_shapes_and_values(ev: LOTOEvaluator) -> None:
 
 def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
     """One (task, repeat, budget) of the random strategy recomputed by hand through the fold engine."""
-    from benchroute.scores import apply_label_rule, blend, s2, trust_rule
+    from benchroute.method.scores import apply_label_rule, blend, s2, trust_rule
 
     out = active_study(ev, (5,), ("random",), repeats=1, seed=7)
     r = ev.router

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchroute.adapters import import_helm, import_lmeval, import_table
-from benchroute.adapters.helm import split_run_name
-from benchroute.adapters.lmeval import lmeval_to_benchmark
-from benchroute.adapters.table import build_benchmark
-from benchroute.data import load_benchmark
+from benchroute.data.adapters import import_helm, import_lmeval, import_table
+from benchroute.data.adapters.helm import split_run_name
+from benchroute.data.adapters.lmeval import lmeval_to_benchmark
+from benchroute.data.adapters.table import build_benchmark
+from benchroute.data.benchmark import load_benchmark
 from benchroute.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

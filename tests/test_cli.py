@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchroute.cli import app, main
-from benchroute.data import write_benchmark
+from benchroute.cli.commands import app, main
+from benchroute.data.benchmark import write_benchmark
 
 runner = CliRunner()
 
@@ -80,7 +80,7 @@ def test_experiment_runs_the_papers_router_on_request(bench_dir: Path, tmp_path:
 
 def _labeled_error(file: Path) -> str:
     """The DataError message that reading ``file`` as labeled samples raises (it names the file)."""
-    from benchroute.cli import read_labeled
+    from benchroute.cli.commands import read_labeled
     from benchroute.errors import DataError
 
     with pytest.raises(DataError) as exc:
@@ -110,7 +110,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_fit_with_a_chosen_index_saves_it_and_routes_the_same(bench_dir: Path, tmp_path: Path, held_out) -> None:  # type: ignore[no-untyped-def]
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     _ok(["fit", str(bench_dir), "-o", str(tmp_path / "exact"), "--model", "all-MiniLM-L6-v2", "--index", "numpy"])
     _ok(["fit", str(bench_dir), "-o", str(tmp_path / "flat"), "--model", "all-MiniLM-L6-v2",

@@ -8,19 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from benchroute.confidence import (
-    DEFAULT_ALPHAS,
+from benchroute.errors import ConfigError, NotFittedError
+from benchroute.method.confidence import (
     AccuracyEstimator,
     ATCEstimator,
     ConfidenceCalibrator,
-    FoldEngine,
     KernelSmoother,
     dataset_distance,
-    n_moved,
     p_from_accuracy,
 )
-from benchroute.errors import ConfigError, NotFittedError
-from benchroute.predictors import KNNCorrectness
+from benchroute.method.folds import DEFAULT_ALPHAS, FoldEngine, n_moved
+from benchroute.method.predictors import KNNCorrectness
 
 # ------------------------------------------------------------------------------- dataset distance
 
@@ -347,7 +345,7 @@ def test_accuracy_estimator_learns_level_from_neighbours_and_spread_from_prior()
 
 
 def test_column_quantiles_are_numpys_bit_for_bit() -> None:
-    from benchroute.confidence import _column_quantiles
+    from benchroute.method.confidence import _column_quantiles
 
     rng = np.random.default_rng(3)
     for trial in range(300):

@@ -1,4 +1,4 @@
-"""Tests for benchroute.cost: costs, cost-aware choice, Pareto frontier, AIQ, trusted cheapest-within,
+"""Tests for benchroute.method.cost: costs, cost-aware choice, Pareto frontier, AIQ, trusted cheapest-within,
 and a small leave-one-task-out cost study on a synthetic benchmark.
 
 Every expected number below is worked out by hand in the comments.
@@ -12,21 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchroute.cost import (
+from benchroute.data.benchmark import load_benchmark
+from benchroute.errors import ConfigError
+from benchroute.experiments.cost import cost_study, largest_model
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.method.cost import (
     aiq,
     cheapest_within_trusted,
     choose,
-    cost_study,
-    largest_model,
     model_costs,
     pareto_frontier,
     prob_within_mc,
 )
-from benchroute.data import load_benchmark
-from benchroute.errors import ConfigError
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.router import Router
-from benchroute.scores import accuracy_distribution
+from benchroute.method.scores import accuracy_distribution
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 
 # pred_acc / cost of four models; normalized cost = cost / 10 = [1, .4, .2, .1]

@@ -1,4 +1,4 @@
-"""Tests for benchroute.data: bundled figures, a hand-computed toy benchmark, and one test per error class."""
+"""Tests for benchroute.data.benchmark: bundled figures, a hand-computed toy benchmark, and one test per error class."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchroute.data import (
+from benchroute.data.benchmark import (
     BUNDLED,
     Benchmark,
     bundled_path,

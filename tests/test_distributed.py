@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from benchroute.cli import app, load_with_embeddings
-from benchroute.data import write_benchmark
-from benchroute.distributed import MIB, RayLOTORunner, start_ray
+from benchroute.cli.commands import app
+from benchroute.data import load_with_embeddings
+from benchroute.data.benchmark import write_benchmark
 from benchroute.embed import Embedder, EmbeddingCache, text_hash
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.io import jsonable
-from benchroute.router import Router
+from benchroute.experiments.distributed import MIB, RayLOTORunner, start_ray
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.files import jsonable
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 
 SMALL_MODEL = "all-MiniLM-L6-v2"
@@ -117,8 +118,8 @@ def test_core_works_when_ray_cannot_be_imported(tmp_path: Path) -> None:
 import sys
 sys.modules["ray"] = None  # import ray -> ImportError
 sys.path.insert(0, {str(TESTS)!r})
-import benchroute, benchroute.cli, benchroute.distributed
-from benchroute.router import Router
+import benchroute, benchroute.cli.commands, benchroute.experiments.distributed
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 bench = tiny_benchmark()
 router = Router(repeats=2, draws=500).fit(bench.select(tasks=bench.tasks[:-1]))
@@ -128,7 +129,7 @@ assert sys.modules["ray"] is None
 print("core ok", rec.chosen)
 sys.argv = ["benchroute", "embed", "llmrouter", "--ray", "--model", "all-MiniLM-L6-v2",
             "--cache", {str(tmp_path / "c.sqlite")!r}]
-benchroute.cli.main()
+benchroute.cli.commands.main()
 """
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert "core ok m" in proc.stdout, proc.stderr

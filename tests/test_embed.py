@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchroute.data import load_benchmark, write_benchmark
+from benchroute.data.benchmark import load_benchmark, write_benchmark
 from benchroute.embed import (
     DEFAULT_MODEL,
     SMALL_MODEL,
@@ -83,7 +83,7 @@ def _cache_rows(path: Path) -> dict[bytes, bytes]:
 
 
 def _embed_cmd(bench: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "benchroute.cli", "embed", str(bench), "--model", SMALL_MODEL,
+    return [sys.executable, "-m", "benchroute.cli.commands", "embed", str(bench), "--model", SMALL_MODEL,
             "--cache", str(cache), "--commit-every", "16", "--batch-size", "8"]
 
 

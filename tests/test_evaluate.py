@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchroute.evaluate import LOTOEvaluator, paired_difference, run_experiments, summarize
-from benchroute.router import Router
+from benchroute.experiments.evaluate import LOTOEvaluator, paired_difference, run_experiments, summarize
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 
 #: Methods whose decision may only depend on the other tasks (S3_true_p and Oracle read d's labels).
@@ -97,7 +97,7 @@ def test_trust_gate_only_ever_falls_back_to_bma() -> None:
 
 
 def test_run_experiments_all_sections(tmp_path: Path) -> None:
-    from benchroute.report import write_report
+    from benchroute.experiments.report import write_report
 
     bench = tiny_benchmark()
     res = run_experiments(bench, "all", _router(), sweep_alphas=(0.0, 0.1), sweep_repeats=2)
@@ -112,8 +112,8 @@ def test_run_experiments_all_sections(tmp_path: Path) -> None:
 
 
 def test_mlp_variant_study_compares_both_predictors(tmp_path: Path) -> None:
-    from benchroute.evaluate import mlp_variant_study
-    from benchroute.report import render_markdown
+    from benchroute.experiments.evaluate import mlp_variant_study
+    from benchroute.experiments.report import render_markdown
 
     ev = LOTOEvaluator(tiny_benchmark(), _router())
     res = mlp_variant_study(ev, n_tasks=2, mlp_params={"hidden": (32,), "epochs": 30, "patience": 5})
@@ -141,7 +141,7 @@ def test_the_papers_s3_router_is_evaluated_too() -> None:
 def test_correlations_match_scipy() -> None:
     from scipy.stats import pearsonr, spearmanr
 
-    from benchroute.evaluate import _pearson, _spearman
+    from benchroute.experiments.evaluate import _pearson, _spearman
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -12,8 +12,8 @@ from sklearn.base import clone
 from sklearn.neighbors import NearestNeighbors
 
 from benchroute.errors import ConfigError, NotFittedError
-from benchroute.neighbors import NeighborIndex, cross_task_neighbors, exact_search, normalize
-from benchroute.predictors import (
+from benchroute.method.neighbors import NeighborIndex, cross_task_neighbors, exact_search, normalize
+from benchroute.method.predictors import (
     ClassifierCorrectness,
     KNNCorrectness,
     KNNScoreRegressor,

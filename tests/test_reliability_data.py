@@ -2,7 +2,7 @@
 
 Every test starts from a copy of REAL bundled data: a slice of the bundled ``llmrouter`` benchmark
 (two 0/1 tasks and the thresholded ``commongen``; 12 items each, 4 models, with its models.csv and
-tasks.csv) written in the bundled layout by :func:`benchroute.data.write_benchmark`. Hypothesis then
+tasks.csv) written in the bundled layout by :func:`benchroute.data.benchmark.write_benchmark`. Hypothesis then
 corrupts one aspect of the copy per example and the property is always the same:
 
 * ``load_benchmark`` raises :class:`~benchroute.errors.DataError` whose message names the file
@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchroute.data import Benchmark, load_benchmark, write_benchmark
+from benchroute.data.benchmark import Benchmark, load_benchmark, write_benchmark
 from benchroute.errors import DataError
 
 TASKS = ("arc_challenge", "commongen", "gsm8k")  # commongen: continuous score, threshold 0.5

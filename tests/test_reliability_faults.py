@@ -7,7 +7,7 @@
   since every write has reached the page cache) and loads the copy; then it SIGKILLs the process for
   real. A copy must load as one of the three clean saves, byte for byte (or the previous one), never
   as anything else. Done for ``Router.save`` as it is and for the staged save through
-  :func:`benchroute.io.atomic_write_dir` that router.py should use.
+  :func:`benchroute.files.atomic_write_dir` that router.py should use.
 * Disk full (ENOSPC) in the middle of each file a save writes.
 * SIGKILL during ``benchroute experiment loto`` (a tiny real benchmark, real MiniLM embeddings): the
   rerun's results.json equals an uninterrupted run's except the timing fields.
@@ -55,7 +55,7 @@ SNAPSHOTS = 100
 
 def synthetic_benchmark(seed: int) -> Any:
     """4 tasks x 25 items, 16-d clustered embeddings, 3 models with per-task accuracies."""
-    from benchroute.data import Benchmark
+    from benchroute.data.benchmark import Benchmark
 
     rng = np.random.default_rng(seed)
     n_tasks, per, dim, n_models = 4, 25, 16, 3
@@ -72,7 +72,7 @@ def synthetic_benchmark(seed: int) -> Any:
 
 
 def synthetic_router(seed: int) -> Any:
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     return Router(score="S3", repeats=2, alphas=(0.0, 0.1), embedding_model=SMALL_MODEL).fit(synthetic_benchmark(seed))
 
@@ -84,8 +84,8 @@ def staged_save(router: Any, path: Path, **kw: Any) -> None:
     are collected and then swapped in as one directory. Once router.py saves through
     atomic_write_dir itself, this is just ``router.save``.
     """
-    import benchroute.router as router_module
-    from benchroute.io import atomic_write_dir
+    import benchroute.router.estimator as router_module
+    from benchroute.files import atomic_write_dir
 
     if hasattr(router_module, "atomic_write_dir"):
         router.save(path, **kw)
@@ -129,7 +129,7 @@ LEDGER = "faults"  # the conftest ledger fixture saves counts under this name
 def classify(directory: Path, refs: Path) -> str:
     """What a router directory left by a crash is: a clean save (which?), refused, or corrupt."""
     from benchroute.errors import IntegrityError
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     try:
         Router.load(directory)
@@ -157,7 +157,7 @@ def _wait_stopped(pid: int) -> None:
 @pytest.fixture(scope="module")
 def kill_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Per save mode: outcome counts of SNAPSHOTS frozen snapshots and of one real SIGKILL, and a rerun."""
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     runs: dict[str, dict[str, Any]] = {}
     for seed, mode in enumerate(SAVERS):
@@ -261,7 +261,7 @@ class _DiskFull:
 
 
 def _disk_full_case(tmp_path: Path, mode: str, fail_at: int, ledger: dict[str, Counter]) -> None:
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     old, new = synthetic_router(0), synthetic_router(1)
     target = tmp_path / "routers" / "r"
@@ -299,7 +299,7 @@ def test_disk_full_router_save_keeps_previous_router(tmp_path: Path, fail_at: in
 
 def test_atomic_write_dir_refuses_to_replace_foreign_files(tmp_path: Path) -> None:
     from benchroute.errors import ConfigError
-    from benchroute.io import atomic_write_dir
+    from benchroute.files import atomic_write_dir
 
     (tmp_path / "file").write_text("keep me")
     with pytest.raises(ConfigError, match="not a directory"):
@@ -325,7 +325,7 @@ TINY_TASKS = ("arc_challenge", "gsm8k", "mmlu")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """3 tasks x 20 items x 4 models of bundled llmrouter, embedded with MiniLM into a tmp cache."""
-    from benchroute.data import load_benchmark, write_benchmark
+    from benchroute.data.benchmark import load_benchmark, write_benchmark
     from benchroute.embed import Embedder
 
     root = tmp_path_factory.mktemp("tiny")
@@ -346,7 +346,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _experiment(tiny: dict[str, Path], out: Path, cache: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "BENCHROUTE_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "benchroute.cli", "experiment", "loto", str(tiny["bench"]), "--model", SMALL_MODEL,
+    cmd = [sys.executable, "-m", "benchroute.cli.commands", "experiment", "loto", str(tiny["bench"]), "--model", SMALL_MODEL,
            "--out", str(out), "--repeats", "2"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -498,7 +498,7 @@ def _manifest(directory: Path) -> dict[str, Any]:
 
 def test_pickle_in_place_of_arrays_is_refused_and_never_run(saved: Path, tmp_path: Path) -> None:
     from benchroute.errors import IntegrityError
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     marker = tmp_path / "PWNED"
     evil = pickle.dumps(_Payload(marker))
@@ -514,7 +514,7 @@ def test_pickle_in_place_of_arrays_is_refused_and_never_run(saved: Path, tmp_pat
 
 
 def test_resigned_pickle_arrays_never_run(saved: Path, tmp_path: Path) -> None:
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     marker = tmp_path / "PWNED"
     _resign(saved, _manifest(saved), pickle.dumps(_Payload(marker)))
@@ -525,7 +525,7 @@ def test_resigned_pickle_arrays_never_run(saved: Path, tmp_path: Path) -> None:
 
 def test_resigned_pickle_arrays_are_an_integrity_error(saved: Path, tmp_path: Path) -> None:
     from benchroute.errors import IntegrityError
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     _resign(saved, _manifest(saved), pickle.dumps(_Payload(tmp_path / "PWNED")))
     with pytest.raises(IntegrityError):
@@ -575,7 +575,7 @@ def _mutations(payload: dict[str, Any], arrays: bytes, rng: random.Random, n: in
 def manifest_fuzz(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Load 120 re-signed tampered copies of a saved router; outcome per case, nothing else."""
     from benchroute.errors import BenchrouteError, IntegrityError
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     tmp = tmp_path_factory.mktemp("fuzz")
     original = synthetic_router(0).save(tmp / "original")
@@ -627,7 +627,7 @@ def test_untrusted_router_cannot_load_code_through_its_embedding_model(saved: Pa
     """router.json names the embedding model, so a tampered router can point at any directory: one
     whose modules.json asks for a module shipped next to it must fail cleanly, without importing it."""
     from benchroute.errors import ModelNotAvailableError
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil-model"
@@ -653,7 +653,7 @@ def test_untrusted_router_cannot_load_code_through_its_embedding_model(saved: Pa
 
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     """Run ``benchroute ARGS`` in-process through its real entry point; returns the exit code."""
-    from benchroute.cli import main
+    from benchroute.cli.commands import main
 
     monkeypatch.setattr(sys, "argv", ["benchroute", *args])
     try:
@@ -665,9 +665,9 @@ def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_router(tiny: dict[str, Path]) -> Path:
-    from benchroute.data import load_benchmark
+    from benchroute.data.benchmark import load_benchmark
     from benchroute.embed import Embedder
-    from benchroute.router import Router
+    from benchroute.router.estimator import Router
 
     bench = load_benchmark(tiny["bench"])
     bench = bench.with_embeddings(Embedder(SMALL_MODEL, cache=tiny["cache"]).encode(bench.inputs))

@@ -37,8 +37,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchroute.serve_config import parse_config
-from benchroute.server import GuardMiddleware, create_app
+from benchroute.server.app import GuardMiddleware, create_app
+from benchroute.server.config import parse_config
 from test_server import KEY, MODELS, ServerThread, _write_tiny_benchmark  # tests/ is on sys.path
 from upstream_app import create_upstream_app
 
@@ -71,8 +71,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def router(env: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from benchroute.data import load_benchmark
-    from benchroute.router import Router
+    from benchroute.data.benchmark import load_benchmark
+    from benchroute.router.estimator import Router
 
     bench = load_benchmark(_write_tiny_benchmark(tmp_path_factory.mktemp("bench") / "b"))
     return Router(embedding_model="all-MiniLM-L6-v2", repeats=2, alphas=(0.0, 0.1)).fit(bench)
@@ -485,7 +485,7 @@ def test_keys_are_compared_in_constant_time() -> None:
 
 
 def test_no_endpoint_takes_a_file_path(server: ServerThread, http: httpx.Client) -> None:
-    from benchroute import server as server_module
+    from benchroute.server import app as server_module
 
     app = server.server.config.app
     routes = {(r.path, m) for r in app.routes if hasattr(r, "methods") for m in r.methods}

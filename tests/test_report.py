@@ -1,4 +1,4 @@
-"""Tests for benchroute.report: files written, plotted numbers equal the inputs, md/html content.
+"""Tests for benchroute.experiments.report: files written, plotted numbers equal the inputs, md/html content.
 
 The figures are checked through ``figure_data`` (the exact numbers plotted) plus PNG validity, not
 pixels. A synthetic results dict with every section stands in for OUT/results.json.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchroute.report import (
+from benchroute.experiments.report import (
     FIGURE_NAMES,
     figure_data,
     render_html,

@@ -13,9 +13,9 @@ import pytest
 
 from benchroute.embed import SMALL_MODEL
 from benchroute.errors import ConfigError, IntegrityError, NotFittedError
-from benchroute.predictors import KNNCorrectness, MLPCorrectness
-from benchroute.router import Recommendation, Router
-from benchroute.scores import s3
+from benchroute.method.predictors import KNNCorrectness, MLPCorrectness
+from benchroute.method.scores import s3
+from benchroute.router.estimator import Recommendation, Router
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -114,7 +114,7 @@ def test_default_blend_router(make_router, train_bench, held_out, tmp_path: Path
 
 
 def test_labels_arbitrate_by_the_rule_chosen_at_fit(make_router, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from benchroute.scores import LABEL_GRID, LABEL_RULES
+    from benchroute.method.scores import LABEL_GRID, LABEL_RULES
 
     inputs, _ = held_out
     router = make_router(score="blend")

@@ -13,10 +13,10 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from benchroute.errors import ConfigError, IntegrityError
-from benchroute.labels import LabelMatrix, pack_bits, unpack_bits
-from benchroute.neighbors import NeighborIndex, default_nlist, merge_topk
-from benchroute.predictors import KNNCorrectness
-from benchroute.router import Router
+from benchroute.method.labels import LabelMatrix, pack_bits, unpack_bits
+from benchroute.method.neighbors import NeighborIndex, default_nlist, merge_topk
+from benchroute.method.predictors import KNNCorrectness
+from benchroute.router.estimator import Router
 from synthetic import tiny_benchmark
 
 pytest.importorskip("faiss")

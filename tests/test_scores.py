@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from benchroute.scores import (
+from benchroute.method.scores import (
     LABEL_GRID,
     LABEL_RULES,
     TrustDecision,
@@ -139,7 +139,7 @@ def test_reason_without_probability_when_rule_is_off() -> None:
 
 
 def test_select_blend_picks_the_best_inner_config_and_the_gate_falls_back() -> None:
-    from benchroute.scores import select_blend
+    from benchroute.method.scores import select_blend
 
     # 4 tasks x 2 models; model 1 is best on average, but S1 at k=5 points to the task's real winner
     accuracy = np.array([[0.9, 0.5], [0.8, 0.6], [0.3, 0.7], [0.2, 0.9]])

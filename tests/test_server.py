@@ -25,8 +25,8 @@ import uvicorn
 import yaml
 
 from benchroute.errors import ConfigError
-from benchroute.serve_config import check_exposure, load_config, parse_config, resolve_config
-from benchroute.server import create_app, serve
+from benchroute.server.app import create_app, serve
+from benchroute.server.config import check_exposure, load_config, parse_config, resolve_config
 from upstream_app import create_upstream_app  # tests/ is on sys.path (rootdir-relative, no __init__)
 
 KEY = "test-key-0123456789abcdef"
@@ -58,7 +58,7 @@ CODE_Q = "Write a Python function named double_it that doubles every number in a
 
 
 def _write_tiny_benchmark(out: Path) -> Path:
-    from benchroute.data import write_benchmark
+    from benchroute.data.benchmark import write_benchmark
 
     items, scores = [], []
     for t, (task, texts) in enumerate(TASKS.items()):
@@ -83,8 +83,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def router(env: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from benchroute.data import load_benchmark
-    from benchroute.router import Router
+    from benchroute.data.benchmark import load_benchmark
+    from benchroute.router.estimator import Router
 
     tmp = tmp_path_factory.mktemp("router")
     bench = load_benchmark(_write_tiny_benchmark(tmp / "bench"))

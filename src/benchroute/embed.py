@@ -31,8 +31,8 @@ from typing import Self
 
 import numpy as np
 
-from .errors import ConfigError, IntegrityError, ModelNotAvailableError
-from .io import atomic_write_bytes
+from benchroute.errors import ConfigError, IntegrityError, ModelNotAvailableError
+from benchroute.files import atomic_write_bytes
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
 SMALL_MODEL = "all-MiniLM-L6-v2"
@@ -491,7 +491,7 @@ def import_pack(cache: EmbeddingCache, path: str | os.PathLike[str], expected_mo
     return len(hashes)
 
 
-PACKS_DIR = Path(__file__).parent / "datasets" / "packs"
+PACKS_DIR = Path(__file__).parent / "data" / "datasets" / "packs"
 
 
 def bundled_packs(model_id: str) -> list[Path]:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import ConfigError, NotFittedError
+from benchroute.errors import ConfigError, NotFittedError
 
 Backend = Literal["auto", "numpy", "faiss-flat", "faiss-ivf", "faiss-hnsw"]
 BACKENDS: tuple[str, ...] = ("auto", "numpy", "faiss-flat", "faiss-ivf", "faiss-hnsw")

@@ -20,23 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .confidence import (
-    DEFAULT_ALPHAS,
-    ATCEstimator,
-    ConfidencePairs,
-    FoldEngine,
-    KernelSmoother,
-    dataset_distance,
-    n_moved,
-)
-from .cost import cheapest_within_trusted, choose, model_costs
-from .errors import ConfigError, IntegrityError, NotFittedError
-from .io import atomic_write_dir, jsonable
-from .labels import is_binary, pack_bits, unpack_bits
-from .neighbors import BACKENDS, INDEX_PARAMS, exact_search, normalize
-from .predictors import KNNCorrectness, MLPCorrectness, make_predictor
-from .scores import (
+from benchroute import __version__
+from benchroute.errors import ConfigError, IntegrityError, NotFittedError
+from benchroute.files import atomic_write_dir, jsonable
+from benchroute.method.confidence import ATCEstimator, KernelSmoother, dataset_distance
+from benchroute.method.cost import cheapest_within_trusted, choose, model_costs
+from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine, n_moved
+from benchroute.method.labels import is_binary, pack_bits, unpack_bits
+from benchroute.method.neighbors import BACKENDS, INDEX_PARAMS, exact_search, normalize
+from benchroute.method.predictors import KNNCorrectness, MLPCorrectness, make_predictor
+from benchroute.method.scores import (
     BLEND_KS,
     BLEND_LAMBDAS,
     LABEL_GRID,
@@ -145,12 +138,12 @@ class Router:
     draws : Monte Carlo draws of the trust rule.
     embedding_model : sentence-transformers model for inputs given as text.
     seed : every random draw (moved samples, Monte Carlo) derives from it.
-    blend_ks, blend_lambdas : the grid of the default blended score (see :func:`benchroute.scores.blend`).
+    blend_ks, blend_lambdas : the grid of the default blended score (see :func:`benchroute.method.scores.blend`).
     blend_min_z : keep the best-on-average model unless the chosen blend's inner gain exceeds this many
         paired standard errors [0 = off; measured in docs/reproduction.md: 1.0 did not help].
     index, index_params : how the kNN predictor searches the stored questions ("auto": exact up to
         100k, approximate IVF beyond; "numpy", "faiss-flat", "faiss-ivf", "faiss-hnsw") and the
-        :class:`~benchroute.neighbors.NeighborIndex` parameters (thresholds, nlist, nprobe, ...) as a
+        :class:`~benchroute.method.neighbors.NeighborIndex` parameters (thresholds, nlist, nprobe, ...) as a
         dict. Saved with the router; loading rebuilds the index from the stored vectors. See docs/scaling.md.
     """
 
@@ -226,7 +219,7 @@ class Router:
         self._check_params()
         emb = embeddings if embeddings is not None else getattr(benchmark, "embeddings", None)
         if emb is None:
-            from .embed import Embedder
+            from benchroute.embed import Embedder
 
             emb = Embedder(self.embedding_model).encode(benchmark.inputs)
         emb = normalize(emb)
@@ -333,7 +326,7 @@ class Router:
     def embedder(self) -> Any:
         """The router's Embedder, created once: loading a sentence-transformers model takes seconds."""
         if getattr(self, "_embedder", None) is None:
-            from .embed import Embedder
+            from benchroute.embed import Embedder
 
             self._embedder = Embedder(self.embedding_model)
         return self._embedder
@@ -780,7 +773,7 @@ class Router:
         params = dict(payload["params"])
         custom = payload.get("predictor_params")
         if custom is not None:
-            from .predictors import PREDICTORS
+            from benchroute.method.predictors import PREDICTORS
 
             if "hidden" in custom:
                 custom["hidden"] = tuple(custom["hidden"])

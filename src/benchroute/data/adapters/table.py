@@ -25,8 +25,8 @@ from typing import IO, Any
 
 import pandas as pd
 
-from ..data import write_benchmark
-from ..errors import DataError
+from benchroute.data.benchmark import write_benchmark
+from benchroute.errors import DataError
 
 DEFAULT_THRESHOLD = 0.5
 """eta_d given to a task whose scores are not all 0/1: correct = score > 0.5 (e.g. a majority of trials)."""

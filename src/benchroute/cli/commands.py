@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import BenchrouteError, ConfigError
+from benchroute.errors import BenchrouteError, ConfigError
 
 app = typer.Typer(
     help="Pick the right LLM for a job by learning from benchmark results.",
@@ -88,7 +88,7 @@ def ray_or_local(use_ray: bool, address: str | None = None, needed: bool = True)
     if not (use_ray and needed):
         yield
         return
-    from .distributed import ray_session
+    from benchroute.experiments.distributed import ray_session
 
     with ExitStack() as stack:
         with console.status(f"starting Ray ({address or 'local'})"):
@@ -105,7 +105,7 @@ def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = F
         with progress_bar(f"embedding {name} with {embedder.model}{' on Ray' if use_ray else ''}", todo,
                           "inputs") as advance:
             if use_ray:
-                from .distributed import ray_embed
+                from benchroute.experiments.distributed import ray_embed
 
                 ray_embed(embedder, inputs, progress=advance)
             else:
@@ -115,17 +115,11 @@ def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = F
 
 def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Path | None = None,
                          drop_incomplete: bool = False, use_ray: bool = False) -> Any:
-    """Load a benchmark and attach its embeddings (bundled packs first, then the cache, then the model)."""
-    from .data import load_benchmark
-    from .embed import Embedder, import_bundled_packs
+    """The benchmark with embeddings attached; what the cache lacks is embedded under a progress bar."""
+    from benchroute.data import load_with_embeddings as load
 
-    bench = load_benchmark(path, drop_incomplete=drop_incomplete)
-    embedder = Embedder(model, cache=cache)
-    inputs = bench.inputs
-    if embedder.missing(inputs):
-        import_bundled_packs(embedder)
-    embed_missing(embedder, inputs, bench.name, use_ray)
-    return bench.with_embeddings(embedder.encode(inputs))
+    return load(path, model, cache, drop_incomplete,
+                embed_missing=lambda embedder, inputs, name: embed_missing(embedder, inputs, name, use_ray))
 
 
 # --------------------------------------------------------------------------- data
@@ -136,7 +130,7 @@ def data_info(
     drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items (reported).")] = False,
 ) -> None:
     """Tasks, items, models, and the BMA / task-oracle / per-item-oracle accuracy (leave-one-task-out)."""
-    from .data import load_benchmark
+    from benchroute.data.benchmark import load_benchmark
 
     bench = load_benchmark(path, drop_incomplete=drop_incomplete)
     info = bench.summary()
@@ -185,8 +179,8 @@ def embed(
                                                              "native bf16; cached under its own model id).")] = None,
 ) -> None:
     """Embed a benchmark's inputs into the persistent cache (resumable; --ray: on Ray Data), or import/export packs."""
-    from .data import load_benchmark
-    from .embed import Embedder, EmbeddingCache, export_pack, import_pack
+    from benchroute.data.benchmark import load_benchmark
+    from benchroute.embed import Embedder, EmbeddingCache, export_pack, import_pack
 
     if path is None and import_ is None:
         raise ConfigError("nothing to do", "give a benchmark DIR to embed and/or --import PACK")
@@ -224,7 +218,7 @@ def import_helm_cmd(
     split: Annotated[str | None, typer.Option(help="Keep only instances of this split (e.g. test).")] = None,
 ) -> None:
     """Import HELM benchmark_output run directories (one model per run)."""
-    from .adapters import import_helm
+    from benchroute.data.adapters import import_helm
 
     _print_import(import_helm(runs_dir, out, split=split, metric=metric))
 
@@ -241,7 +235,7 @@ def import_table_cmd(
     threshold: Annotated[float | None, typer.Option(help="Correct = score > threshold (blank: scores are 0/1).")] = None,
 ) -> None:
     """Import a long table of per-question results exported by any leaderboard."""
-    from .adapters import import_table
+    from benchroute.data.adapters import import_table
 
     _print_import(import_table(file, out, task_col=task_col, input_col=input_col, model_col=model_col,
                                score_col=score_col, item_col=item_col, threshold=threshold))
@@ -255,22 +249,22 @@ def import_lmeval_cmd(
     filter_: Annotated[str | None, typer.Option("--filter", help="Filter to keep (default: the first logged).")] = None,
 ) -> None:
     """Import lm-evaluation-harness sample logs."""
-    from .adapters import import_lmeval
+    from benchroute.data.adapters import import_lmeval
 
     _print_import(import_lmeval(dir, out, metric=metric, filter=filter_))
 
 
 # --------------------------------------------------------------------------- fit / recommend / route
 def _router_from_options(**params: Any) -> Any:
-    from .router import Router
+    from benchroute.router.estimator import Router
 
     return Router(**{k: v for k, v in params.items() if v is not None})
 
 
 def _index_params(index: str, pairs: list[str]) -> dict[str, Any] | None:
     """KEY=VALUE options as NeighborIndex parameters (numbers parsed, names checked)."""
-    from .errors import ConfigError
-    from .neighbors import BACKENDS, INDEX_PARAMS
+    from benchroute.errors import ConfigError
+    from benchroute.method.neighbors import BACKENDS, INDEX_PARAMS
 
     if index not in BACKENDS:
         raise ConfigError(f"unknown index {index!r}", f"use one of {', '.join(BACKENDS)}")
@@ -314,7 +308,7 @@ def fit(
 
 
 def _read_text(file: Path) -> str:
-    from .errors import DataError
+    from benchroute.errors import DataError
 
     try:
         return file.read_text(encoding="utf-8")
@@ -326,7 +320,7 @@ def _read_text(file: Path) -> str:
 
 def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line of a JSONL file with a string "input" field."""
-    from .errors import DataError
+    from benchroute.errors import DataError
 
     out = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -344,7 +338,7 @@ def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
 
 def read_labeled(file: Path) -> list[dict[str, Any]]:
     """Labeled samples of a new task from JSONL: {"input": text, "correct": {model: 0 or 1, ...}} per line."""
-    from .errors import DataError
+    from benchroute.errors import DataError
 
     if file.suffix.lower() != ".jsonl":
         raise DataError("labeled samples must be a .jsonl file", file=str(file),
@@ -360,7 +354,7 @@ def read_labeled(file: Path) -> list[dict[str, Any]]:
 
 def read_inputs(file: Path) -> list[str]:
     """Inputs of a new task from .txt (one per line), .jsonl ("input" field) or .csv (input column)."""
-    from .errors import DataError
+    from benchroute.errors import DataError
 
     text = _read_text(file)
     suffix = file.suffix.lower()
@@ -402,7 +396,7 @@ def recommend(
         help='A few labeled samples of the task (.jsonl: {"input": ..., "correct": {model: 0/1}} per line).')] = None,
 ) -> None:
     """Recommend a model for a new task from a handful of its unlabeled inputs (and optionally a few labeled ones)."""
-    from .router import Router
+    from benchroute.router.estimator import Router
 
     router = Router.load(router_dir)
     rec = router.recommend(read_inputs(inputs), labeled=read_labeled(labeled) if labeled else None,
@@ -447,8 +441,8 @@ def suggest_labels_cmd(
     """Which inputs of a new task to label (with every model's correctness) to improve the recommendation most."""
     import numpy as np
 
-    from .active import suggest_labels
-    from .router import Router
+    from benchroute.method.suggest import suggest_labels
+    from benchroute.router.estimator import Router
 
     router = Router.load(router_dir)
     texts = read_inputs(inputs)
@@ -475,7 +469,7 @@ def route(
     """Route single queries: the model most likely to answer each correctly."""
     from dataclasses import asdict
 
-    from .router import Router
+    from benchroute.router.estimator import Router
 
     router = Router.load(router_dir)
     decisions = router.route(texts, candidates=_split_csv(candidates))
@@ -494,7 +488,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
     """Serve the routing API and an OpenAI-compatible routing proxy (docs/server.md)."""
-    from .server import serve as run_server
+    from benchroute.server.app import serve as run_server
 
     run_server(router_dir, config, host=host, port=port)
 
@@ -503,16 +497,16 @@ def serve(
 def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
                 sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0, use_ray: bool = False,
                 address: str | None = None, score: str = "blend", p_estimator: str = "kernel") -> None:
-    from .evaluate import run_experiments
-    from .io import atomic_write_json
-    from .report import write_report
-    from .router import Router
+    from benchroute.experiments.evaluate import run_experiments
+    from benchroute.experiments.report import write_report
+    from benchroute.files import atomic_write_json
+    from benchroute.router.estimator import Router
 
     router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator)
     with ray_or_local(use_ray, address):
         runner = None
         if use_ray:
-            from .distributed import RayLOTORunner
+            from benchroute.experiments.distributed import RayLOTORunner
 
             runner = RayLOTORunner()
         bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None

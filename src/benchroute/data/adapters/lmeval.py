@@ -35,8 +35,15 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import DataError
-from .table import ImportedBenchmark, as_score, build_benchmark, read_json, read_jsonl, require
+from benchroute.data.adapters.table import (
+    ImportedBenchmark,
+    as_score,
+    build_benchmark,
+    read_json,
+    read_jsonl,
+    require,
+)
+from benchroute.errors import DataError
 
 _SAMPLES_NAME = re.compile(
     r"^samples_(?P<task>.+?)(?:_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?))?\.jsonl(?:\.gz)?$"

@@ -28,8 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import DataError
-from .table import ImportedBenchmark, as_score, build_benchmark, read_json, require
+from benchroute.data.adapters.table import ImportedBenchmark, as_score, build_benchmark, read_json, require
+from benchroute.errors import DataError
 
 METRIC_PREFERENCE = (
     "exact_match",

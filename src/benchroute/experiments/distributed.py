@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .embed import Embedder
-from .errors import BenchrouteError, ConfigError, IntegrityError
+from benchroute.embed import Embedder
+from benchroute.errors import BenchrouteError, ConfigError, IntegrityError
 
 RAY_HINT = "pip install 'benchroute[ray]'"
 MIB = 1 << 20
@@ -206,7 +206,7 @@ class LOTOWorker:
 
 
 class RayLOTORunner:
-    """Runs :meth:`benchroute.evaluate.LOTOEvaluator.run` with each held-out task as a Ray actor task.
+    """Runs :meth:`benchroute.experiments.evaluate.LOTOEvaluator.run` with each held-out task as a Ray actor task.
 
     Pass it as ``runner=`` (or to ``run_experiments``). The evaluator goes into the object store once;
     a pool of :class:`LOTOWorker` actors (one per ``num_cpus`` of the cluster) maps it zero-copy and
@@ -242,7 +242,7 @@ class RayLOTORunner:
                  candidates: np.ndarray | None, progress: Progress | None) -> list[dict[str, Any]]:
         ray = import_ray()
         if not ray.is_initialized():
-            raise ConfigError("Ray is not running", "wrap the run in benchroute.distributed.ray_session()")
+            raise ConfigError("Ray is not running", "wrap the run in benchroute.experiments.distributed.ray_session()")
         if not tasks:
             return []
         from ray.util import ActorPool

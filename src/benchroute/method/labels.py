@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import ConfigError
+from benchroute.errors import ConfigError
 
 Encoding = Literal["auto", "bits", "uint8", "float32"]
 ENCODINGS: tuple[str, ...] = ("auto", "bits", "uint8", "float32")

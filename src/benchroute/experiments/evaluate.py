@@ -16,19 +16,16 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from .confidence import (
+from benchroute.errors import ConfigError
+from benchroute.method.confidence import (
     AccuracyEstimator,
     ATCEstimator,
     ConfidenceCalibrator,
-    FoldEngine,
     KernelSmoother,
-    NestedPairs,
-    n_moved,
     p_from_accuracy,
 )
-from .errors import ConfigError
-from .router import SCORES, Router
-from .scores import (
+from benchroute.method.folds import FoldEngine, NestedPairs, n_moved
+from benchroute.method.scores import (
     BlendChoice,
     TrustDecision,
     apply_label_rule,
@@ -41,6 +38,7 @@ from .scores import (
     select_blend,
     trust_rule,
 )
+from benchroute.router.estimator import SCORES, Router
 
 #: Methods of the LOTO table, in display order.
 METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
@@ -84,7 +82,7 @@ class LOTOEvaluator:
 
     Parameters
     ----------
-    benchmark : a :class:`benchroute.data.Benchmark` with embeddings attached.
+    benchmark : a :class:`benchroute.data.benchmark.Benchmark` with embeddings attached.
     router : an unfitted :class:`Router` whose parameters (k, kappa, sigma, t, eta, alphas, repeats,
         draws, seed) define the method under test. Only the kNN predictor is supported here.
     """
@@ -331,7 +329,7 @@ class LOTOEvaluator:
         """All rows for every held-out task, test alpha and repeat (alpha = 0 runs once).
 
         ``runner(self, tasks, alphas, repeats, candidates, progress)`` may run the held-out tasks
-        elsewhere (e.g. :class:`benchroute.distributed.RayLOTORunner`); it returns the same rows in order.
+        elsewhere (e.g. :class:`benchroute.experiments.distributed.RayLOTORunner`); it returns the same rows in order.
         """
         if runner is not None:
             order = list(tasks) if tasks is not None else list(range(self.bench.n_tasks))
@@ -467,7 +465,7 @@ INSTANCE_LAMBDAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 def _knn_scores(sims: np.ndarray, S_train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean training score of each query's k most similar (finite-similarity) training inputs."""
-    from .neighbors import topk_from_similarity
+    from benchroute.method.neighbors import topk_from_similarity
 
     top_s, top_i = topk_from_similarity(sims, k)
     valid = np.isfinite(top_s)
@@ -493,7 +491,7 @@ def instance_study(benchmark: Any, splits: int = 5, test_fraction: float = 0.2, 
     weight chosen on a validation part of the training split only: an argmax over many noisy
     five-neighbour averages otherwise picks lucky models (the winner's curse).
     """
-    from .neighbors import normalize as _norm
+    from benchroute.method.neighbors import normalize as _norm
 
     emb = _norm(benchmark.embeddings)
     S = benchmark.scores.astype(np.float64)
@@ -601,8 +599,8 @@ def run_experiments(
                 sweep_rows = ev.run(alphas=alphas, repeats=sweep_repeats, progress=advance, runner=runner)
             results["sweep"] = sweep_summary(rows + sweep_rows, [0.0, *alphas])
         if kind == "all":
-            from .active import active_study
-            from .cost import cost_study
+            from benchroute.experiments.active import active_study
+            from benchroute.experiments.cost import cost_study
 
             with bar(f"small-model routing (<= {small_limit_b:g}B)", benchmark.n_tasks) as advance:
                 results["small_models"] = small_model_study(ev, small_limit_b, advance)
@@ -634,7 +632,7 @@ def s1_curve_direct(queries: np.ndarray, pool: np.ndarray, Y_pool: np.ndarray, k
     The fold engine covers "all tasks but one or two"; studies that drop many tasks at once
     (leave-one-group-out, fewer training tasks) search the pool directly.
     """
-    from .neighbors import exact_search
+    from benchroute.method.neighbors import exact_search
 
     _, idx = exact_search(queries, pool, max(ks))
     return np.stack([Y_pool[idx[:, :k]].mean(axis=(0, 1)) for k in ks])
@@ -719,7 +717,7 @@ def mlp_variant_study(ev: LOTOEvaluator, n_tasks: int = 5, mlp_params: dict[str,
     accuracy of the model chosen by S1, S2 and per-input MoE, for both predictors. S3 for the MLP would
     need one refit per inner fold (thousands of fits) and is not computed.
     """
-    from .predictors import MLPCorrectness
+    from benchroute.method.predictors import MLPCorrectness
 
     r = ev.router
     rng = np.random.default_rng([r.seed, 31337])

@@ -100,7 +100,7 @@ def atomic_write_dir(path: Path, files: Mapping[str, bytes]) -> None:
     version under the hidden name). An existing ``path`` may hold only names in ``files`` (and our
     hidden temporary files): anything else is refused, so no unrelated file is ever deleted.
     """
-    from .errors import ConfigError
+    from benchroute.errors import ConfigError
 
     path = Path(path)
     if path.is_symlink():

@@ -28,8 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ConfigError, DataError
-from .io import atomic_write_bytes
+from benchroute.errors import ConfigError, DataError
+from benchroute.files import atomic_write_bytes
 
 __all__ = [
     "BUNDLED", "DEFAULT_BENCHMARK", "Benchmark", "bundled_path", "load_benchmark", "loto_figures", "write_benchmark"

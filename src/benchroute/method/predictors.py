@@ -18,9 +18,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 
-from .errors import ConfigError, NotFittedError
-from .labels import LabelMatrix
-from .neighbors import INDEX_PARAMS, NeighborIndex, normalize
+from benchroute.errors import ConfigError, NotFittedError
+from benchroute.method.labels import LabelMatrix
+from benchroute.method.neighbors import INDEX_PARAMS, NeighborIndex, normalize
 
 
 def check_is_fitted(est: Any, attr: str) -> None:
@@ -48,9 +48,9 @@ def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _KNNBase(BaseEstimator):
     """Mean of the neighbours' labels: k nearest training inputs by cosine similarity.
 
-    The training inputs live in a :class:`~benchroute.neighbors.NeighborIndex` (``backend`` and
+    The training inputs live in a :class:`~benchroute.method.neighbors.NeighborIndex` (``backend`` and
     ``index_params`` choose and tune it; a memory-mapped X stays mapped), the labels in a
-    :class:`~benchroute.labels.LabelMatrix` (``labels``: 0/1 labels bit-packed under "auto").
+    :class:`~benchroute.method.labels.LabelMatrix` (``labels``: 0/1 labels bit-packed under "auto").
     """
 
     def __init__(
@@ -143,9 +143,9 @@ class KNNCorrectness(_KNNBase):
     ----------
     k : number of neighbours.
     weights : "uniform" (the paper) or "distance" (similarity-weighted).
-    backend : neighbour search backend, see :class:`benchroute.neighbors.NeighborIndex`.
+    backend : neighbour search backend, see :class:`benchroute.method.neighbors.NeighborIndex`.
     index_params : further NeighborIndex parameters (thresholds, nlist, nprobe, ...) as a dict.
-    labels : label storage, see :class:`benchroute.labels.LabelMatrix` ["auto": 0/1 bit-packed].
+    labels : label storage, see :class:`benchroute.method.labels.LabelMatrix` ["auto": 0/1 bit-packed].
 
     Examples
     --------

@@ -53,10 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from .errors import BenchrouteError, ConfigError, DataError, ModelNotAvailableError
-from .io import jsonable
-from .serve_config import (
+from benchroute import __version__
+from benchroute.errors import BenchrouteError, ConfigError, DataError, ModelNotAvailableError
+from benchroute.files import jsonable
+from benchroute.server.config import (
     ResolvedConfig,
     ResolvedProfile,
     ServeConfig,
@@ -65,7 +65,7 @@ from .serve_config import (
     resolve_config,
 )
 
-log = logging.getLogger("benchroute.server")
+log = logging.getLogger("benchroute.server.app")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -265,7 +265,7 @@ def _model_worker(model_name: str) -> tuple[ThreadPoolExecutor, Any]:
     with _MODEL_LOCK:
         got = _MODEL_WORKERS.get(model_name)
         if got is None:
-            from .embed import Embedder
+            from benchroute.embed import Embedder
 
             embedder = Embedder(model_name, cache=False)
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benchroute-embed")
@@ -1105,7 +1105,7 @@ def serve(router_dir: Path, config_path: Path | None, host: str = "127.0.0.1", p
 
     Raises :class:`ConfigError` / :class:`IntegrityError` before listening if anything is wrong.
     """
-    from .router import Router
+    from benchroute.router.estimator import Router
 
     config = load_config(config_path)
     check_exposure(config, host)

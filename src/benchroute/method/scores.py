@@ -261,7 +261,7 @@ def label_rules_for(
     """The label rule per number of labeled samples, by leave-one-task-out over ``tasks``.
 
     Each training task x in turn plays the new task: s of its samples are labeled (``repeats`` draws,
-    from ``engine``, a :class:`benchroute.confidence.FoldEngine`, with x and ``excluded`` out of
+    from ``engine``, a :class:`benchroute.method.confidence.FoldEngine`, with x and ``excluded`` out of
     training), the blend at ``choice`` ranks the models against the prior of the other tasks, and each
     rule is scored on x's remaining samples.
     """

@@ -12,7 +12,7 @@ Design, and why:
 * Every section except config/summary/per_task is optional and any value may be null: a missing
   section silently drops its tables and figure, a null renders as an em dash. A partial or early
   results.json must still produce a readable report.
-* Files are written with ``benchroute.io`` atomic writes, so a report directory never holds a
+* Files are written with ``benchroute.files`` atomic writes, so a report directory never holds a
   truncated PNG or a half-written report.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchroute.io import atomic_write_bytes, atomic_write_text
+from benchroute.files import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "FIGURE_NAMES",

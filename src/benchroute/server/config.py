@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
-from .errors import ConfigError
+from benchroute.errors import ConfigError
 
 DEFAULT_KEYS_ENV = "BENCHROUTE_API_KEYS"
 
@@ -176,7 +176,7 @@ def _read_keys_file(source: str, path: Path) -> list[str]:
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             import logging
 
-            logging.getLogger("benchroute.server").warning(
+            logging.getLogger("benchroute.server.app").warning(
                 "auth.keys_file %s is readable by other users; chmod 600 it", path
             )
     except OSError:

@@ -4,11 +4,11 @@ Each study is nested like the Router itself: every choice for held-out task d is
 tasks only. Printed: mean accuracy of the chosen model over tasks and the paired difference to the
 best-on-average model (BMA) with its standard error, beside the default blend's.
 
-    python scripts/directions.py posterior --dataset openllm_v2 --alpha 0.05
-    python scripts/directions.py alpha-select --dataset openllm_v2 --alpha 0.05
-    python scripts/directions.py near-prior --dataset llmrouter
-    python scripts/directions.py ridge --dataset llmrouter
-    python scripts/directions.py sigma --dataset openllm_v2
+    python research/directions.py posterior --dataset openllm_v2 --alpha 0.05
+    python research/directions.py alpha-select --dataset openllm_v2 --alpha 0.05
+    python research/directions.py near-prior --dataset llmrouter
+    python research/directions.py ridge --dataset llmrouter
+    python research/directions.py sigma --dataset openllm_v2
 
 * ``posterior``: with labeled samples, a Gaussian posterior over all models' accuracies on the new task.
   Prior mean: the blend; prior covariance: the blend's errors on the training tasks (Ledoit-Wolf);
@@ -36,11 +36,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchroute.cli import load_with_embeddings
-from benchroute.confidence import n_moved
-from benchroute.evaluate import LOTOEvaluator
-from benchroute.router import Router
-from benchroute.scores import blend
+from benchroute.data import load_with_embeddings
+from benchroute.experiments.evaluate import LOTOEvaluator
+from benchroute.method.folds import n_moved
+from benchroute.method.scores import blend
+from benchroute.router.estimator import Router
 
 Pick = Callable[[LOTOEvaluator, int, np.ndarray | None], dict[str, np.ndarray]]  # d, moved -> name: score
 
@@ -150,7 +150,7 @@ def _task_grams(ev: LOTOEvaluator) -> tuple[list[np.ndarray], list[np.ndarray], 
 
 
 def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
-    from benchroute.scores import s2, trust_rule
+    from benchroute.method.scores import s2, trust_rule
 
     if moved is not None:
         raise SystemExit("the ridge study runs at alpha = 0")
@@ -188,7 +188,7 @@ def sigma_study(ev: LOTOEvaluator, grid: tuple[float, ...] = (0.01, 0.02, 0.05, 
     """p MAE of the kernel smoother at sigma = 0.09 and at the sigma chosen by inner LOTO."""
     from collections import Counter
 
-    from benchroute.confidence import KernelSmoother
+    from benchroute.method.confidence import KernelSmoother
 
     r = ev.router
     mae, picks = [], []

@@ -5,8 +5,8 @@ rule), its parts, the blend without and with the trust gate (the default "Router
 Seeds change the confidence model's moved-sample draws and the trust rule's Monte Carlo draws; the
 mean +- std over seeds shows how much of a difference is luck of the draw.
 
-    python scripts/ablation.py --datasets openllm_v2 llmrouter alpacaeval2 --seeds 0 1 2 --out out/ablation
-    python scripts/ablation.py --datasets openllm_v2 --models all-MiniLM-L6-v2 --seeds 0
+    python research/ablation.py --datasets openllm_v2 llmrouter alpacaeval2 --seeds 0 1 2 --out out/ablation
+    python research/ablation.py --datasets openllm_v2 --models all-MiniLM-L6-v2 --seeds 0
 
 Each run is written to OUT/<dataset>.<model>.a<alpha>.s<seed>.json as soon as it finishes (a killed run
 resumes: finished runs are skipped); the table is printed as markdown at the end.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchroute.cli import load_with_embeddings
-from benchroute.evaluate import P_ESTIMATORS, LOTOEvaluator, paired_difference, summarize
-from benchroute.io import atomic_write_text
-from benchroute.router import Router
+from benchroute.data import load_with_embeddings
+from benchroute.experiments.evaluate import P_ESTIMATORS, LOTOEvaluator, paired_difference, summarize
+from benchroute.files import atomic_write_text
+from benchroute.router.estimator import Router
 
 METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_acc", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
 

@@ -1,0 +1,6 @@
+"""The public estimator: ``Router().fit(benchmark)``, then ``recommend`` / ``route``; results and
+persistence (save / load / manifest / card)."""
+
+from benchroute.router.estimator import ModelScore, Recommendation, RouteDecision, Router
+
+__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router"]

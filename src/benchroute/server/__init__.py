@@ -1,0 +1,1 @@
+"""The routing API and OpenAI-compatible proxy (FastAPI + uvicorn)."""
