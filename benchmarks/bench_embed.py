@@ -52,7 +52,11 @@ LOTO_METHODS = ("Router", "S3_trust")
 
 def sample_texts(bench, n: int) -> list[str]:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
-    return list(dict.fromkeys(bench.inputs[i] for i in rng.choice(bench.n_items, min(n, bench.n_items), replace=False)))
+    return list(
+        dict.fromkeys(
+            bench.inputs[i] for i in rng.choice(bench.n_items, min(n, bench.n_items), replace=False)
+        )
+    )
 
 
 def baseline(args: argparse.Namespace) -> None:
@@ -80,15 +84,21 @@ def baseline(args: argparse.Namespace) -> None:
     n = len(texts)
     print(f"model {args.model}, {n} {args.dataset} inputs")
     print(f"bare encode        {n / t_bare:9.1f} texts/s ({t_bare:.2f} s)")
-    print(f"pipeline, cold     {n / t_cold:9.1f} texts/s ({t_cold:.2f} s)  ratio {t_bare / t_cold:.2f}x (target >= 0.95x)")
-    print(f"pipeline, warm     {n / t_warm:9.1f} texts/s ({t_warm:.4f} s)  ratio {t_bare / t_warm:.0f}x (target >= 100x)")
+    print(
+        f"pipeline, cold     {n / t_cold:9.1f} texts/s ({t_cold:.2f} s)  ratio {t_bare / t_cold:.2f}x "
+        "(target >= 0.95x)"
+    )
+    print(
+        f"pipeline, warm     {n / t_warm:9.1f} texts/s ({t_warm:.4f} s)  ratio {t_bare / t_warm:.0f}x "
+        "(target >= 100x)"
+    )
 
 
 Encode = Callable[[list[str]], np.ndarray]
 
 
 def onnx_encoder(emb: Embedder, workdir: Path, variant: str) -> Encode:
-    """A candidate: ``emb``'s transformer exported to ONNX (legacy tracer, local weights), run by ONNX Runtime.
+    """A candidate: ``emb``'s transformer exported to ONNX (legacy tracer, local weights), on ONNX Runtime.
 
     ``variant`` is ``onnx`` (fp32), ``onnx-int8`` (dynamic int8, per-tensor weights) or ``onnx-int8-pc``
     (per-channel weights). Mean pooling over real tokens, then L2 normalization, as the fp32 model does.
@@ -99,6 +109,7 @@ def onnx_encoder(emb: Embedder, workdir: Path, variant: str) -> Encode:
     st = emb.sentence_transformer
     fp32 = workdir / "model.onnx"
     if not fp32.exists():
+
         class Hidden(torch.nn.Module):  # called by keyword: positional order differs between architectures
             def __init__(self, inner: torch.nn.Module) -> None:
                 super().__init__()
@@ -107,19 +118,30 @@ def onnx_encoder(emb: Embedder, workdir: Path, variant: str) -> Encode:
             def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
                 return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-        sample = st.tokenizer(["a short text", "a slightly longer text to trace"], padding=True, return_tensors="pt")
+        sample = st.tokenizer(
+            ["a short text", "a slightly longer text to trace"], padding=True, return_tensors="pt"
+        )
         axes = {n: {0: "batch", 1: "tokens"} for n in ("input_ids", "attention_mask", "hidden")}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Hidden(st[0].auto_model).eval(), (sample["input_ids"], sample["attention_mask"]),
-                              str(fp32), dynamo=False, input_names=["input_ids", "attention_mask"],
-                              output_names=["hidden"], dynamic_axes=axes, opset_version=17)
+            torch.onnx.export(
+                Hidden(st[0].auto_model).eval(),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(fp32),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["hidden"],
+                dynamic_axes=axes,
+                opset_version=17,
+            )
     path = fp32
     if variant != "onnx":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         path = workdir / f"{variant}.onnx"
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=variant.endswith("-pc"))
+        quantize_dynamic(
+            str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=variant.endswith("-pc")
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # the cores fp32 torch uses
     opts.enable_cpu_mem_arena = False
@@ -133,7 +155,9 @@ def onnx_encoder(emb: Embedder, workdir: Path, variant: str) -> Encode:
             rows = order[start : start + emb.batch_size]
             batch = st.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
             mask = batch["attention_mask"].astype(np.int64)
-            hidden = session.run(["hidden"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask})[0]
+            hidden = session.run(
+                ["hidden"], {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": mask}
+            )[0]
             out[rows] = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
@@ -151,8 +175,9 @@ def candidate(model: str, spec: str, workdir: Path) -> Encode:
 
         with warnings.catch_warnings():  # torch.ao eager quantization is deprecated, not removed
             warnings.simplefilter("ignore")
-            torch.ao.quantization.quantize_dynamic(emb.sentence_transformer[0].auto_model, {torch.nn.Linear},
-                                                   dtype=torch.qint8, inplace=True)
+            torch.ao.quantization.quantize_dynamic(
+                emb.sentence_transformer[0].auto_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
     if path.startswith("onnx"):
         return onnx_encoder(emb, workdir, path)
     return emb.encode_uncached
@@ -198,9 +223,11 @@ def fast(args: argparse.Namespace) -> None:
     load_after = os.getloadavg()
     workdir.cleanup()
     base = statistics.median(times["fp32"])
-    print(f"\nmodel {args.model}, {len(texts)} {args.dataset} inputs (seeded sample), batch size 32, "
-          f"{args.repeats} interleaved repeats; 1-min load average {load_before[0]:.1f} before, "
-          f"{load_after[0]:.1f} after (2 cores); native bf16 instructions: {native_bf16()}")
+    print(
+        f"\nmodel {args.model}, {len(texts)} {args.dataset} inputs (seeded sample), batch size 32, "
+        f"{args.repeats} interleaved repeats; 1-min load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after (2 cores); native bf16 instructions: {native_bf16()}"
+    )
     print(f"{'path':14s} {'texts/s':>8s} {'ratio':>7s} {'cos mean':>9s} {'cos min':>8s}  (sample)")
     for name in encoders:
         cos = (vecs[name] * vecs["fp32"]).sum(axis=1)
@@ -220,26 +247,44 @@ def fast(args: argparse.Namespace) -> None:
     both = sum(all(ref[(t, m)] == got[(t, m)] for m in LOTO_METHODS) for t in bench.tasks)
     agreement = both / bench.n_tasks
     print(f"\nfast path {args.path} on all {len(inputs)} {args.dataset} inputs:")
-    print(f"  throughput ratio {speed:.2f}x (target >= {SPEED_TARGET}x): {'met' if speed >= SPEED_TARGET else 'NOT met'}")
-    print(f"  cosine to fp32 mean {cos.mean():.5f}, min {cos.min():.4f}, 1st percentile "
-          f"{np.percentile(cos, 1):.4f} (target mean >= {COSINE_TARGET}): "
-          f"{'met' if cos.mean() >= COSINE_TARGET else 'NOT met'}")
-    print(f"  LOTO decisions: Router same on {same['Router']}/{bench.n_tasks}, S3_trust same on "
-          f"{same['S3_trust']}/{bench.n_tasks}, both on {both}/{bench.n_tasks} = {agreement:.1%} "
-          f"(target >= {AGREEMENT_TARGET:.0%}): {'met' if agreement >= AGREEMENT_TARGET else 'NOT met'}")
+    print(
+        f"  throughput ratio {speed:.2f}x (target >= {SPEED_TARGET}x): "
+        f"{'met' if speed >= SPEED_TARGET else 'NOT met'}"
+    )
+    print(
+        f"  cosine to fp32 mean {cos.mean():.5f}, min {cos.min():.4f}, 1st percentile "
+        f"{np.percentile(cos, 1):.4f} (target mean >= {COSINE_TARGET}): "
+        f"{'met' if cos.mean() >= COSINE_TARGET else 'NOT met'}"
+    )
+    print(
+        f"  LOTO decisions: Router same on {same['Router']}/{bench.n_tasks}, S3_trust same on "
+        f"{same['S3_trust']}/{bench.n_tasks}, both on {both}/{bench.n_tasks} = {agreement:.1%} "
+        f"(target >= {AGREEMENT_TARGET:.0%}): {'met' if agreement >= AGREEMENT_TARGET else 'NOT met'}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help=f"default: all-MiniLM-L6-v2, or {DEFAULT_MODEL} with --fast")
+    ap.add_argument(
+        "--model", default=None, help=f"default: all-MiniLM-L6-v2, or {DEFAULT_MODEL} with --fast"
+    )
     ap.add_argument("--dataset", default="openllm_v2")
-    ap.add_argument("--n", type=int, default=None, help="inputs timed (a seeded random sample; 512, --fast 128)")
-    ap.add_argument("--fast", action="store_true", help="measure the fast path against fp32 (the three targets)")
+    ap.add_argument(
+        "--n", type=int, default=None, help="inputs timed (a seeded random sample; 512, --fast 128)"
+    )
+    ap.add_argument(
+        "--fast", action="store_true", help="measure the fast path against fp32 (the three targets)"
+    )
     ap.add_argument("--path", default="bf16", choices=FAST_PATHS, help="the Embedder fast path under test")
-    ap.add_argument("--candidates", default="", help="more paths timed on the sample, comma-separated, "
-                    "e.g. onnx,int8,onnx-int8:256,fp32:256")
+    ap.add_argument(
+        "--candidates",
+        default="",
+        help="more paths timed on the sample, comma-separated, e.g. onnx,int8,onnx-int8:256,fp32:256",
+    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-loto", action="store_true", help="--fast: only the sample (no full embedding, no LOTO)")
+    ap.add_argument(
+        "--no-loto", action="store_true", help="--fast: only the sample (no full embedding, no LOTO)"
+    )
     args = ap.parse_args()
     if args.fast:
         args.model, args.n = args.model or DEFAULT_MODEL, args.n or 128

@@ -41,8 +41,9 @@ def load(dataset: str, model: str):  # type: ignore[no-untyped-def]
     return bench.with_embeddings(emb.encode(bench.inputs))
 
 
-def reference_fold(X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.ndarray, k: int,
-                   kappa: int, t: float) -> tuple[float, np.ndarray, np.ndarray]:
+def reference_fold(
+    X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.ndarray, k: int, kappa: int, t: float
+) -> tuple[float, np.ndarray, np.ndarray]:
     """One fold the straightforward way: a KNeighborsClassifier per model, plus u from NearestNeighbors."""
     g = np.zeros((len(test), Y.shape[1]))
     for m in range(Y.shape[1]):
@@ -52,7 +53,11 @@ def reference_fold(X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.nda
             continue
         clf = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(X[train], y)
         g[:, m] = clf.predict_proba(X[test])[:, list(clf.classes_).index(True)]
-    dist, _ = NearestNeighbors(n_neighbors=kappa, metric="cosine", algorithm="brute").fit(X[train]).kneighbors(X[test])
+    dist, _ = (
+        NearestNeighbors(n_neighbors=kappa, metric="cosine", algorithm="brute")
+        .fit(X[train])
+        .kneighbors(X[test])
+    )
     p = ((g > t) == (Y[test] > 0.5)).mean(axis=0)
     return float(dist.mean()), p, g
 
@@ -74,10 +79,16 @@ def reference_loto(bench, router: Router) -> list[tuple[int, int]]:  # type: ign
                 for rep in range(1 if s == 0 else router.repeats):
                     moved = np.zeros(0, dtype=int)
                     if s:
-                        moved = np.sort(np.random.default_rng([router.seed, d, a_i, rep]).choice(len(members), s, replace=False))
+                        moved = np.sort(
+                            np.random.default_rng([router.seed, d, a_i, rep]).choice(
+                                len(members), s, replace=False
+                            )
+                        )
                     rest = np.setdiff1d(np.arange(len(members)), moved)
                     train = np.concatenate([np.flatnonzero((ti != d) & (ti != dp)), members[moved]])
-                    u, p, _ = reference_fold(X, Y, np.sort(train), members[rest], router.k, router.kappa, router.t)
+                    u, p, _ = reference_fold(
+                        X, Y, np.sort(train), members[rest], router.k, router.kappa, router.t
+                    )
                     us.append(u)
                     ps.append(p)
         ks = KernelSmoother(router.sigma).fit(np.array(us), np.array(ps))
@@ -114,14 +125,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     subset_tasks = sorted(rng.choice(bench.tasks, 4 if args.quick else 6, replace=False).tolist())
     sub = bench.select(tasks=subset_tasks)
-    small = Router(score="S3", alphas=(0.0, 0.1) if args.quick else (0.0, 0.05, 0.2), repeats=1 if args.quick else 2)
+    small = Router(
+        score="S3", alphas=(0.0, 0.1) if args.quick else (0.0, 0.05, 0.2), repeats=1 if args.quick else 2
+    )
     t0 = time.perf_counter()
     ref = reference_loto(sub, small)
     t_ref_subset = time.perf_counter() - t0
     mine, t_mine_subset = ours(sub, small)
     same = sum(a == b for a, b in zip(ref, mine, strict=True))
-    print(f"subset: {len(subset_tasks)} tasks, {sub.n_items} items, {sub.n_models} models; reference {t_ref_subset:.1f} s, "
-          f"fold engine {t_mine_subset:.2f} s; identical decisions on {same}/{len(ref)} tasks")
+    print(
+        f"subset: {len(subset_tasks)} tasks, {sub.n_items} items, {sub.n_models} models; reference "
+        f"{t_ref_subset:.1f} s, "
+        f"fold engine {t_mine_subset:.2f} s; identical decisions on {same}/{len(ref)} tasks"
+    )
     assert same == len(ref), "the fold engine must decide exactly like the reference"
 
     # 2. cost of one full-size fold the straightforward way, times the number of folds of the full run;
@@ -135,8 +151,10 @@ def main() -> None:
     inner = (D - 1) * (1 + (len(DEFAULT_ALPHAS) - 1) * full.repeats)
     n_folds = D * (inner + 1)
     t_ref_full = t_fold * n_folds
-    print(f"reference: {t_fold:.2f} s per full-size fold ({Y.shape[1]} models), {n_folds:,} folds "
-          f"-> {t_ref_full / 3600:.1f} h extrapolated")
+    print(
+        f"reference: {t_fold:.2f} s per full-size fold ({Y.shape[1]} models), {n_folds:,} folds "
+        f"-> {t_ref_full / 3600:.1f} h extrapolated"
+    )
     if args.quick:
         print(f"speedup {t_ref_subset / t_mine_subset:.1f}x (subset nested LOTO {t_mine_subset:.1f} s)")
         return

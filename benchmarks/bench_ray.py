@@ -29,7 +29,9 @@ from benchroute.files import jsonable
 from benchroute.router.estimator import Router
 
 
-def phases(bench: Any, runner: RayLOTORunner | None, sweep_repeats: int) -> tuple[dict[str, float], list[Any]]:
+def phases(
+    bench: Any, runner: RayLOTORunner | None, sweep_repeats: int
+) -> tuple[dict[str, float], list[Any]]:
     """Seconds per phase of one LOTO (and sweep) run, and its rows."""
     t = {}
     start = time.perf_counter()
@@ -53,8 +55,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="openllm_v2")
     ap.add_argument("--model", default="all-mpnet-base-v2")
-    ap.add_argument("--sweep-repeats", type=int, default=0, help="also the alpha sweep with this many repeats")
-    ap.add_argument("--embed", type=int, default=0, help="also embed this many inputs (all-MiniLM-L6-v2) both ways")
+    ap.add_argument(
+        "--sweep-repeats", type=int, default=0, help="also the alpha sweep with this many repeats"
+    )
+    ap.add_argument(
+        "--embed", type=int, default=0, help="also embed this many inputs (all-MiniLM-L6-v2) both ways"
+    )
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     args = ap.parse_args()
 
@@ -81,13 +87,17 @@ def main() -> None:
                 ray_embed(dist, texts)
                 t_ray = time.perf_counter() - mark
                 same = np.array_equal(dist.encode(texts), local)
-            print(f"embed {len(texts)} inputs: one process {t_one:.1f} s, Ray Data {t_ray:.1f} s "
-                  f"(ratio {t_one / t_ray:.2f}x), vectors bit-identical: {same}")
+            print(
+                f"embed {len(texts)} inputs: one process {t_one:.1f} s, Ray Data {t_ray:.1f} s "
+                f"(ratio {t_one / t_ray:.2f}x), vectors bit-identical: {same}"
+            )
     for k in ("scoring", "sweep"):
         if k in one:
             print(f"{k}: one process / Ray {one[k] / on_ray[k]:.2f}x")
-    print(f"loto one process / Ray {one['total'] / on_ray['total']:.2f}x "
-          f"({one['total'] / (on_ray['total'] + init):.2f}x counting the Ray start)")
+    print(
+        f"loto one process / Ray {one['total'] / on_ray['total']:.2f}x "
+        f"({one['total'] / (on_ray['total'] + init):.2f}x counting the Ray start)"
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def main() -> None:
     queries = new.embeddings[: args.n]
     t0 = time.perf_counter()
     router = Router().fit(train)
-    print(f"fit on {train.n_tasks} tasks, {train.n_items} items, {train.n_models} models: {time.perf_counter() - t0:.1f} s")
+    print(
+        f"fit on {train.n_tasks} tasks, {train.n_items} items, {train.n_models} models: "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     router.recommend(queries)  # warm-up
     times = []
     for _ in range(args.repeats):
@@ -64,15 +67,20 @@ def main() -> None:
         rec = router.recommend(queries)
         times.append(time.perf_counter() - t0)
     t_rec = float(np.median(times))
-    print(f"chosen {rec.chosen} (fell back: {rec.fell_back}); recommend times {', '.join(f'{t:.2f}' for t in times)} s")
+    print(
+        f"chosen {rec.chosen} (fell back: {rec.fell_back}); recommend times "
+        f"{', '.join(f'{t:.2f}' for t in times)} s"
+    )
     t0 = time.perf_counter()
     g_ref = baseline_g(router.X_, np.asarray(router.Y_, dtype=np.float32), router.embed(queries), router.k)
     t_base = time.perf_counter() - t0
     g_ours = router.predictor_.predict_proba(queries)
     same = float(np.mean(np.abs(g_ref - g_ours) < 1e-6))
     print(f"baseline g equals ours on {same:.4%} of entries")
-    print(f"recommend {len(queries)} inputs: {t_rec:.2f} s median (target < 1 s); "
-          f"baseline g only {t_base:.1f} s: {t_base / t_rec:.1f}x")
+    print(
+        f"recommend {len(queries)} inputs: {t_rec:.2f} s median (target < 1 s); "
+        f"baseline g only {t_base:.1f} s: {t_base / t_rec:.1f}x"
+    )
 
 
 if __name__ == "__main__":

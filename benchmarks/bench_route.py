@@ -40,9 +40,18 @@ from benchroute.method.predictors import KNNCorrectness
 class ClusteredEmbeddings:
     """Synthetic sentence-embedding-like unit vectors: tasks > subtopics > near-duplicate groups."""
 
-    def __init__(self, dim: int = 768, seed: int = 0, task_size: int = 250, sub_size: int = 25,
-                 group_size: int = 5, spread: tuple[float, float, float, float] = (2.0, 1.1, 1.0, 0.8),
-                 decay: float = 1.1, mean: float = 0.85, iso: float = 0.55) -> None:
+    def __init__(
+        self,
+        dim: int = 768,
+        seed: int = 0,
+        task_size: int = 250,
+        sub_size: int = 25,
+        group_size: int = 5,
+        spread: tuple[float, float, float, float] = (2.0, 1.1, 1.0, 0.8),
+        decay: float = 1.1,
+        mean: float = 0.85,
+        iso: float = 0.55,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.dim, self.seed = dim, seed
         self.sizes = (task_size, sub_size, group_size)
@@ -122,10 +131,14 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     store, labels = data["store"], data["labels"]
     queries = np.vstack([data["seen"], data["new"]])
     nq = args.queries
-    print(f"\n{n:,} stored questions ({store.nbytes / 2**30:.2f} GiB float32; generated in "
-          f"{time.perf_counter() - t0:.0f} s), {args.models} models, k={args.k}")
-    print(f"{'index':>11} {'params':>28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'recall seen':>12} {'recall new':>11} {'same route':>11}")
+    print(
+        f"\n{n:,} stored questions ({store.nbytes / 2**30:.2f} GiB float32; generated in "
+        f"{time.perf_counter() - t0:.0f} s), {args.models} models, k={args.k}"
+    )
+    print(
+        f"{'index':>11} {'params':>28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'recall seen':>12} {'recall new':>11} {'same route':>11}"
+    )
     exact_pred = KNNCorrectness(k=args.k, backend="numpy").fit(store, labels)
     _, exact_idx = exact_pred.kneighbors(queries)
     exact_choice = exact_pred.predict_proba(queries).argmax(axis=1)
@@ -133,23 +146,34 @@ def run_size(n: int, args: argparse.Namespace) -> None:
     if n <= args.hnsw_max:
         variants.append(("faiss-hnsw", {}))
     if n == args.sweep_size:  # the other IVF codecs: float32 lists, and 8-bit codes re-ranked exactly
-        variants += [("faiss-ivf", {"ivf_codec": "Flat", "refine": 1}), ("faiss-ivf", {"ivf_codec": "SQ8", "refine": 4})]
+        variants += [
+            ("faiss-ivf", {"ivf_codec": "Flat", "refine": 1}),
+            ("faiss-ivf", {"ivf_codec": "SQ8", "refine": 4}),
+        ]
     for backend, params in variants:
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use both cores
         t = time.perf_counter()
-        pred = exact_pred if backend == "numpy" else KNNCorrectness(
-            k=args.k, backend=backend, index_params=params).fit(store, labels)
+        pred = (
+            exact_pred
+            if backend == "numpy"
+            else KNNCorrectness(k=args.k, backend=backend, index_params=params).fit(store, labels)
+        )
         build = time.perf_counter() - t
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead (as when serving)
         exact_kind = backend in ("numpy", "faiss-flat")
         p50, p99 = latency(pred, queries[::6] if n > 100_000 and exact_kind else queries)
         _, idx = pred.kneighbors(queries)
         info = pred.index_.describe()
-        shown = {"faiss-ivf": f"{info.get('codec')} nlist={info.get('nlist')} nprobe={info.get('nprobe')}",
-                 "faiss-hnsw": f"M={info.get('hnsw_m')} ef={info.get('ef_search')}"}.get(backend, "exact")
-        print(f"{backend:>11} {shown:>28} {build:>8.1f} {p50:>8.3f} {p99:>8.3f} "
-              f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f} "
-              f"{same_route(pred, queries, exact_choice):>11.3f}", flush=True)
+        shown = {
+            "faiss-ivf": f"{info.get('codec')} nlist={info.get('nlist')} nprobe={info.get('nprobe')}",
+            "faiss-hnsw": f"M={info.get('hnsw_m')} ef={info.get('ef_search')}",
+        }.get(backend, "exact")
+        print(
+            f"{backend:>11} {shown:>28} {build:>8.1f} {p50:>8.3f} {p99:>8.3f} "
+            f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f} "
+            f"{same_route(pred, queries, exact_choice):>11.3f}",
+            flush=True,
+        )
         if n == args.sweep_size:
             sweep(pred, queries, exact_idx, nq)
         del pred
@@ -176,8 +200,11 @@ def sweep(pred: KNNCorrectness, queries: np.ndarray, exact_idx: np.ndarray, nq: 
             pred.index_.nprobe_ = v
         p50, _ = latency(pred, queries[::3])
         _, idx = pred.kneighbors(queries)
-        print(f"{'':>11} {name + '=' + str(v):>28} {'':>8} {p50:>8.3f} {'':>8} "
-              f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f}", flush=True)
+        print(
+            f"{'':>11} {name + '=' + str(v):>28} {'':>8} {p50:>8.3f} {'':>8} "
+            f"{recall(idx[:nq], exact_idx[:nq]):>12.3f} {recall(idx[nq:], exact_idx[nq:]):>11.3f}",
+            flush=True,
+        )
     setattr(ivf, name, default)
 
 
@@ -204,7 +231,10 @@ def real_store(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     nprobe = default_nprobe(default_nlist(int((task != 0).sum())))
-    grid = {"faiss-ivf": ("nprobe", [nprobe, 2 * nprobe, 4 * nprobe]), "faiss-hnsw": ("efSearch", [128, 256, 512])}
+    grid = {
+        "faiss-ivf": ("nprobe", [nprobe, 2 * nprobe, 4 * nprobe]),
+        "faiss-hnsw": ("efSearch", [128, 256, 512]),
+    }
     rec: dict[tuple[str, int], list[float]] = {}
     for d in range(int(task.max()) + 1):
         rest = np.flatnonzero(task != d)
@@ -212,14 +242,23 @@ def real_store(args: argparse.Namespace) -> None:
         _, exact = NeighborIndex("numpy").fit(X[rest]).search(q, args.k)
         for backend, (name, values) in grid.items():
             index = NeighborIndex(backend).fit(X[rest])
-            knob = faiss.extract_index_ivf(index.faiss_index_) if backend == "faiss-ivf" else index.faiss_index_.hnsw
+            knob = (
+                faiss.extract_index_ivf(index.faiss_index_)
+                if backend == "faiss-ivf"
+                else index.faiss_index_.hnsw
+            )
             for v in values:
                 setattr(knob, name, v)
                 rec.setdefault((backend, v), []).append(recall(index.search(q, args.k)[1], exact))
-    print(f"\nopenllm_v2 (all-mpnet-base-v2, {len(X):,} x {X.shape[1]}): each of the {task.max() + 1} tasks held "
-          f"out in turn, 20 of its questions searched among the other tasks (nlist {default_nlist(len(rest))})")
+    print(
+        f"\nopenllm_v2 (all-mpnet-base-v2, {len(X):,} x {X.shape[1]}): each of the {task.max() + 1} tasks "
+        "held "
+        f"out in turn, 20 of its questions searched among the other tasks (nlist {default_nlist(len(rest))})"
+    )
     for (backend, v), r in rec.items():
-        print(f"{backend:>11} {grid[backend][0] + '=' + str(v):>20}  recall@{args.k} new task {np.mean(r):.3f}")
+        print(
+            f"{backend:>11} {grid[backend][0] + '=' + str(v):>20}  recall@{args.k} new task {np.mean(r):.3f}"
+        )
 
 
 def main() -> None:

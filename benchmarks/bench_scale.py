@@ -93,7 +93,7 @@ def p50_ms(index: NeighborIndex, q: np.ndarray, k: int = 5) -> float:
 
 
 def machine_rates() -> dict[str, float]:
-    """Read bandwidth (1 thread), float32 matrix-product rate (2 threads), mask + partial-sort cost per element."""
+    """Read bandwidth (1 thread), float32 matmul rate (2 threads), mask + partial-sort cost per element."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
@@ -116,8 +116,10 @@ def machine_rates() -> dict[str, float]:
     sims[task[:64, None] == task[None, :]] = -np.inf  # mask the own task
     np.argpartition(-sims, KAPPA + TASK_SIZE - 1, axis=1)  # keep the top depth
     select = (time.perf_counter() - t) / sims.size
-    print(f"machine: read {bandwidth / 1e9:.1f} GB/s (1 thread), matrix products {flops / 1e9:.0f} GFLOP/s "
-          f"(2 threads), mask + partial sort {select * 1e9:.1f} ns/element")
+    print(
+        f"machine: read {bandwidth / 1e9:.1f} GB/s (1 thread), matrix products {flops / 1e9:.0f} GFLOP/s "
+        f"(2 threads), mask + partial sort {select * 1e9:.1f} ns/element"
+    )
     return {"bandwidth": bandwidth, "flops": flops, "select": select}
 
 
@@ -129,11 +131,17 @@ class Table:
         print(f"{'N':>10}  {'quantity':<44} {'model':>14} {'measured':>14} {'ratio':>6}")
 
     def memory(self, n: int, what: str, model: float, measured: float) -> None:
-        print(f"{n:>10,}  {what:<44} {mib(model):>14} {mib(measured):>14} {measured / model:>6.2f}", flush=True)
+        print(
+            f"{n:>10,}  {what:<44} {mib(model):>14} {mib(measured):>14} {measured / model:>6.2f}", flush=True
+        )
 
     def time(self, n: int, what: str, model: float, measured: float, unit: str = "s", note: str = "") -> None:
-        print(f"{n:>10,}  {what:<44} {model:>12.3f} {unit:<1} {measured:>12.3f} {unit:<1} {measured / model:>6.2f}"
-              f"{'  ' + note if note else ''}", flush=True)
+        print(
+            f"{n:>10,}  {what:<44} {model:>12.3f} {unit:<1} {measured:>12.3f} {unit:<1} "
+            f"{measured / model:>6.2f}"
+            f"{'  ' + note if note else ''}",
+            flush=True,
+        )
 
 
 def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> Path:
@@ -144,7 +152,9 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     path = store_file(n, dim, Path(args.workdir))
     made = time.perf_counter() - t
     store = np.load(path, mmap_mode="r")
-    table.memory(n, f"embeddings float32 N*d*4 (file; made in {made:.0f} s)", n * dim * 4, path.stat().st_size)
+    table.memory(
+        n, f"embeddings float32 N*d*4 (file; made in {made:.0f} s)", n * dim * 4, path.stat().st_size
+    )
 
     # labels of M models: float32 / uint8 / bit-packed, resident bytes added by holding them
     rng = np.random.default_rng(0)
@@ -165,8 +175,13 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     faiss.omp_set_num_threads(1)
     n_exact = len(q) if n <= 100_000 else 30
     r = table.rates
-    table.time(n, "route p50, exact (FAISS flat): N*d*4 B / read", n * dim * 4 / r["bandwidth"] * 1e3,
-               p50_ms(flat, q[:n_exact]), "ms")
+    table.time(
+        n,
+        "route p50, exact (FAISS flat): N*d*4 B / read",
+        n * dim * 4 / r["bandwidth"] * 1e3,
+        p50_ms(flat, q[:n_exact]),
+        "ms",
+    )
     _, exact_idx = flat.search(q, 5)
     np.save(Path(args.workdir) / f"exact_{n}.npy", exact_idx)
     del flat
@@ -178,15 +193,27 @@ def run_size(n: int, args: argparse.Namespace, table: Table, q: np.ndarray) -> P
     t = time.perf_counter()
     ivf = NeighborIndex("faiss-ivf").fit(store)  # trains on a sample, adds the mapped store in blocks
     build = time.perf_counter() - t
-    table.memory(n, f"index IVF-SQfp16 N*(2d+8)+nlist*d*4 (nlist {nlist})",
-                 n * (2 * dim + 8) + nlist * dim * 4, rss_anon() - before)
+    table.memory(
+        n,
+        f"index IVF-SQfp16 N*(2d+8)+nlist*d*4 (nlist {nlist})",
+        n * (2 * dim + 8) + nlist * dim * 4,
+        rss_anon() - before,
+    )
     train = min(n, 50 * nlist)
-    table.time(n, "IVF build: 2*(10*train + N)*nlist*d flop", 2 * (10 * train + n) * nlist * dim / r["flops"], build)
+    table.time(
+        n, "IVF build: 2*(10*train + N)*nlist*d flop", 2 * (10 * train + n) * nlist * dim / r["flops"], build
+    )
     faiss.omp_set_num_threads(1)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ivf.search(q, 5)[1], exact_idx, strict=True)])
     read = nlist * dim * 4 + nprobe * n / nlist * dim * 2  # centroids (float32) + probed codes (fp16)
-    table.time(n, "route p50, IVF: (nlist*4d + nprobe*N/nlist*2d) B", read / r["bandwidth"] * 1e3,
-               p50_ms(ivf, q), "ms", f"nprobe {nprobe}, recall@5 {recall:.3f}")
+    table.time(
+        n,
+        "route p50, IVF: (nlist*4d + nprobe*N/nlist*2d) B",
+        read / r["bandwidth"] * 1e3,
+        p50_ms(ivf, q),
+        "ms",
+        f"nprobe {nprobe}, recall@5 {recall:.3f}",
+    )
     del ivf
 
     # the leave-one-task-out neighbour pass: every item against every item of the other tasks
@@ -229,8 +256,12 @@ def capped_search(path: Path, q: np.ndarray, args: argparse.Namespace) -> None:
     qpath = Path(args.workdir) / "queries.npy"
     np.save(qpath, q[:32])
     size = path.stat().st_size
-    out = subprocess.run([sys.executable, "-c", CAPPED, str(limit), str(path), str(qpath)],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", CAPPED, str(limit), str(path), str(qpath)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         print(f"capped search FAILED (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
         return
@@ -238,9 +269,12 @@ def capped_search(path: Path, q: np.ndarray, args: argparse.Namespace) -> None:
     n = int(path.stem.split("_")[1])
     exact = np.load(Path(args.workdir) / f"exact_{n}.npy")[:32]
     same = np.array_equal(np.array(res["idx"]), exact)
-    print(f"\nexact search of the mapped {mib(size)} store ({n:,} x {args.dim} float32) in a process limited to "
-          f"RLIMIT_DATA {mib(limit)}: 32 queries in {res['seconds']:.1f} s, resident anonymous memory "
-          f"{mib(res['rss_anon'])}, neighbours identical to the in-memory FAISS flat search: {same}")
+    print(
+        f"\nexact search of the mapped {mib(size)} store ({n:,} x {args.dim} float32) in a process limited "
+        "to "
+        f"RLIMIT_DATA {mib(limit)}: 32 queries in {res['seconds']:.1f} s, resident anonymous memory "
+        f"{mib(res['rss_anon'])}, neighbours identical to the in-memory FAISS flat search: {same}"
+    )
 
 
 def main() -> None:
@@ -248,7 +282,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--models", type=int, nargs="+", default=[78, 500])
-    ap.add_argument("--loto-full", type=int, default=20_000, help="run the LOTO neighbour pass whole up to this N")
+    ap.add_argument(
+        "--loto-full", type=int, default=20_000, help="run the LOTO neighbour pass whole up to this N"
+    )
     ap.add_argument("--loto-rows", type=int, default=2_000, help="rows sampled above --loto-full")
     ap.add_argument("--data-limit", type=float, default=1.0, help="GiB of RLIMIT_DATA for the capped search")
     ap.add_argument("--workdir", default="/tmp/benchroute-scale")
@@ -262,7 +298,10 @@ def main() -> None:
     if path is not None:
         capped_search(path, q, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"\npeak RSS of this process {mib(peak)} (includes mapped store pages); total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"\npeak RSS of this process {mib(peak)} (includes mapped store pages); total "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -72,11 +72,14 @@ def run_server(router_dir: str, port: int) -> None:
     from benchroute.server.config import parse_config
 
     tune_for_serving()
-    config = parse_config({
-        "auth": {"keys_env": "BENCH_SERVE_KEY"},
-        "limits": {"max_concurrency": 256},
-        "embedding": {"batch_size": 64},
-    }, "bench")
+    config = parse_config(
+        {
+            "auth": {"keys_env": "BENCH_SERVE_KEY"},
+            "limits": {"max_concurrency": 256},
+            "embedding": {"batch_size": 64},
+        },
+        "bench",
+    )
     app = create_app(Router.load(router_dir), config)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -113,8 +116,15 @@ async def load_test(url: str, key: str, queries: list[str], n: int, concurrency:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000
-    return {"n": n, "wall_s": wall, "rps": n / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "errors": errors}
+    return {
+        "n": n,
+        "wall_s": wall,
+        "rps": n / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "errors": errors,
+    }
 
 
 def _overhead(predictor: object, X: np.ndarray, reps: int) -> tuple[float, float]:
@@ -150,7 +160,10 @@ def router_overhead(router_dir: str, queries: list[str], reps: int) -> dict[str,
     router = Router.load(router_dir)
     X = Embedder(router.embedding_model, cache=False).encode_uncached(queries[:200])
     out = {}
-    for label, pred in (("predict_proba + argmax", router.predictor_), ("full router.route call", _RouteCall(router))):
+    for label, pred in (
+        ("predict_proba + argmax", router.predictor_),
+        ("full router.route call", _RouteCall(router)),
+    ):
         _overhead(pred, X, 20)  # warm up
         out[label] = _overhead(pred, X, reps)
     return out
@@ -170,7 +183,10 @@ def synthetic_overhead(n: int, dim: int, models: int, reps: int) -> dict[str, tu
     X = rng.standard_normal((256, dim)).astype(np.float32)
     out = {}
     cpus = os.cpu_count() or 1
-    for label, threads in (("1 FAISS thread (as served)", 1), (f"{cpus} FAISS threads (FAISS default)", cpus)):
+    for label, threads in (
+        ("1 FAISS thread (as served)", 1),
+        (f"{cpus} FAISS threads (FAISS default)", cpus),
+    ):
         faiss.omp_set_num_threads(threads)
         _overhead(knn, X, 20)
         out[label] = _overhead(knn, X, reps)
@@ -217,19 +233,29 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-        stats = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in metrics.splitlines()
-                 if ln.startswith("benchroute_embed")}
-        print(f"router {args.router or 'demo (3 tasks x 15 items x 3 models, all-MiniLM-L6-v2)'}; "
-              f"{os.cpu_count()} CPUs")
-        print(f"/v1/route: {res['n']} requests, {args.concurrency} in flight, "
-              f"{len(queries)} distinct queries")
-        print(f"  {res['rps']:.1f} req/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
-              f"max {res['max_ms']:.1f} ms, errors {res['errors']} (target 0), wall {res['wall_s']:.1f} s")
+        stats = {
+            ln.split(" ")[0]: float(ln.split(" ")[1])
+            for ln in metrics.splitlines()
+            if ln.startswith("benchroute_embed")
+        }
+        print(
+            f"router {args.router or 'demo (3 tasks x 15 items x 3 models, all-MiniLM-L6-v2)'}; "
+            f"{os.cpu_count()} CPUs"
+        )
+        print(
+            f"/v1/route: {res['n']} requests, {args.concurrency} in flight, {len(queries)} distinct queries"
+        )
+        print(
+            f"  {res['rps']:.1f} req/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+            f"max {res['max_ms']:.1f} ms, errors {res['errors']} (target 0), wall {res['wall_s']:.1f} s"
+        )
         batches = stats.get("benchroute_embedding_batches_total", 0)
         texts = stats.get("benchroute_embedded_texts_total", 0)
-        print(f"  embedding: {texts:.0f} texts in {batches:.0f} batches "
-              f"({texts / max(batches, 1):.1f} per batch), "
-              f"{stats.get('benchroute_embedding_cache_hits_total', 0):.0f} LRU hits")
+        print(
+            f"  embedding: {texts:.0f} texts in {batches:.0f} batches "
+            f"({texts / max(batches, 1):.1f} per batch), "
+            f"{stats.get('benchroute_embedding_cache_hits_total', 0):.0f} LRU hits"
+        )
         print("router overhead excl. embedding, served router, one precomputed query at a time:")
         for label, (p50, p99) in router_overhead(router_dir, queries, args.overhead_reps).items():
             print(f"  {label:36s} p50 {p50:.3f} ms, p99 {p99:.3f} ms (target p99 < 25 ms)")

@@ -25,7 +25,21 @@ from benchroute.experiments.evaluate import P_ESTIMATORS, LOTOEvaluator, paired_
 from benchroute.files import atomic_write_text
 from benchroute.router.estimator import Router
 
-METHODS = ("S3_trust", "S1", "S2", "S3", "S3_atc", "S3_cal", "S3_acc", "S3_true_p", "Blend", "Router", "MoE", "BMA", "Oracle")
+METHODS = (
+    "S3_trust",
+    "S1",
+    "S2",
+    "S3",
+    "S3_atc",
+    "S3_cal",
+    "S3_acc",
+    "S3_true_p",
+    "Blend",
+    "Router",
+    "MoE",
+    "BMA",
+    "Oracle",
+)
 
 
 def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_estimator: str) -> dict:
@@ -34,7 +48,11 @@ def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_e
     rows = ev.run(alphas=(alpha,), repeats=repeats)
     summary = summarize(rows)
     return {
-        "dataset": dataset, "model": model, "seed": seed, "alpha": alpha, "p_estimator": p_estimator,
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "alpha": alpha,
+        "p_estimator": p_estimator,
         "summary": {m: summary[m] for m in METHODS if m in summary},
         "paired": {m: paired_difference(rows, m, "BMA") for m in METHODS if m in summary and m != "BMA"},
     }
@@ -48,10 +66,17 @@ def table(runs: list[dict]) -> str:
     """Markdown: one line per (dataset, model, alpha, method), mean +- std over seeds of acc and gain."""
     groups: dict[tuple[str, str, float, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["model"], r["alpha"], r.get("p_estimator", "kernel")), []).append(r)
-    lines = [("| data | embeddings | alpha | Router's p | method | acc (mean ± std over seeds) | - BMA (paired SE) "
-              "| Pearson | p MAE kernel / calibrated / accuracy | seeds |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+        groups.setdefault((r["dataset"], r["model"], r["alpha"], r.get("p_estimator", "kernel")), []).append(
+            r
+        )
+    lines = [
+        (
+            "| data | embeddings | alpha | Router's p | method | acc (mean ± std over seeds) | - BMA "
+            "(paired SE) "
+            "| Pearson | p MAE kernel / calibrated / accuracy | seeds |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (ds, model, alpha, pest), rs in sorted(groups.items()):
         for m in METHODS:
             if m not in rs[0]["summary"]:
@@ -64,8 +89,11 @@ def table(runs: list[dict]) -> str:
             mae = np.mean([_num(r["summary"][m].get("p_mae")) for r in rs])
             mae_cal = np.mean([_num(r["summary"][m].get("p_mae_cal")) for r in rs])
             mae_acc = np.mean([_num(r["summary"][m].get("p_mae_acc")) for r in rs])
-            lines.append(f"| {ds} | {model} | {alpha:g} | {pest} | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
-                         f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} / {mae_cal:.3f} / {mae_acc:.3f} | {len(rs)} |")
+            lines.append(
+                f"| {ds} | {model} | {alpha:g} | {pest} | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                f"{gain.mean():+.3f} ({se:.3f}) | {pear_s} | {mae:.3f} / {mae_cal:.3f} / {mae_acc:.3f} | "
+                f"{len(rs)} |"
+            )
     return "\n".join(lines)
 
 
@@ -76,8 +104,12 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--alpha", type=float, default=0.0)
     ap.add_argument("--repeats", type=int, default=10, help="test repeats per task when alpha > 0")
-    ap.add_argument("--p-estimator", default="kernel", choices=list(P_ESTIMATORS),
-                    help="the p that the Router's trust gate uses")
+    ap.add_argument(
+        "--p-estimator",
+        default="kernel",
+        choices=list(P_ESTIMATORS),
+        help="the p that the Router's trust gate uses",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/ablation"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

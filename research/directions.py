@@ -55,7 +55,11 @@ def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
         for moved in [ev.moved_draw(d, alpha, r) for r in range(repeats if alpha > 0 else 1)]:
             rest = np.setdiff1d(np.arange(len(members)), moved[0] if moved is not None else [])
             acc = ev.Y[members[rest]].mean(axis=0)
-            scores = {"BMA": prior, "blend (default score, no gate)": ev.blend_score(d, prior, moved), **pick(ev, d, moved)}
+            scores = {
+                "BMA": prior,
+                "blend (default score, no gate)": ev.blend_score(d, prior, moved),
+                **pick(ev, d, moved),
+            }
             for name, sc in scores.items():
                 acc_by.setdefault(name, []).append(float(acc[int(np.argmax(sc))]))
         for name, v in acc_by.items():
@@ -63,7 +67,10 @@ def run(ev: LOTOEvaluator, alpha: float, repeats: int, pick: Pick) -> None:
     bma = np.array(per_task["BMA"])
     for name, v in per_task.items():
         diff = np.array(v) - bma
-        print(f"{name:32s} {np.mean(v):.4f}   - BMA {diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}")
+        print(
+            f"{name:32s} {np.mean(v):.4f}   - BMA {diff.mean():+.4f} ± "
+            f"{diff.std(ddof=1) / np.sqrt(len(diff)):.4f}"
+        )
 
 
 def posterior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -76,7 +83,9 @@ def posterior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, 
     j = list(ev.router.blend_ks).index(bc.k)
     resid = np.stack([ev.task_acc[x] - blend(c[j], priors[x], bc.lam) for x, c in curves.items()])
     prior_cov = LedoitWolf(assume_centered=True).fit(resid).covariance_
-    noise = np.mean([np.cov(ev.Y[ev.engine.members[x]].T, bias=True) for x in curves], axis=0) / moved.shape[1]
+    noise = (
+        np.mean([np.cov(ev.Y[ev.engine.members[x]].T, bias=True) for x in curves], axis=0) / moved.shape[1]
+    )
     mean = ev.blend_score(d, np.delete(ev.task_acc, d, axis=0).mean(axis=0), moved)
     few = ev.Y[ev.engine.members[d][moved[0]]].mean(axis=0)
     out = {"few-shot accuracy": few}
@@ -99,20 +108,28 @@ def alpha_select(alpha: float) -> Pick:
         priors = ev.inner_curves(d)[1]
         for lam in sorted(r.blend_lambdas, reverse=True):
             for j, k in enumerate(r.blend_ks):
-                accs = [acc[int(np.argmax(blend(c, priors[x], lam)))] for x in inner for c, _, acc in draws[x][j]]
+                accs = [
+                    acc[int(np.argmax(blend(c, priors[x], lam)))] for x in inner for c, _, acc in draws[x][j]
+                ]
                 if accs and (best is None or np.mean(accs) > best[0] + 1e-12):
                     best = (float(np.mean(accs)), k, lam)
         assert best is not None
         _, k, lam = best
-        return {"(k, lambda) chosen at alpha": blend(ev.engine.s1_curve(d, [], (k,), moved)[0],
-                                                     np.delete(ev.task_acc, d, axis=0).mean(axis=0), lam)}
+        return {
+            "(k, lambda) chosen at alpha": blend(
+                ev.engine.s1_curve(d, [], (k,), moved)[0], np.delete(ev.task_acc, d, axis=0).mean(axis=0), lam
+            )
+        }
+
     return pick
 
 
 def near_prior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
     X, ti, D = ev.bench.embeddings, np.asarray(ev.bench.task_index), ev.bench.n_tasks
     cent = np.stack([X[ti == t].mean(axis=0) for t in range(D)])
-    sim = (cent / np.linalg.norm(cent, axis=1, keepdims=True)) @ (cent / np.linalg.norm(cent, axis=1, keepdims=True)).T
+    sim = (cent / np.linalg.norm(cent, axis=1, keepdims=True)) @ (
+        cent / np.linalg.norm(cent, axis=1, keepdims=True)
+    ).T
 
     def near(x: int, pool: list[int], tau: float) -> np.ndarray:
         w = np.exp((sim[x, pool] - sim[x, pool].max()) / tau)
@@ -129,8 +146,15 @@ def near_prior(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str,
             for tau in (0.01, 0.03, 0.1):
                 nps = {x: near(x, [t for t in inner if t != x], tau) for x in inner}
                 for j in range(len(r.blend_ks)):
-                    m = np.mean([ev.task_acc[x, int(np.argmax((1 - lam - mu) * curves[x][j] + lam * priors[x] + mu * nps[x]))]
-                                 for x in inner])
+                    m = np.mean(
+                        [
+                            ev.task_acc[
+                                x,
+                                int(np.argmax((1 - lam - mu) * curves[x][j] + lam * priors[x] + mu * nps[x])),
+                            ]
+                            for x in inner
+                        ]
+                    )
                     if best is None or m > best[0] + 1e-12:
                         best = (float(m), lam, mu, tau, j)
     assert best is not None
@@ -145,8 +169,11 @@ def _task_grams(ev: LOTOEvaluator) -> tuple[list[np.ndarray], list[np.ndarray], 
     """Per task: X'X and X'Y of the embeddings with an intercept column, and the centroid (once per run)."""
     X = np.hstack([ev.bench.embeddings.astype(np.float64), np.ones((len(ev.Y), 1))])
     members = ev.engine.members
-    return ([X[m].T @ X[m] for m in members], [X[m].T @ ev.Y[m].astype(np.float64) for m in members],
-            [X[m].mean(axis=0) for m in members])
+    return (
+        [X[m].T @ X[m] for m in members],
+        [X[m].T @ ev.Y[m].astype(np.float64) for m in members],
+        [X[m].mean(axis=0) for m in members],
+    )
 
 
 def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -160,17 +187,25 @@ def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.n
     curves, priors = ev.inner_curves(d)
     inner = sorted(curves)
     r = ev.router
-    sources = {f"kNN k={k}": ({x: curves[x][j] for x in inner}, ev.engine.s1_curve(d, [], (k,))[0])
-               for j, k in enumerate(r.blend_ks)}
+    sources = {
+        f"kNN k={k}": ({x: curves[x][j] for x in inner}, ev.engine.s1_curve(d, [], (k,))[0])
+        for j, k in enumerate(r.blend_ks)
+    }
     for pen in (10.0, 100.0, 1000.0):
         eye = pen * np.eye(len(g_all))
         sources[f"ridge {pen:g}"] = (
-            {x: centroid[x] @ np.linalg.solve(g_all - gram[d] - gram[x] + eye, c_all - cross[d] - cross[x]) for x in inner},
-            centroid[d] @ np.linalg.solve(g_all - gram[d] + eye, c_all - cross[d]))
+            {
+                x: centroid[x] @ np.linalg.solve(g_all - gram[d] - gram[x] + eye, c_all - cross[d] - cross[x])
+                for x in inner
+            },
+            centroid[d] @ np.linalg.solve(g_all - gram[d] + eye, c_all - cross[d]),
+        )
     best: tuple[float, float, str] | None = None
     for lam in sorted(r.blend_lambdas, reverse=True):
         for name, (inner_s1, _) in sources.items():
-            m = float(np.mean([ev.task_acc[x, int(np.argmax(blend(inner_s1[x], priors[x], lam)))] for x in inner]))
+            m = float(
+                np.mean([ev.task_acc[x, int(np.argmax(blend(inner_s1[x], priors[x], lam)))] for x in inner])
+            )
             if best is None or m > best[0] + 1e-12:
                 best = (m, lam, name)
     assert best is not None
@@ -179,12 +214,22 @@ def ridge(ev: LOTOEvaluator, d: int, moved: np.ndarray | None) -> dict[str, np.n
     score = blend(sources[name][1], prior, lam)
     g, u, _ = ev.engine.fold(d, [], None)
     smoother = ev.confidence(d)[0]
-    gate = trust_rule(s2(g[0], r.t), smoother.predict(float(u[0])), len(members[d]), int(np.argmax(prior)),
-                      score=score, eta=r.eta, draws=r.draws, seed=r.seed)
+    gate = trust_rule(
+        s2(g[0], r.t),
+        smoother.predict(float(u[0])),
+        len(members[d]),
+        int(np.argmax(prior)),
+        score=score,
+        eta=r.eta,
+        draws=r.draws,
+        seed=r.seed,
+    )
     return {"blend with kNN or ridge S1": score, "  + trust rule": np.eye(len(prior))[gate.chosen]}
 
 
-def sigma_study(ev: LOTOEvaluator, grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.09, 0.15, 0.3, 1.0)) -> None:
+def sigma_study(
+    ev: LOTOEvaluator, grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.09, 0.15, 0.3, 1.0)
+) -> None:
     """p MAE of the kernel smoother at sigma = 0.09 and at the sigma chosen by inner LOTO."""
     from collections import Counter
 
@@ -208,10 +253,17 @@ def sigma_study(ev: LOTOEvaluator, grid: tuple[float, ...] = (0.01, 0.02, 0.05, 
         picks.append(chosen)
         g, u, _ = ev.engine.fold(d, [], None)
         p_true = ((g[0] > r.t) == (ev.Y[ev.engine.members[d]] > 0.5)).mean(axis=0)
-        mae.append([np.abs(KernelSmoother(sg).fit(pairs.u, pairs.p).predict(float(u[0])) - p_true).mean()
-                    for sg in (r.sigma, chosen)])
+        mae.append(
+            [
+                np.abs(KernelSmoother(sg).fit(pairs.u, pairs.p).predict(float(u[0])) - p_true).mean()
+                for sg in (r.sigma, chosen)
+            ]
+        )
     m = np.mean(mae, axis=0)
-    print(f"p MAE at sigma = {r.sigma:g}: {m[0]:.4f}; sigma by inner LOTO: {m[1]:.4f} (chosen: {dict(Counter(picks))})")
+    print(
+        f"p MAE at sigma = {r.sigma:g}: {m[0]:.4f}; sigma by inner LOTO: {m[1]:.4f} (chosen: "
+        f"{dict(Counter(picks))})"
+    )
 
 
 def main() -> None:
@@ -228,8 +280,12 @@ def main() -> None:
     if args.study == "sigma":
         sigma_study(ev)
         return
-    pick = {"posterior": posterior, "alpha-select": alpha_select(args.alpha), "near-prior": near_prior,
-            "ridge": ridge}[args.study]
+    pick = {
+        "posterior": posterior,
+        "alpha-select": alpha_select(args.alpha),
+        "near-prior": near_prior,
+        "ridge": ridge,
+    }[args.study]
     print(f"{args.study} on {args.dataset}, alpha = {args.alpha:g}")
     run(ev, args.alpha, args.repeats, pick)
 

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks research
+.venv/bin/ruff format --check -q src tests benchmarks research
 .venv/bin/python -m pytest -q "$@"

@@ -108,13 +108,17 @@ def subsample(bench, per_task: int, seed: int = 0):  # type: ignore[no-untyped-d
 
 
 @pytest.fixture(scope="session")
-def embedding_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def embedding_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """An isolated embedding cache file; ``BENCHROUTE_CACHE`` points at it for the whole session.
 
     Routers embed texts through the default cache, so the variable must stay set while they run.
     """
     cache = getattr(request.config, "cache", None)
-    directory = Path(cache.mkdir("benchroute-embeddings")) if cache is not None else tmp_path_factory.mktemp("emb")
+    directory = (
+        Path(cache.mkdir("benchroute-embeddings")) if cache is not None else tmp_path_factory.mktemp("emb")
+    )
     path = directory / "embeddings.sqlite"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENCHROUTE_CACHE", str(path))

@@ -8,8 +8,9 @@ import pandas as pd
 from benchroute.data.benchmark import Benchmark
 
 
-def tiny_benchmark(n_groups: int = 3, per_group: int = 2, per_task: int = 25, prices: bool = True,
-                   seed: int = 0) -> Benchmark:
+def tiny_benchmark(
+    n_groups: int = 3, per_group: int = 2, per_task: int = 25, prices: bool = True, seed: int = 0
+) -> Benchmark:
     """Synthetic benchmark with routing signal: tasks come in groups of nearby embedding clusters.
 
     Models m0..m{G-1} are cheap specialists (accuracy .85 on their own group's tasks, .3 elsewhere);
@@ -30,10 +31,30 @@ def tiny_benchmark(n_groups: int = 3, per_group: int = 2, per_task: int = 25, pr
     models = [f"m{j}" for j in range(n_models)]
     size = np.array([7.0 + j for j in range(n_groups)] + [70.0])
     price = size / 10 if prices else np.full(n_models, np.nan)
-    info = pd.DataFrame({"params_b": size, "usd_per_mtok_in": price, "usd_per_mtok_out": price},
-                        index=pd.Index(models, name="model"))
-    items = pd.DataFrame({"task": [tasks[d] for d in ti], "item_id": [str(i) for i in range(len(ti))],
-                          "input": [f"q{i}" for i in range(len(ti))]})
-    task_info = pd.DataFrame({"metric": "acc", "threshold": np.nan, "group": ""}, index=pd.Index(tasks, name="task"))
-    return Benchmark(name="tiny", tasks=tasks, items=items, models=models, model_info=info, scores=scores,
-                     thresholds=dict.fromkeys(tasks), task_info=task_info, loglik=None, cost=None, embeddings=emb)
+    info = pd.DataFrame(
+        {"params_b": size, "usd_per_mtok_in": price, "usd_per_mtok_out": price},
+        index=pd.Index(models, name="model"),
+    )
+    items = pd.DataFrame(
+        {
+            "task": [tasks[d] for d in ti],
+            "item_id": [str(i) for i in range(len(ti))],
+            "input": [f"q{i}" for i in range(len(ti))],
+        }
+    )
+    task_info = pd.DataFrame(
+        {"metric": "acc", "threshold": np.nan, "group": ""}, index=pd.Index(tasks, name="task")
+    )
+    return Benchmark(
+        name="tiny",
+        tasks=tasks,
+        items=items,
+        models=models,
+        model_info=info,
+        scores=scores,
+        thresholds=dict.fromkeys(tasks),
+        task_info=task_info,
+        loglik=None,
+        cost=None,
+        embeddings=emb,
+    )

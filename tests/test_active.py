@@ -1,4 +1,4 @@
-"""Tests for benchroute.method.suggest: labeling strategies and the leave-one-task-out active-labeling study."""
+"""Labeling strategies (benchroute.method.suggest) and the leave-one-task-out active-labeling study."""
 
 from __future__ import annotations
 
@@ -105,13 +105,18 @@ def test_active_study_shapes_and_values(ev: LOTOEvaluator) -> None:
         assert all(v >= 0.0 for v in s["acc_std"])
         if name not in ("random", "Few-shot"):
             assert s["acc_std"] == [0.0] * len(budgets)  # deterministic strategies
-    assert any(v > 0 for v in out["strategies"]["random"]["acc_std"] + out["strategies"]["Few-shot"]["acc_std"])
+    assert any(
+        v > 0 for v in out["strategies"]["random"]["acc_std"] + out["strategies"]["Few-shot"]["acc_std"]
+    )
     for key in ("bma", "largest", "router_no_labels", "oracle"):
         assert 0.0 <= out[key] <= 1.0
     assert out["largest_model"] == "m3"
     assert out["largest"] == pytest.approx(ev.task_acc[:, 3].mean())
     assert out["oracle"] >= out["bma"]
-    rows = [next(r["acc"] for r in ev.evaluate_task(d).rows if r["method"] == "Router") for d in range(ev.bench.n_tasks)]
+    rows = [
+        next(r["acc"] for r in ev.evaluate_task(d).rows if r["method"] == "Router")
+        for d in range(ev.bench.n_tasks)
+    ]
     assert out["router_no_labels"] == pytest.approx(np.mean(rows))  # zero labels = the LOTO router
 
 
@@ -133,15 +138,25 @@ def test_active_study_random_matches_manual_fold(ev: LOTOEvaluator) -> None:
         # the blend proposes, the trust rule (S2 and kernel p of the fold with the labels) decides
         g_moved, u_moved, _ = ev.engine.fold(d, [], picked[None, :])
         p = ev.confidence(d)[0].predict(float(u_moved[0]))
-        choice = trust_rule(s2(g_moved[0], r.t), p, len(rem), int(np.argmax(prior)), score=score, eta=r.eta,
-                            draws=r.draws, seed=r.seed).chosen
+        choice = trust_rule(
+            s2(g_moved[0], r.t),
+            p,
+            len(rem),
+            int(np.argmax(prior)),
+            score=score,
+            eta=r.eta,
+            draws=r.draws,
+            seed=r.seed,
+        ).chosen
         rule = ev.label_rule(d, 5)  # ... unless the nested label rule lets the 5 labels arbitrate
         if rule != "none":
             choice = apply_label_rule(rule, score, ev.Y[members[picked]], int(np.argmax(prior)))
         rules.append(rule)
         accs.append(ev.Y[members[rem]].mean(axis=0)[choice])
     assert out["strategies"]["random"]["acc_mean"][0] == pytest.approx(np.mean(accs))
-    assert any(rule != "none" for rule in rules)  # the arbitration path is exercised (the synthetic tasks use it)
+    assert any(
+        rule != "none" for rule in rules
+    )  # the arbitration path is exercised (the synthetic tasks use it)
 
 
 def test_active_study_rejects_unknown_strategy(ev: LOTOEvaluator) -> None:

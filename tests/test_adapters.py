@@ -69,7 +69,7 @@ def test_helm_fixture_imports_one_task_and_matches_helm_aggregate(tmp_path):
     assert bench.task_info.loc[HELM_TASK, "metric"] == "quasi_exact_match"
 
     instances = {inst["id"]: inst["input"]["text"] for inst in _load(HELM_RUN / "instances.json")}
-    assert dict(zip(bench.items["item_id"], bench.items["input"])) == instances
+    assert dict(zip(bench.items["item_id"], bench.items["input"], strict=False)) == instances
 
     (test_mean, n_test), (valid_mean, n_valid) = (
         _helm_stat_mean("quasi_exact_match", s) for s in ("test", "valid")
@@ -114,8 +114,8 @@ def test_helm_merges_models_on_shared_instances(tmp_path):
     import_helm(HELM_RUN, tmp_path / "single")
     single = load_benchmark(tmp_path / "single")
     kept = single.items["item_id"].isin(bench.items["item_id"]).to_numpy()
-    expected = dict(zip(single.items["item_id"][kept], single.scores[kept, 0]))
-    got = dict(zip(bench.items["item_id"], bench.scores[:, bench.models.index(HELM_MODEL)]))
+    expected = dict(zip(single.items["item_id"][kept], single.scores[kept, 0], strict=False))
+    got = dict(zip(bench.items["item_id"], bench.scores[:, bench.models.index(HELM_MODEL)], strict=False))
     assert got == expected
 
 
@@ -143,7 +143,7 @@ def test_helm_metric_choice_and_bad_inputs(tmp_path):
         DataError, match=r"nothing to import; .*no instances in split .train. \(splits present: test, valid\)"
     ):
         import_helm(HELM_RUN, tmp_path / "out", split="train")
-    with pytest.raises(DataError, match="no run_spec.json"):
+    with pytest.raises(DataError, match=r"no run_spec\.json"):
         import_helm(tmp_path, tmp_path / "out")
 
     run = _copy_run(tmp_path / "broken", HELM_MODEL)
@@ -305,7 +305,8 @@ def test_lmeval_fixture_two_models_two_tasks(tmp_path):
     assert summary["input_mismatches"] == 0  # dict (pythia) and list (Qwen) arguments give the same prompt
     assert _score(bench, "arc_easy", "0", PYTHIA) == 0.0 and _score(bench, "arc_easy", "0", QWEN) == 1.0
     assert _score(bench, "gsm8k", "2", PYTHIA) == 0.0 and _score(bench, "gsm8k", "2", QWEN) == 1.0
-    # pythia answered "The answer is 260." without "####": wrong under strict-match, right under flexible-extract
+    # pythia answered "The answer is 260." without "####":
+    # wrong under strict-match, right under flexible-extract
     assert _score(bench, "gsm8k", "3", PYTHIA) == 0.0
     import_lmeval(LMEVAL, tmp_path / "flex", filter="flexible-extract", metric="acc_norm")
     flex = load_benchmark(tmp_path / "flex")
@@ -322,7 +323,7 @@ def test_lmeval_scores_reproduce_the_harness_aggregates(folder, options):
     (results_file,) = (LMEVAL / folder).glob("results_*.json")
     aggregates = _load(results_file)["results"]
     bench = lmeval_to_benchmark(LMEVAL / folder, **options)
-    for task, metric in zip(bench.tasks["task"], bench.tasks["metric"]):
+    for task, metric in zip(bench.tasks["task"], bench.tasks["metric"], strict=False):
         mean = bench.scores.loc[bench.scores["task"] == task, "score"].mean()
         assert mean == pytest.approx(aggregates[task][metric]), (task, metric)
 

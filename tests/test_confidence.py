@@ -53,7 +53,9 @@ def _brute_force(data, engine: FoldEngine, d: int, excluded: list[int], moved, w
     for r in range(n_rows):
         moved_global = members[moved[r]] if moved is not None else np.array([], dtype=int)
         assert set(rem[r]).isdisjoint(moved[r] if moved is not None else [])
-        assert sorted(rem[r].tolist() + (moved[r].tolist() if moved is not None else [])) == list(range(len(members)))
+        assert sorted(rem[r].tolist() + (moved[r].tolist() if moved is not None else [])) == list(
+            range(len(members))
+        )
         train = np.flatnonzero(~np.isin(data.task_index, [d, *excluded]))
         train = np.sort(np.concatenate([train, moved_global]))
         queries = data.X[members[rem[r]]]
@@ -154,7 +156,9 @@ def test_moved_samples_do_not_depend_on_excluded() -> None:
     X = np.zeros((n_tasks * per_task, 2 * dim), dtype=np.float32)
     X[:per_task, dim:] = 3.0 + rng.normal(size=(per_task, dim))
     centres = 3.0 + rng.normal(size=(n_tasks - 1, dim))
-    X[per_task:, :dim] = np.repeat(centres, per_task, axis=0) + rng.normal(size=((n_tasks - 1) * per_task, dim))
+    X[per_task:, :dim] = np.repeat(centres, per_task, axis=0) + rng.normal(
+        size=((n_tasks - 1) * per_task, dim)
+    )
     task_index = np.repeat(np.arange(n_tasks), per_task)
     Y = (rng.random((len(X), 3)) < 0.5).astype(np.float32)
     engine = FoldEngine(X, Y, task_index)
@@ -289,7 +293,9 @@ def test_calibrator_rows_match_their_tasks_and_reproduce_alpha_zero_p(synthetic)
         assert set(pairs.atc_task.tolist()) == set(range(synthetic.n_tasks)) - set(excluded)
         # the per-task mean of the item-level correctness is the alpha = 0 pair's p of that task
         for d in set(pairs.atc_task.tolist()):
-            np.testing.assert_allclose(pairs.atc_correct[pairs.atc_task == d].mean(axis=0), pairs.p[pairs.task == d][0])
+            np.testing.assert_allclose(
+                pairs.atc_correct[pairs.atc_task == d].mean(axis=0), pairs.p[pairs.task == d][0]
+            )
 
 
 def test_calibrator_is_monotone_and_learns_overconfidence() -> None:
@@ -317,7 +323,9 @@ def test_p_from_accuracy_is_the_independent_predictors_agreement() -> None:
     # simulated independent predictions: the formula is the expected agreement
     rng = np.random.default_rng(1)
     pred, right = rng.random(200_000) < 0.3, rng.random(200_000) < 0.8
-    assert (pred == right).mean() == pytest.approx(p_from_accuracy(np.array([0.3]), np.array([0.8]))[0], abs=0.005)
+    assert (pred == right).mean() == pytest.approx(
+        p_from_accuracy(np.array([0.3]), np.array([0.8]))[0], abs=0.005
+    )
 
 
 def test_accuracy_estimator_learns_level_from_neighbours_and_spread_from_prior() -> None:
@@ -328,8 +336,10 @@ def test_accuracy_estimator_learns_level_from_neighbours_and_spread_from_prior()
     accuracy = level[:, None] + spread[None, :] + 0.01 * rng.standard_normal((n_tasks, m))
     prior = accuracy.mean(axis=0)
     # S1 at k = 5 sees the level but garbles the spread; at k = 50 it also misses the level
-    curves = {x: np.stack([level[x] + 0.2 * rng.standard_normal(m),
-                           0.55 + 0.2 * rng.standard_normal(m)]) for x in range(n_tasks)}
+    curves = {
+        x: np.stack([level[x] + 0.2 * rng.standard_normal(m), 0.55 + 0.2 * rng.standard_normal(m)])
+        for x in range(n_tasks)
+    }
     priors = {x: prior for x in range(n_tasks)}
     est = AccuracyEstimator().fit(curves, priors, accuracy, ks=(5, 50))
     assert est.k_ == 5 and est.lam_ >= 0.8  # the level from the near neighbours, the spread from the prior

@@ -56,8 +56,14 @@ def test_model_costs_openllm_params_proxy() -> None:
 
 
 def test_model_costs_mean_of_prices_one_side_and_missing() -> None:
-    info = pd.DataFrame({"usd_per_mtok_in": [1.0, 2.0, np.nan, np.nan], "usd_per_mtok_out": [3.0, np.nan, 5.0, np.nan],
-                         "params_b": [7.0, 8.0, 9.0, 70.0]}, index=["a", "b", "c", "d"])
+    info = pd.DataFrame(
+        {
+            "usd_per_mtok_in": [1.0, 2.0, np.nan, np.nan],
+            "usd_per_mtok_out": [3.0, np.nan, 5.0, np.nan],
+            "params_b": [7.0, 8.0, 9.0, 70.0],
+        },
+        index=["a", "b", "c", "d"],
+    )
     cost, unit = model_costs(info, ["a", "b", "c", "d", "unknown"])
     assert unit == "usd_per_mtok"  # never mixed with sizes: d has a size but no price -> NaN
     np.testing.assert_allclose(cost, [2.0, 2.0, 5.0, np.nan, np.nan])
@@ -77,11 +83,14 @@ def test_choose_plain_is_argmax() -> None:
     assert choose(np.array([0.5, 0.5]), np.array([2.0, 1.0])).index == 0  # ties like np.argmax
 
 
-@pytest.mark.parametrize(("lam", "expected"), [
-    (0.05, 1),  # objective .70-.05, .68-.02, .60-.01, .50-.005 = .65, .66, .59, .495
-    (0.5, 2),  # .20, .48, .50, .45
-    (2.0, 3),  # -1.3, -.12, .20, .30
-])
+@pytest.mark.parametrize(
+    ("lam", "expected"),
+    [
+        (0.05, 1),  # objective .70-.05, .68-.02, .60-.01, .50-.005 = .65, .66, .59, .495
+        (0.5, 2),  # .20, .48, .50, .45
+        (2.0, 3),  # -1.3, -.12, .20, .30
+    ],
+)
 def test_choose_cost_weight(lam: float, expected: int) -> None:
     c = choose(PRED, COST, cost_weight=lam, names=["w", "x", "y", "z"])
     assert c.index == expected and c.mode == "cost_weight"
@@ -96,7 +105,7 @@ def test_choose_cost_weight_ties_go_to_cheaper() -> None:
 def test_choose_max_cost() -> None:
     assert choose(PRED, COST, max_cost=5).index == 1  # {1, 2, 3} within budget, 1 the best
     assert choose(PRED, COST, max_cost=1).index == 3
-    with pytest.raises(ConfigError, match="costs <= 0.5"):
+    with pytest.raises(ConfigError, match=r"costs <= 0\.5"):
         choose(PRED, COST, max_cost=0.5)
 
 
@@ -180,7 +189,9 @@ def _exact_within(n: int, pos_a: int, p_a: float, pos_b: int, p_b: float, margin
 def test_prob_within_mc_matches_closed_form() -> None:
     n = 40
     for margin in (0.0, 0.05, 0.1):
-        mc = prob_within_mc(n, np.array([28, 30]), np.array([0.75, 0.8]), 32, 0.8, margin, draws=40_000, seed=1)
+        mc = prob_within_mc(
+            n, np.array([28, 30]), np.array([0.75, 0.8]), 32, 0.8, margin, draws=40_000, seed=1
+        )
         exact = [_exact_within(n, 28, 0.75, 32, 0.8, margin), _exact_within(n, 30, 0.8, 32, 0.8, margin)]
         np.testing.assert_allclose(mc, exact, atol=0.015)
 
@@ -203,7 +214,9 @@ def test_cheapest_within_trusted_monotone_in_eta() -> None:
 def test_cheapest_within_trusted_probabilities() -> None:
     s2 = np.array([0.80, 0.79, 0.40])
     p = np.full(3, 0.9)
-    c = cheapest_within_trusted(s2, p, 200, np.array([3.0, 2.0, 1.0]), eps=0.02, eta=0.6, names=["a", "b", "c"])
+    c = cheapest_within_trusted(
+        s2, p, 200, np.array([3.0, 2.0, 1.0]), eps=0.02, eta=0.6, names=["a", "b", "c"]
+    )
     assert c.index == 1 and set(c.probabilities) == {1, 2}
     assert c.probabilities[1] > 0.6 > c.probabilities[2]
     assert "b" in c.reason
@@ -237,11 +250,19 @@ def test_cost_study_shapes_and_invariants(tiny_ev: LOTOEvaluator) -> None:
     assert costs[-1] < costs[0]
     # lambda 0 is argmax of the router's predicted accuracy (the blend, before the trust rule decides):
     # the LOTO "Blend" rows' mean accuracy
-    router = np.mean([next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "Blend")
-                      for d in range(tiny_ev.bench.n_tasks)])
+    router = np.mean(
+        [
+            next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "Blend")
+            for d in range(tiny_ev.bench.n_tasks)
+        ]
+    )
     assert out["router_curve"][0]["acc"] == pytest.approx(router)
-    bma = np.mean([next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "BMA")
-                   for d in range(tiny_ev.bench.n_tasks)])
+    bma = np.mean(
+        [
+            next(r["acc"] for r in tiny_ev.evaluate_task(d).rows if r["method"] == "BMA")
+            for d in range(tiny_ev.bench.n_tasks)
+        ]
+    )
     assert out["bma"]["acc"] == pytest.approx(bma)
     for key in ("router", "best_single"):
         assert 0.0 <= out["aiq"][key] <= 1.0
@@ -250,7 +271,9 @@ def test_cost_study_shapes_and_invariants(tiny_ev: LOTOEvaluator) -> None:
     sav = out["savings"]
     assert sav is not None and sav["acc"] >= out["largest_model"]["acc"] and sav["saving"] > 0
     assert sav["cost_ratio"] == pytest.approx(sav["cost"] / 7.0)
-    assert sav["cost"] == min(c["cost"] for c in out["router_curve"] if c["acc"] >= out["largest_model"]["acc"])
+    assert sav["cost"] == min(
+        c["cost"] for c in out["router_curve"] if c["acc"] >= out["largest_model"]["acc"]
+    )
     assert out["aiq"]["router"] > out["aiq"]["best_single"]
     assert out["best_single_model"]["model"] == "m3"  # .72 on average; the specialists .44-.57
     vs_best = out["savings_vs_best_single"]  # here the largest model is also the best single one

@@ -1,10 +1,9 @@
-"""Tests for benchroute.data.benchmark: bundled figures, a hand-computed toy benchmark, and one test per error class."""
+"""benchroute.data.benchmark: bundled figures, a hand-computed toy benchmark, and one test per error class."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +123,8 @@ def test_bundled_correctness_figures_match_a_naive_groupby(bundled: dict[str, Be
     assert got["instance_oracle"] == pytest.approx(instance, abs=1e-12)
 
 
-def test_openllm_v2_loads_fast_and_matches_provenance(bundled: dict[str, Benchmark]) -> None:
-    start = time.perf_counter()
-    bench = load_benchmark("openllm_v2")  # a bundled name, not a directory
-    assert time.perf_counter() - start < 3.0
+def test_openllm_v2_matches_provenance(bundled: dict[str, Benchmark]) -> None:
+    bench = load_benchmark("openllm_v2")  # a bundled name, not a directory (load time: benchmarks/)
     summary = bench.summary()
     assert summary["items_per_task"] == {"min": 123, "median": 250.0, "max": 541}
     assert summary["best_model"] == "rombodawg__Rombos-LLM-V2.5-Qwen-72b"
@@ -160,7 +157,9 @@ def test_toy_structure_and_correct(toy: Benchmark) -> None:
     np.testing.assert_allclose(toy.accuracy(), ACC)
     np.testing.assert_allclose(toy.accuracy(correctness=False), RAW_ACC)
     assert [toy.is_binary(t) for t in toy.tasks] == [True, False, True]
-    assert toy.model_info["params_b"].tolist()[::2] == [7.0, 70.0] and np.isnan(toy.model_info["params_b"]["m2"])
+    assert toy.model_info["params_b"].tolist()[::2] == [7.0, 70.0] and np.isnan(
+        toy.model_info["params_b"]["m2"]
+    )
     assert toy.inputs[0] == "question a1" and toy.loglik is None and toy.cost is None
 
 
@@ -190,10 +189,21 @@ def test_toy_summary_by_hand(toy: Benchmark) -> None:
     assert s["items_per_task"] == {"min": 2, "median": 2.0, "max": 3}
     a, b, _ = s["tasks"]
     assert a == {
-        "task": "a", "n_items": 2, "threshold": None, "binary": True, "oracle_model": "m1", "oracle_acc": 0.5,
-        "instance_oracle": 1.0, "bma_model": "m2", "bma_acc": 0.5,
+        "task": "a",
+        "n_items": 2,
+        "threshold": None,
+        "binary": True,
+        "oracle_model": "m1",
+        "oracle_acc": 0.5,
+        "instance_oracle": 1.0,
+        "bma_model": "m2",
+        "bma_acc": 0.5,
     }
-    assert (b["raw_oracle_model"], b["raw_bma_model"], b["raw_instance_oracle"]) == ("m1", "m2", pytest.approx(0.7))
+    assert (b["raw_oracle_model"], b["raw_bma_model"], b["raw_instance_oracle"]) == (
+        "m1",
+        "m2",
+        pytest.approx(0.7),
+    )
     assert s["models"][1] == {"model": "m2", "params_b": None, "macro_acc": pytest.approx(11 / 18)}
 
 
@@ -232,12 +242,14 @@ def test_with_embeddings_checks_shape(toy: Benchmark) -> None:
 
 # ------------------------------------------------------------------------------------ formats / writing
 def long_scores(bench: Benchmark) -> pd.DataFrame:
-    return pd.DataFrame({
-        "task": np.repeat(bench.items["task"], bench.n_models),
-        "item_id": np.repeat(bench.items["item_id"], bench.n_models),
-        "model": np.tile(bench.models, bench.n_items),
-        "score": bench.scores.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "task": np.repeat(bench.items["task"], bench.n_models),
+            "item_id": np.repeat(bench.items["item_id"], bench.n_models),
+            "model": np.tile(bench.models, bench.n_items),
+            "score": bench.scores.ravel(),
+        }
+    )
 
 
 def assert_same(a: Benchmark, b: Benchmark) -> None:
@@ -251,7 +263,12 @@ def test_write_load_round_trip_is_sorted_and_reproducible(toy: Benchmark, tmp_pa
     scores = long_scores(toy).sample(frac=1.0, random_state=0)  # writer must restore the order
     scores["cost"] = 0.25
     out = write_benchmark(tmp_path / "out", toy.items[::-1], scores, toy.model_info, toy.task_info)
-    assert sorted(p.name for p in out.iterdir()) == ["items.csv.gz", "models.csv", "scores.csv.gz", "tasks.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "items.csv.gz",
+        "models.csv",
+        "scores.csv.gz",
+        "tasks.csv",
+    ]
     text = gzip.decompress((out / "scores.csv.gz").read_bytes()).decode()
     assert text.splitlines()[:2] == ["task,item_id,model,score,cost", "a,1,m1,1.0,0.25"]
     assert [line.split(",")[1] for line in text.splitlines()[7:16:3]] == ["1", "2", "10"]  # numeric id order
@@ -259,7 +276,9 @@ def test_write_load_round_trip_is_sorted_and_reproducible(toy: Benchmark, tmp_pa
     assert_same(back, toy)
     np.testing.assert_array_equal(back.cost, np.full((7, 3), 0.25))
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    write_benchmark(tmp_path / "out", toy.items, long_scores(toy).assign(cost=0.25), toy.model_info, toy.task_info)
+    write_benchmark(
+        tmp_path / "out", toy.items, long_scores(toy).assign(cost=0.25), toy.model_info, toy.task_info
+    )
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}
 
     write_benchmark(out, toy.items, long_scores(toy), compress=False)  # replaces, removes stale files
@@ -291,7 +310,9 @@ def test_models_file_optional_and_extra_columns(tmp_path: Path) -> None:
 
 def test_interleaved_items_are_grouped_by_task(tmp_path: Path) -> None:
     items = ROWS["items"]
-    bench = load_benchmark(make_bench(tmp_path, items=[items[2], items[0], items[3], items[4], items[1], *items[5:]]))
+    bench = load_benchmark(
+        make_bench(tmp_path, items=[items[2], items[0], items[3], items[4], items[1], *items[5:]])
+    )
     assert bench.tasks == ["b", "a", "c"]
     assert bench.items["item_id"].tolist() == ["1", "2", "10", "1", "2", "1", "2"]
     np.testing.assert_array_equal(bench.scores[3], VALUES[("a", "1")])
@@ -310,31 +331,80 @@ S = ROWS["scores"]  # data row k of scores.csv is file row k + 2; a2/m2 is k = 4
 NO_THRESHOLD = "task b has non-0/1 scores (e.g. 0.9 at row 8) but no threshold in tasks.csv"
 CASES = [
     # id, files, file, row, column, message fragment
-    ("score-not-numeric", {"scores": edit(S, 4, "a,2,m2,abc")}, "scores.csv", 6, "score", "not a number: 'abc'"),
+    (
+        "score-not-numeric",
+        {"scores": edit(S, 4, "a,2,m2,abc")},
+        "scores.csv",
+        6,
+        "score",
+        "not a number: 'abc'",
+    ),
     ("score-nan", {"scores": edit(S, 4, "a,2,m2,nan")}, "scores.csv", 6, "score", "nan (not a finite"),
     ("score-inf", {"scores": edit(S, 4, "a,2,m2,-inf")}, "scores.csv", 6, "score", "-inf (not a finite"),
     ("score-empty", {"scores": edit(S, 4, "a,2,m2,")}, "scores.csv", 6, "score", "empty score"),
     ("params-not-numeric", {"models": ["m1,7", "m2,big", "m3,70"]}, "models.csv", 3, "params_b", "'big'"),
     ("duplicate-item", {"items": [*ROWS["items"], "a,1,again"]}, "items.csv", 9, None, "rows 2 and 9"),
     ("duplicate-score", {"scores": [*S, "a,1,m2,1"]}, "scores.csv", 23, None, "rows 3 and 23"),
-    ("unknown-item", {"scores": [*S, "a,99,m1,1"]}, "scores.csv", 23, None, "unknown item (task='a', item_id='99')"),
+    (
+        "unknown-item",
+        {"scores": [*S, "a,99,m1,1"]},
+        "scores.csv",
+        23,
+        None,
+        "unknown item (task='a', item_id='99')",
+    ),
     ("unknown-model", {"scores": [*S, "a,1,m9,1"]}, "scores.csv", 23, "model", "'m9' is not in"),
-    ("model-without-scores", {"models": [*ROWS["models"], "m4,1"]}, "models.csv", 5, "model", "'m4' has no scores"),
-    ("incomplete-model", {"scores": edit(S, 11, None)}, "scores.csv", None, "model",
-     "'m3' has no score for 1 of 7 items (e.g. task='b', item_id='2')"),
-    ("item-without-scores", {"items": [*ROWS["items"], "c,3,q"]}, "items.csv", 9, None, "item_id='3') has no scores"),
-    ("task-without-items", {"tasks": [*ROWS["tasks"], "zz,acc,,"]}, "tasks.csv", 3, "task", "'zz' has no items"),
+    (
+        "model-without-scores",
+        {"models": [*ROWS["models"], "m4,1"]},
+        "models.csv",
+        5,
+        "model",
+        "'m4' has no scores",
+    ),
+    (
+        "incomplete-model",
+        {"scores": edit(S, 11, None)},
+        "scores.csv",
+        None,
+        "model",
+        "'m3' has no score for 1 of 7 items (e.g. task='b', item_id='2')",
+    ),
+    (
+        "item-without-scores",
+        {"items": [*ROWS["items"], "c,3,q"]},
+        "items.csv",
+        9,
+        None,
+        "item_id='3') has no scores",
+    ),
+    (
+        "task-without-items",
+        {"tasks": [*ROWS["tasks"], "zz,acc,,"]},
+        "tasks.csv",
+        3,
+        "task",
+        "'zz' has no items",
+    ),
     ("duplicate-task", {"tasks": [*ROWS["tasks"], "b,acc,0.2,"]}, "tasks.csv", 3, None, "rows 2 and 3"),
     ("duplicate-model", {"models": [*ROWS["models"], "m1,7"]}, "models.csv", 5, None, "rows 2 and 5"),
     ("empty-input", {"items": edit(ROWS["items"], 1, "a,2,  ")}, "items.csv", 3, "input", "empty input"),
-    ("empty-item-id", {"items": edit(ROWS["items"], 1, "a,,text")}, "items.csv", 3, "item_id", "empty item_id"),
+    (
+        "empty-item-id",
+        {"items": edit(ROWS["items"], 1, "a,,text")},
+        "items.csv",
+        3,
+        "item_id",
+        "empty item_id",
+    ),
     ("no-threshold", {"tasks": None}, "scores.csv", 8, "score", NO_THRESHOLD),
     ("malformed-csv", {"items": [*ROWS["items"], "a,3,text,extra"]}, "items.csv", 9, None, "malformed CSV"),
 ]
 
 
-@pytest.mark.parametrize(("files", "file", "row", "column", "fragment"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("files", "file", "row", "column", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_malformed_input_names_file_row_column(
     tmp_path: Path, files: dict, file: str, row: int | None, column: str | None, fragment: str
 ) -> None:
@@ -346,7 +416,9 @@ def test_malformed_input_names_file_row_column(
 
 
 def test_no_threshold_hint(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"set tasks.csv threshold for b \(e.g. 0.5\) so correct = score > threshold"):
+    with pytest.raises(
+        DataError, match=r"set tasks.csv threshold for b \(e.g. 0.5\) so correct = score > threshold"
+    ):
         load_benchmark(make_bench(tmp_path, tasks=None))
 
 
@@ -376,7 +448,9 @@ def test_missing_column_lists_present_ones(tmp_path: Path) -> None:
     assert "missing column(s) model; columns present: task, item_id, modle, score" in err.message
 
 
-@pytest.mark.parametrize(("content", "fragment"), [(b"", "0 bytes"), (b"task,item_id,input\n", "header only")])
+@pytest.mark.parametrize(
+    ("content", "fragment"), [(b"", "0 bytes"), (b"task,item_id,input\n", "header only")]
+)
 def test_empty_files(tmp_path: Path, content: bytes, fragment: str) -> None:
     directory = make_bench(tmp_path)
     (directory / "items.csv").write_bytes(content)

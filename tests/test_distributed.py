@@ -1,4 +1,4 @@
-"""Ray scale-out: same vectors and same LOTO rows as one process, the CLI flags, and no Ray needed by the core.
+"""Ray scale-out: same vectors and LOTO rows as one process, the CLI flags, and no Ray needed by the core.
 
 One local Ray (2 CPUs, 127.0.0.1 only) serves the whole module; no external cluster.
 """
@@ -52,8 +52,12 @@ def test_ray_loto_rows_equal_the_serial_rows(ray_local: Any) -> None:
     def router() -> Router:
         return Router(alphas=(0.0, 0.1, 0.3), repeats=3, blend_ks=(5, 10, 20), draws=2000, seed=3)
 
-    kwargs: dict[str, Any] = {"alphas": (0.0, 0.1, 0.3), "repeats": 2, "tasks": [4, 0, 2, 5],
-                              "candidates": np.array([True, True, False, True])}
+    kwargs: dict[str, Any] = {
+        "alphas": (0.0, 0.1, 0.3),
+        "repeats": 2,
+        "tasks": [4, 0, 2, 5],
+        "candidates": np.array([True, True, False, True]),
+    }
     serial = LOTOEvaluator(bench, router()).run(**kwargs)
     advanced: list[int] = []
     on_ray = LOTOEvaluator(bench, router()).run(**kwargs, runner=RayLOTORunner(), progress=advanced.append)
@@ -64,15 +68,23 @@ def test_ray_loto_rows_equal_the_serial_rows(ray_local: Any) -> None:
     assert on_ray[0]["task"] == "t4"  # the order asked for, not the order of completion
 
 
-def test_cli_ray_embedding_is_bit_identical_and_ray_loto_rows_equal(ray_local: Any, minilm_bench,  # type: ignore[no-untyped-def]
-                                                                     tmp_path: Path) -> None:
+def test_cli_ray_embedding_is_bit_identical_and_ray_loto_rows_equal(
+    ray_local: Any,
+    minilm_bench,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     """`embed --ray` then `experiment loto --ray` on 4 tasks x 15 items, against one process."""
     sub = minilm_bench.select(tasks=minilm_bench.tasks[:4])
-    keep = np.concatenate([np.arange(sub.task_slice(t).start, sub.task_slice(t).start + 15) for t in sub.tasks])
+    keep = np.concatenate(
+        [np.arange(sub.task_slice(t).start, sub.task_slice(t).start + 15) for t in sub.tasks]
+    )
     items = sub.items.iloc[keep].reset_index(drop=True)
     scores = pd.DataFrame(
-        [(t, i, m, float(sub.scores[r, j])) for r, t, i in zip(keep, items.task, items.item_id, strict=True)
-         for j, m in enumerate(sub.models)],
+        [
+            (t, i, m, float(sub.scores[r, j]))
+            for r, t, i in zip(keep, items.task, items.item_id, strict=True)
+            for j, m in enumerate(sub.models)
+        ],
         columns=["task", "item_id", "model", "score"],
     )
     bench_dir = write_benchmark(tmp_path / "bench", items, scores, pd.DataFrame({"model": sub.models}))
@@ -91,7 +103,15 @@ def test_cli_ray_embedding_is_bit_identical_and_ray_loto_rows_equal(ray_local: A
         assert result.exit_code == 0, result.output
         return result.stdout
 
-    embed = ["embed", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(tmp_path / "ray.sqlite")]
+    embed = [
+        "embed",
+        str(bench_dir),
+        "--ray",
+        "--model",
+        SMALL_MODEL,
+        "--cache",
+        str(tmp_path / "ray.sqlite"),
+    ]
     out = ok([*embed, "--commit-every", "16"])
     assert "60 inputs, 50 newly embedded" in out and "Ray: 2 CPUs (local)" in out
     with EmbeddingCache(tmp_path / "ray.sqlite") as cache:
@@ -102,8 +122,22 @@ def test_cli_ray_embedding_is_bit_identical_and_ray_loto_rows_equal(ray_local: A
     assert got.dtype == np.float32 and np.array_equal(got, expected)
     assert "Ray:" not in ok(embed)  # nothing left to embed: no Ray started
 
-    ok(["experiment", "loto", str(bench_dir), "--ray", "--model", SMALL_MODEL, "--cache", str(tmp_path / "ray.sqlite"),
-        "--repeats", "2", "--out", str(tmp_path / "out")])
+    ok(
+        [
+            "experiment",
+            "loto",
+            str(bench_dir),
+            "--ray",
+            "--model",
+            SMALL_MODEL,
+            "--cache",
+            str(tmp_path / "ray.sqlite"),
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     bench = load_with_embeddings(str(bench_dir), SMALL_MODEL, tmp_path / "ray.sqlite")
     serial = LOTOEvaluator(bench, Router(repeats=2, embedding_model=SMALL_MODEL)).run()
@@ -131,7 +165,9 @@ sys.argv = ["benchroute", "embed", "llmrouter", "--ray", "--model", "all-MiniLM-
             "--cache", {str(tmp_path / "c.sqlite")!r}]
 benchroute.cli.commands.main()
 """
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
     assert "core ok m" in proc.stdout, proc.stderr
     assert proc.returncode == 2, proc.stderr
     assert "Ray is not installed" in proc.stderr and "pip install 'benchroute[ray]'" in proc.stderr

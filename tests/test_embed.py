@@ -69,8 +69,11 @@ def _small_benchmark(path: Path, n: int = 120) -> Path:
     items = bench.items.iloc[:n].copy()
     models = bench.models[:2]
     scores = pd.DataFrame(
-        [(t, i, m, float(bench.scores[r, j])) for r, (t, i) in enumerate(zip(items.task, items.item_id))
-         for j, m in enumerate(models)],
+        [
+            (t, i, m, float(bench.scores[r, j]))
+            for r, (t, i) in enumerate(zip(items.task, items.item_id, strict=False))
+            for j, m in enumerate(models)
+        ],
         columns=["task", "item_id", "model", "score"],
     )
     tasks = pd.DataFrame({"task": items.task.unique(), "threshold": [0.5] * items.task.nunique()})
@@ -83,8 +86,21 @@ def _cache_rows(path: Path) -> dict[bytes, bytes]:
 
 
 def _embed_cmd(bench: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "benchroute.cli.commands", "embed", str(bench), "--model", SMALL_MODEL,
-            "--cache", str(cache), "--commit-every", "16", "--batch-size", "8"]
+    return [
+        sys.executable,
+        "-m",
+        "benchroute.cli.commands",
+        "embed",
+        str(bench),
+        "--model",
+        SMALL_MODEL,
+        "--cache",
+        str(cache),
+        "--commit-every",
+        "16",
+        "--batch-size",
+        "8",
+    ]
 
 
 def test_sigkill_mid_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
@@ -125,7 +141,7 @@ def test_pack_round_trip_and_tamper_detection(tmp_path: Path) -> None:
     back = dst.get_many(emb.model_id, [text_hash(t) for t in TEXTS])
     for t, v in zip(TEXTS, vecs, strict=True):
         assert np.allclose(back[text_hash(t)], v, atol=2e-3)  # float16 in the pack
-    with pytest.raises(IntegrityError, match="not a benchroute|pack was made"):
+    with pytest.raises(IntegrityError, match=r"not a benchroute|pack was made"):
         import_pack(dst, pack, "other-model@123")
     raw = bytearray(pack.read_bytes())
     raw[-5] ^= 0xFF
@@ -145,7 +161,7 @@ def test_bf16_fast_path_is_close_deterministic_and_cached_apart(tmp_path: Path) 
     exact = Embedder(SMALL_MODEL, cache=cache)
     fast = Embedder(SMALL_MODEL, cache=cache, fast="bf16")
     assert fast.model_id == exact.model_id + "+bf16"
-    texts = TEXTS + ["word " * 400]  # one input longer than the model's 256-token limit
+    texts = [*TEXTS, "word " * 400]  # one input longer than the model's 256-token limit
     v32, v16 = exact.encode(texts), fast.encode(texts)
     assert v16.dtype == np.float32 and np.allclose(np.linalg.norm(v16, axis=1), 1.0, atol=1e-6)
     cos = (v32 * v16).sum(axis=1)

@@ -85,7 +85,11 @@ def test_summary_and_paired_difference() -> None:
 def test_trust_gate_only_ever_falls_back_to_bma() -> None:
     bench = tiny_benchmark()
     gated = [r for r in LOTOEvaluator(bench, _router()).run() if r["method"] in ("Router", "BMA")]
-    free = {r["task"]: r["model"] for r in LOTOEvaluator(bench, _router(trust=False)).run() if r["method"] == "Router"}
+    free = {
+        r["task"]: r["model"]
+        for r in LOTOEvaluator(bench, _router(trust=False)).run()
+        if r["method"] == "Router"
+    }
     bma = {r["task"]: r["model"] for r in gated if r["method"] == "BMA"}
     routed = {r["task"]: r for r in gated if r["method"] == "Router"}
     for task, row in routed.items():
@@ -101,8 +105,18 @@ def test_run_experiments_all_sections(tmp_path: Path) -> None:
 
     bench = tiny_benchmark()
     res = run_experiments(bench, "all", _router(), sweep_alphas=(0.0, 0.1), sweep_repeats=2)
-    for key in ("summary", "per_task", "paired", "sweep", "distance", "small_models", "cost", "active",
-                "training_tasks", "instance"):
+    for key in (
+        "summary",
+        "per_task",
+        "paired",
+        "sweep",
+        "distance",
+        "small_models",
+        "cost",
+        "active",
+        "training_tasks",
+        "instance",
+    ):
         assert key in res, key
     assert res["sweep"]["alphas"] == [0.0, 0.1]
     assert res["sweep"]["methods"]["Router"]["acc_mean"][0] == pytest.approx(res["summary"]["Router"]["acc"])

@@ -22,7 +22,13 @@ from benchroute.method.predictors import (
     make_predictor,
 )
 
-PREDICTOR_CLASSES = [KNNCorrectness, KNNScoreRegressor, ClassifierCorrectness, MLPCorrectness, MLPScoreRegressor]
+PREDICTOR_CLASSES = [
+    KNNCorrectness,
+    KNNScoreRegressor,
+    ClassifierCorrectness,
+    MLPCorrectness,
+    MLPScoreRegressor,
+]
 REGRESSORS = (KNNScoreRegressor, MLPScoreRegressor)
 
 
@@ -168,7 +174,9 @@ def test_knn_predict_proba_is_mean_over_neighbours() -> None:
     store = rng.normal(size=(200, 10)).astype(np.float32)
     Y = (rng.random((200, 4)) < 0.5).astype(np.float32)
     queries = rng.normal(size=(25, 10)).astype(np.float32)
-    _, ref_idx = NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(store).kneighbors(queries)
+    _, ref_idx = (
+        NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(store).kneighbors(queries)
+    )
     expected = np.stack([Y[row].mean(axis=0) for row in ref_idx])
     got = KNNCorrectness(k=5).fit(store, Y).predict_proba(queries)
     np.testing.assert_allclose(got, expected, atol=1e-6)

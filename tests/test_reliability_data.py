@@ -57,9 +57,17 @@ ALIASES = {"input_cost_per_mtok": "usd_per_mtok_in", "output_cost_per_mtok": "us
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------ the copy
@@ -83,11 +91,15 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         for r in range(s.start, s.start + PER_TASK):
             item_id, text = bench.items["item_id"].iloc[r], bench.items["input"].iloc[r]
             items.append({"task": task, "item_id": item_id, "input": text})
-            scores += [{"task": task, "item_id": item_id, "model": m, "score": float(bench.scores[r, j])}
-                       for j, m in enumerate(models)]
+            scores += [
+                {"task": task, "item_id": item_id, "model": m, "score": float(bench.scores[r, j])}
+                for j, m in enumerate(models)
+            ]
     info = bench.model_info.loc[models].reset_index()
     tasks = bench.task_info.loc[list(TASKS)].reset_index()
-    out = write_benchmark(tmp_path_factory.mktemp("slice"), pd.DataFrame(items), pd.DataFrame(scores), info, tasks)
+    out = write_benchmark(
+        tmp_path_factory.mktemp("slice"), pd.DataFrame(items), pd.DataFrame(scores), info, tasks
+    )
     files = Files({name: (out / name).read_bytes() for name in FILES})
     clean = load_benchmark(out)
     assert clean.tasks == sorted(TASKS) and clean.n_items == 3 * PER_TASK and clean.n_models == N_MODELS
@@ -174,8 +186,13 @@ def check_invariants(bench: Benchmark) -> None:
     assert list(bench.model_info.index) == bench.models
 
 
-def expect_error(result: Benchmark | DataError, file: str, row: int | None = None, column: str | None = None,
-                 fragment: str | None = None) -> DataError:
+def expect_error(
+    result: Benchmark | DataError,
+    file: str,
+    row: int | None = None,
+    column: str | None = None,
+    fragment: str | None = None,
+) -> DataError:
     assert isinstance(result, DataError), f"expected a DataError naming {file}, got a load"
     assert Path(result.file).name == file, f"{result} (expected {file})"
     if row is not None:
@@ -208,22 +225,28 @@ def test_truncated_gzip(base: dict[str, bytes], workdir: Path, ledger: dict[str,
 
 @_settings(60)
 @given(data=st.data())
-def test_dropped_or_renamed_columns(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter],
-                                    data: Any) -> None:
+def test_dropped_or_renamed_columns(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
     name = data.draw(st.sampled_from(FILES), label="file")
     rows = table(base, name)
     col = data.draw(st.integers(0, len(rows[0]) - 1), label="column")
     old = rows[0][col]
     action = data.draw(st.sampled_from(["drop", "rename", "pad", "repeat another"]), label="action")
     if action == "drop":
-        rows = [r[:col] + r[col + 1:] for r in rows]
+        rows = [r[:col] + r[col + 1 :] for r in rows]
         new = None
     elif action == "repeat another":  # e.g. 'task,item_id,model,score,score ': which score is meant?
         other = data.draw(st.sampled_from([c for c in rows[0] if c != old]), label="repeated name")
         new = rows[0][col] = other + data.draw(st.sampled_from(["", " ", "  "]), label="padding")
     else:
-        new = (f"  {old} " if action == "pad" else
-               data.draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12), label="name"))
+        new = (
+            f"  {old} "
+            if action == "pad"
+            else data.draw(
+                st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12), label="name"
+            )
+        )
         rows[0][col] = new
     result = Case(workdir, {**base, name: untable(rows, name)}).load()
     outcome(ledger, "dropped/renamed column", result)
@@ -237,16 +260,25 @@ def test_dropped_or_renamed_columns(base: dict[str, bytes], workdir: Path, ledge
 
 
 NONFINITE = ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "-Infinity", "1e999", "-1e400"]
-NOT_A_NUMBER = ["abc", "NA", "null", "None", "1,5", "0x1", "1/2", "--1", "١"]  # last: an Arabic-Indic one
+NOT_A_NUMBER = ["abc", "NA", "null", "None", "1,5", "0x1", "1/2", "--1", "١"]  # last: an Arabic-Indic one  # noqa: RUF001 (a confusable on purpose)
 
 
 @_settings(60)
 @given(data=st.data())
-def test_nan_inf_and_non_numbers(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter],
-                                 data: Any) -> None:
-    name, column = data.draw(st.sampled_from([("scores.csv.gz", "score"), ("models.csv", "params_b"),
-                                              ("models.csv", "usd_per_mtok_in"), ("tasks.csv", "threshold")]),
-                             label="cell")
+def test_nan_inf_and_non_numbers(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
+    name, column = data.draw(
+        st.sampled_from(
+            [
+                ("scores.csv.gz", "score"),
+                ("models.csv", "params_b"),
+                ("models.csv", "usd_per_mtok_in"),
+                ("tasks.csv", "threshold"),
+            ]
+        ),
+        label="cell",
+    )
     rows = table(base, name)
     col = rows[0].index(column)
     candidates = [i for i in range(1, len(rows)) if column != "threshold" or rows[i][0] == "commongen"]
@@ -267,12 +299,19 @@ def test_nan_inf_and_non_numbers(base: dict[str, bytes], workdir: Path, ledger: 
 
 @_settings(60)
 @given(data=st.data())
-def test_scores_outside_0_1(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any) -> None:
+def test_scores_outside_0_1(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
     rows = table(base, "scores.csv.gz")
     task = data.draw(st.sampled_from(TASKS), label="task")
     i = data.draw(st.sampled_from([k for k in range(1, len(rows)) if rows[k][0] == task]), label="row")
-    value = data.draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False),
-                                st.sampled_from([-1.0, -0.0, 0.0, 1.0, 2.0, 0.5, 1e-300, 1 + 1e-15])), label="score")
+    value = data.draw(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.sampled_from([-1.0, -0.0, 0.0, 1.0, 2.0, 0.5, 1e-300, 1 + 1e-15]),
+        ),
+        label="score",
+    )
     text = data.draw(st.sampled_from([repr(value), f"{value:.17g}", f"{value:e}"]), label="spelling")
     rows[i][3] = text
     result = Case(workdir, {**base, "scores.csv.gz": untable(rows, "scores.csv.gz")}).load()
@@ -309,8 +348,11 @@ def test_duplicates(base: dict[str, bytes], workdir: Path, ledger: dict[str, Cou
     expect_error(result, name, row=line_of(rows, later), fragment="duplicate")
 
 
-LATIN1 = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters='",\r\n'),
-                 min_size=1, max_size=20)
+LATIN1 = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters='",\r\n'),
+    min_size=1,
+    max_size=20,
+)
 
 
 def _first_bad_utf8_line(raw: bytes) -> int | None:
@@ -323,8 +365,12 @@ def _first_bad_utf8_line(raw: bytes) -> int | None:
 
 @_settings(60)
 @given(data=st.data())
-def test_mixed_encodings(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any) -> None:
-    kind = data.draw(st.sampled_from(["latin-1 cell", "latin-1 model name", "utf-16 file", "bom"]), label="kind")
+def test_mixed_encodings(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
+    kind = data.draw(
+        st.sampled_from(["latin-1 cell", "latin-1 model name", "utf-16 file", "bom"]), label="kind"
+    )
     name = "models.csv" if kind == "latin-1 model name" else data.draw(st.sampled_from(FILES), label="file")
     raw = unzip(base[name], name)
     if kind in ("latin-1 cell", "latin-1 model name"):
@@ -335,7 +381,11 @@ def test_mixed_encodings(base: dict[str, bytes], workdir: Path, ledger: dict[str
         rows[i][c] = rows[i][c] + marker
         text = untable(rows, "plain").decode("utf-8")
         head, tail = text.split(marker)
-        raw = head.encode("utf-8") + data.draw(LATIN1, label="latin-1 text").encode("latin-1") + tail.encode("utf-8")
+        raw = (
+            head.encode("utf-8")
+            + data.draw(LATIN1, label="latin-1 text").encode("latin-1")
+            + tail.encode("utf-8")
+        )
     elif kind == "utf-16 file":
         raw = raw.decode("utf-8").encode("utf-16")
     else:
@@ -352,10 +402,14 @@ def test_mixed_encodings(base: dict[str, bytes], workdir: Path, ledger: dict[str
 
 @_settings(10)
 @given(data=st.data())
-def test_one_megabyte_input(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any) -> None:
-    unit = data.draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=64),
-                     label="repeated text")
-    text = (unit * (1_000_000 // len(unit.encode("utf-8")) + 1))
+def test_one_megabyte_input(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
+    unit = data.draw(
+        st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=64),
+        label="repeated text",
+    )
+    text = unit * (1_000_000 // len(unit.encode("utf-8")) + 1)
     rows = table(base, "items.csv.gz")
     i = data.draw(st.integers(1, len(rows) - 1), label="row")
     rows[i][2] = text
@@ -391,13 +445,20 @@ def test_empty_files(base: dict[str, bytes], workdir: Path, ledger: dict[str, Co
     result = Case(workdir, {**base, name: content}).load()
     outcome(ledger, "empty files", result)
     err = expect_error(result, name)
-    expected = ("empty", "no data rows", "missing column", "truncated or corrupt")  # last: a .gz that is not gzip
+    expected = (
+        "empty",
+        "no data rows",
+        "missing column",
+        "truncated or corrupt",
+    )  # last: a .gz that is not gzip
     assert any(e in err.message for e in expected), err.message
 
 
 @_settings(100)
 @given(data=st.data())
-def test_random_byte_flips(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any) -> None:
+def test_random_byte_flips(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
     name = data.draw(st.sampled_from(FILES), label="file")
     compressed = name.endswith(".gz") and data.draw(st.booleans(), label="flip the compressed bytes")
     raw = bytearray(base[name] if compressed else unzip(base[name], name))
@@ -411,8 +472,9 @@ def test_random_byte_flips(base: dict[str, bytes], workdir: Path, ledger: dict[s
 
 @_settings(100)
 @given(data=st.data())
-def test_random_byte_flips_in_compressed_files(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter],
-                                               data: Any) -> None:
+def test_random_byte_flips_in_compressed_files(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
     """Flips inside the deflate stream: zlib errors, CRC errors, or garbage that fails UTF-8 first."""
     name = data.draw(st.sampled_from(["items.csv.gz", "scores.csv.gz"]), label="file")
     raw = bytearray(base[name])
@@ -425,8 +487,9 @@ def test_random_byte_flips_in_compressed_files(base: dict[str, bytes], workdir: 
         assert Path(result.file).name == name, str(result)
 
 
-def test_corrupt_gzip_whose_text_is_not_utf8(base: dict[str, bytes], workdir: Path,
-                                            ledger: dict[str, Counter]) -> None:
+def test_corrupt_gzip_whose_text_is_not_utf8(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter]
+) -> None:
     """Regression: pandas fails on the bad byte, then re-reading for the error hit the CRC (BadGzipFile)."""
     text = unzip(base["items.csv.gz"], "items.csv.gz")
     header, rest = text.split(b"\n", 1)
@@ -447,7 +510,9 @@ CELL_TEXT = st.one_of(
 
 @_settings(100)
 @given(data=st.data())
-def test_random_cell_values(base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any) -> None:
+def test_random_cell_values(
+    base: dict[str, bytes], workdir: Path, ledger: dict[str, Counter], data: Any
+) -> None:
     name = data.draw(st.sampled_from(FILES), label="file")
     rows = table(base, name)
     i = data.draw(st.integers(1, len(rows) - 1), label="row")

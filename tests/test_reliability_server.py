@@ -43,15 +43,29 @@ from test_server import KEY, MODELS, ServerThread, _write_tiny_benchmark  # test
 from upstream_app import create_upstream_app
 
 BODY_LIMIT = 20_000
-LIMITS = {"max_body_bytes": BODY_LIMIT, "max_inputs": 8, "max_input_chars": 2_000, "max_concurrency": 4,
-          "request_timeout_s": 4, "upstream_timeout_s": 3}
+LIMITS = {
+    "max_body_bytes": BODY_LIMIT,
+    "max_inputs": 8,
+    "max_input_chars": 2_000,
+    "max_concurrency": 4,
+    "request_timeout_s": 4,
+    "upstream_timeout_s": 3,
+}
 PROFILES = ["benchroute", "benchroute/cheap", "benchroute/coder", *MODELS, "nope", ""]
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -102,8 +116,11 @@ def server(router: Any, upstream: ServerThread) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def http(server: ServerThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"}) as c:
+    with httpx.Client(
+        base_url=server.url,
+        timeout=30,
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    ) as c:
         yield c
 
 
@@ -127,13 +144,22 @@ def _check_answer(r: httpx.Response, counts: Counter) -> None:
 # ------------------------------------------------------------------------------------ fuzzed bodies
 
 SURROGATES = st.sampled_from(["\ud800", "a\udfffb", "\udbff\udc00"[::-1]])  # lone/reversed surrogate pairs
-TEXT = st.one_of(st.text(max_size=40), st.text(st.characters(codec="utf-8"), min_size=1, max_size=300),
-                 SURROGATES, st.sampled_from(["", " ", "\x00", "\u202e", "😀" * 50, "x" * 2_001]))
-NUMBER = st.one_of(st.integers(), st.integers(min_value=-(10**300), max_value=10**300),
-                   st.floats(allow_nan=True, allow_infinity=True))
-JSON = st.recursive(st.none() | st.booleans() | NUMBER | TEXT,
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
-                    max_leaves=12)
+TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(st.characters(codec="utf-8"), min_size=1, max_size=300),
+    SURROGATES,
+    st.sampled_from(["", " ", "\x00", "\u202e", "😀" * 50, "x" * 2_001]),
+)
+NUMBER = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(10**300), max_value=10**300),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | NUMBER | TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
+    max_leaves=12,
+)
 
 
 def _maybe(value: Any) -> Any:
@@ -144,7 +170,10 @@ def _maybe(value: Any) -> Any:
 def _schema(fields: dict[str, Any]) -> Any:
     """Objects with some of ``fields`` (each maybe mistyped) and sometimes an unknown extra field."""
     return st.fixed_dictionaries({}, optional={k: _maybe(v) for k, v in fields.items()}).flatmap(
-        lambda d: st.one_of(st.just(d), st.dictionaries(TEXT, JSON, max_size=2).map(lambda extra: {**extra, **d})))
+        lambda d: st.one_of(
+            st.just(d), st.dictionaries(TEXT, JSON, max_size=2).map(lambda extra: {**extra, **d})
+        )
+    )
 
 
 CANDIDATES = st.lists(st.sampled_from([*MODELS, "gpt-nope", ""]), max_size=4)
@@ -154,37 +183,97 @@ INPUTS = st.lists(st.one_of(GOOD_TEXT, GOOD_TEXT, GOOD_TEXT, TEXT), min_size=1, 
 PART = st.fixed_dictionaries({"type": st.just("text"), "text": TEXT})
 # well-formed requests whose texts are hostile (unicode, lone surrogates, NUL, RTL marks, over-long, blank)
 VALID = {
-    "/v1/route": st.fixed_dictionaries({"input": st.one_of(TEXT, INPUTS)}, optional={"candidates": GOOD_CANDIDATES}),
-    "/v1/recommend": st.fixed_dictionaries({"inputs": INPUTS}, optional={
-        "candidates": GOOD_CANDIDATES,
-        "labeled": st.lists(st.fixed_dictionaries({
-            "input": TEXT, "correct": st.fixed_dictionaries({m: st.sampled_from([0, 1]) for m in MODELS})}),
-            min_size=1, max_size=3)}),
-    "/v1/chat/completions": st.fixed_dictionaries({
-        "model": st.sampled_from(PROFILES),
-        "messages": st.lists(st.fixed_dictionaries({
-            "role": st.sampled_from(["user", "user", "system", "assistant"]),
-            "content": st.one_of(TEXT, st.lists(PART, max_size=3))}), min_size=1, max_size=3),
-    }, optional={"stream": st.booleans(), "temperature": st.floats(0, 2), "max_tokens": st.integers(1, 10**6),
-                 "user": TEXT, "metadata": st.dictionaries(TEXT, JSON, max_size=3)}),
+    "/v1/route": st.fixed_dictionaries(
+        {"input": st.one_of(TEXT, INPUTS)}, optional={"candidates": GOOD_CANDIDATES}
+    ),
+    "/v1/recommend": st.fixed_dictionaries(
+        {"inputs": INPUTS},
+        optional={
+            "candidates": GOOD_CANDIDATES,
+            "labeled": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "input": TEXT,
+                        "correct": st.fixed_dictionaries({m: st.sampled_from([0, 1]) for m in MODELS}),
+                    }
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+        },
+    ),
+    "/v1/chat/completions": st.fixed_dictionaries(
+        {
+            "model": st.sampled_from(PROFILES),
+            "messages": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.sampled_from(["user", "user", "system", "assistant"]),
+                        "content": st.one_of(TEXT, st.lists(PART, max_size=3)),
+                    }
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+        },
+        optional={
+            "stream": st.booleans(),
+            "temperature": st.floats(0, 2),
+            "max_tokens": st.integers(1, 10**6),
+            "user": TEXT,
+            "metadata": st.dictionaries(TEXT, JSON, max_size=3),
+        },
+    ),
 }
 # the same shapes with any field possibly missing, mistyped or joined by an unknown one
 SCHEMA = {
-    "/v1/route": _schema({"input": st.one_of(TEXT, st.lists(TEXT, max_size=10)), "candidates": st.none() | CANDIDATES}),
-    "/v1/recommend": _schema({
-        "inputs": st.lists(TEXT, max_size=10),
-        "labeled": st.none() | st.lists(_schema({"input": TEXT, "correct": st.dictionaries(
-            st.sampled_from([*MODELS, "x"]), st.one_of(st.sampled_from([0, 1]), NUMBER, JSON), max_size=4)}),
-            max_size=3),
-        "candidates": st.none() | CANDIDATES,
-    }),
-    "/v1/chat/completions": _schema({
-        "model": st.sampled_from(PROFILES),
-        "messages": st.lists(_schema({"role": st.sampled_from(["user", "system", "assistant", "tool", ""]),
-                                      "content": st.one_of(TEXT, st.none(), st.lists(_schema(
-                                          {"type": st.sampled_from(["text", "image"]), "text": TEXT}), max_size=3))}),
-                             max_size=4),
-        "stream": st.booleans(), "temperature": NUMBER, "max_tokens": NUMBER}),
+    "/v1/route": _schema(
+        {"input": st.one_of(TEXT, st.lists(TEXT, max_size=10)), "candidates": st.none() | CANDIDATES}
+    ),
+    "/v1/recommend": _schema(
+        {
+            "inputs": st.lists(TEXT, max_size=10),
+            "labeled": st.none()
+            | st.lists(
+                _schema(
+                    {
+                        "input": TEXT,
+                        "correct": st.dictionaries(
+                            st.sampled_from([*MODELS, "x"]),
+                            st.one_of(st.sampled_from([0, 1]), NUMBER, JSON),
+                            max_size=4,
+                        ),
+                    }
+                ),
+                max_size=3,
+            ),
+            "candidates": st.none() | CANDIDATES,
+        }
+    ),
+    "/v1/chat/completions": _schema(
+        {
+            "model": st.sampled_from(PROFILES),
+            "messages": st.lists(
+                _schema(
+                    {
+                        "role": st.sampled_from(["user", "system", "assistant", "tool", ""]),
+                        "content": st.one_of(
+                            TEXT,
+                            st.none(),
+                            st.lists(
+                                _schema({"type": st.sampled_from(["text", "image"]), "text": TEXT}),
+                                max_size=3,
+                            ),
+                        ),
+                    }
+                ),
+                max_size=4,
+            ),
+            "stream": st.booleans(),
+            "temperature": NUMBER,
+            "max_tokens": NUMBER,
+        }
+    ),
 }
 BODIES = {path: st.one_of(VALID[path], VALID[path], VALID[path], SCHEMA[path], JSON) for path in VALID}
 
@@ -192,7 +281,9 @@ BODIES = {path: st.one_of(VALID[path], VALID[path], VALID[path], SCHEMA[path], J
 @pytest.mark.parametrize("path", list(BODIES))
 @_settings(80)
 @given(data=st.data())
-def test_fuzzed_json_bodies_never_5xx(http: httpx.Client, ledger: dict[str, Counter], path: str, data: Any) -> None:
+def test_fuzzed_json_bodies_never_5xx(
+    http: httpx.Client, ledger: dict[str, Counter], path: str, data: Any
+) -> None:
     body = data.draw(BODIES[path], label="body")
     raw = json.dumps(body).encode()  # NaN/Infinity as Python writes them, lone surrogates as \\ud800 escapes
     r = http.post(path, content=raw)
@@ -202,33 +293,50 @@ def test_fuzzed_json_bodies_never_5xx(http: httpx.Client, ledger: dict[str, Coun
 RAW_BODIES = {
     "deep array": b"[" * 9_000 + b"]" * 9_000,
     "deep object": b'{"a":' * 3_000 + b"1" + b"}" * 3_000,
-    "deep array in a field": b'{"input": ' + b"[" * 5_000 + b"]" * 5_000 + b', "model": "benchroute", "messages": '
-                             + b"[" * 2_000 + b"]" * 2_000 + b"}",
-    "deep content parts": json.dumps({"model": "benchroute", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "What is 2 plus 2?", "x": json.loads("[" * 800 + "]" * 800)}]}]}).encode(),
+    "deep array in a field": b'{"input": '
+    + b"[" * 5_000
+    + b"]" * 5_000
+    + b', "model": "benchroute", "messages": '
+    + b"[" * 2_000
+    + b"]" * 2_000
+    + b"}",
+    "deep content parts": json.dumps(
+        {
+            "model": "benchroute",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is 2 plus 2?", "x": json.loads("[" * 800 + "]" * 800)}
+                    ],
+                }
+            ],
+        }
+    ).encode(),
     "5000-digit number": b'{"input": ' + b"9" * 5_000 + b', "model": ' + b"9" * 5_000 + b"}",
     "1e999": b'{"input": 1e999, "inputs": [1e999], "model": 1e999, "messages": 1e999}',
     "NaN": b'{"input": NaN, "inputs": NaN, "model": "benchroute", "messages": [], "stream": NaN}',
-    "invalid UTF-8": b'{"input": "caf\xe9", "inputs": ["\xff\xfe"], "model": "benchroute", "messages": [{"role": '
-                     b'"user", "content": "\xc3\x28"}]}',
-    "lone surrogate escapes": b'{"input": "a\\ud800", "inputs": ["\\udfff"], "model": "benchroute", "messages": '
-                              b'[{"role": "user", "content": "What is 2 plus 2? \\ud800"}]}',
-    "NUL bytes": b'{"input": "\\u0000", "inputs": ["\\u0000"], "model": "benchroute", "messages": [{"role": "user", '
-                 b'"content": "\\u0000"}]}',
+    "invalid UTF-8": b'{"input": "caf\xe9", "inputs": ["\xff\xfe"], "model": "benchroute", '
+    b'"messages": [{"role": "user", "content": "\xc3\x28"}]}',
+    "lone surrogate escapes": b'{"input": "a\\ud800", "inputs": ["\\udfff"], "model": "benchroute", '
+    b'"messages": [{"role": "user", "content": "What is 2 plus 2? \\ud800"}]}',
+    "NUL bytes": b'{"input": "\\u0000", "inputs": ["\\u0000"], "model": "benchroute", '
+    b'"messages": [{"role": "user", "content": "\\u0000"}]}',
     "truncated": b'{"input": "What is',
     "empty": b"",
     "not JSON": b"<xml/>",
     "top-level string": b'"What is 2 plus 2?"',
     "duplicate keys": b'{"input": 1, "input": "What is 2 plus 2?", "inputs": 1, "inputs": ["x"], "model": 1, '
-                      b'"model": "benchroute", "messages": [{"role": "user", "content": "hi"}]}',
+    b'"model": "benchroute", "messages": [{"role": "user", "content": "hi"}]}',
     "BOM": b'\xef\xbb\xbf{"input": "What is 2 plus 2?"}',
     "UTF-16": '{"input": "What is 2 plus 2?"}'.encode("utf-16"),
 }
 
 
 @pytest.mark.parametrize("path", list(BODIES))
-def test_raw_hostile_bodies_never_5xx(http: httpx.Client, server: ServerThread, ledger: dict[str, Counter],
-                                      path: str) -> None:
+def test_raw_hostile_bodies_never_5xx(
+    http: httpx.Client, server: ServerThread, ledger: dict[str, Counter], path: str
+) -> None:
     counts = ledger.setdefault(f"raw hostile bodies {path}", Counter())
     for name, raw in RAW_BODIES.items():
         assert len(raw) <= BODY_LIMIT, name
@@ -241,11 +349,15 @@ def test_raw_hostile_bodies_never_5xx(http: httpx.Client, server: ServerThread, 
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_wrong_content_type_is_4xx(server: ServerThread, ledger: dict[str, Counter], content_type: str | None) -> None:
+def test_wrong_content_type_is_4xx(
+    server: ServerThread, ledger: dict[str, Counter], content_type: str | None
+) -> None:
     counts = ledger.setdefault("raw hostile bodies (content types)", Counter())
     headers = {"authorization": f"Bearer {KEY}", **({"content-type": content_type} if content_type else {})}
     for path in BODIES:
-        r = httpx.post(f"{server.url}{path}", content=b'{"input": "What is 2 plus 2?"}', headers=headers, timeout=30)
+        r = httpx.post(
+            f"{server.url}{path}", content=b'{"input": "What is 2 plus 2?"}', headers=headers, timeout=30
+        )
         _check_answer(r, counts)
 
 
@@ -274,10 +386,19 @@ def _raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 10)
     return (int(m.group(1)) if m else 0), data
 
 
-def _head(path: str, auth: bytes | None = f"Bearer {KEY}".encode(), length: int | None = None,
-          method: bytes = b"POST", extra: bytes = b"") -> bytes:
-    lines = [method + b" " + path.encode() + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close",
-             b"Content-Type: application/json"]
+def _head(
+    path: str,
+    auth: bytes | None = f"Bearer {KEY}".encode(),
+    length: int | None = None,
+    method: bytes = b"POST",
+    extra: bytes = b"",
+) -> bytes:
+    lines = [
+        method + b" " + path.encode() + b" HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Connection: close",
+        b"Content-Type: application/json",
+    ]
     if auth is not None:
         lines.append(b"Authorization: " + auth)
     if length is not None:
@@ -307,7 +428,7 @@ class Dribbler(threading.Thread):
                     return
                 if self.stop.is_set():
                     return
-                self.sock.sendall(self.body[i:i + 1])
+                self.sock.sendall(self.body[i : i + 1])
         except OSError:  # the server hung up on us
             pass
 
@@ -317,7 +438,9 @@ class Dribbler(threading.Thread):
         self.sock.close()
 
 
-def test_slow_clients_do_not_block_others(router: Any, upstream: ServerThread, ledger: dict[str, Counter]) -> None:
+def test_slow_clients_do_not_block_others(
+    router: Any, upstream: ServerThread, ledger: dict[str, Counter]
+) -> None:
     """As many dribbling uploads as there are concurrency slots: /healthz and /v1/route still answer fast."""
     counts = ledger.setdefault("slow clients (dribbled bodies)", Counter())
     with ServerThread(create_app(router, parse_config(_config(upstream, request_timeout_s=3)))) as srv:
@@ -330,8 +453,12 @@ def test_slow_clients_do_not_block_others(router: Any, upstream: ServerThread, l
                 counts["cases"] += 1
                 assert _healthy(srv) < 1.0
                 start = time.perf_counter()
-                r = httpx.post(f"{srv.url}/v1/route", json={"input": "What is 12 plus 30?"}, timeout=30,
-                               headers={"authorization": f"Bearer {KEY}"})
+                r = httpx.post(
+                    f"{srv.url}/v1/route",
+                    json={"input": "What is 12 plus 30?"},
+                    timeout=30,
+                    headers={"authorization": f"Bearer {KEY}"},
+                )
                 assert r.status_code == 200, r.text
                 assert time.perf_counter() - start < 2.0
                 counts["answered while slow clients upload"] += 1
@@ -362,10 +489,14 @@ def test_many_idle_connections(server: ServerThread, http: httpx.Client, ledger:
         for _ in range(5):
             counts["cases"] += 1
             assert _healthy(server) < 1.0
-            r = http.post("/v1/route", json={"input": "Trivia: which country is the city of Graz located in?"})
+            r = http.post(
+                "/v1/route", json={"input": "Trivia: which country is the city of Graz located in?"}
+            )
             assert r.status_code == 200
         with ThreadPoolExecutor(16) as pool:  # and 64 concurrent requests on top
-            codes = list(pool.map(lambda _: httpx.get(f"{server.url}/healthz", timeout=10).status_code, range(64)))
+            codes = list(
+                pool.map(lambda _: httpx.get(f"{server.url}/healthz", timeout=10).status_code, range(64))
+            )
         counts["cases"] += len(codes)
         assert codes == [200] * 64
     finally:
@@ -398,7 +529,7 @@ AUTH_ATTEMPTS: dict[str, bytes | None] = {
     "upper-case key": f"Bearer {KEY.upper()}".encode(),
     "swapped-case key": f"Bearer {KEY.swapcase()}".encode(),
     "key with a latin-1 byte": f"Bearer {KEY}".encode() + b"\xe9",
-    "key as UTF-8 lookalike": f"Bearer {KEY.replace('e', 'е')}".encode(),  # Cyrillic e
+    "key as UTF-8 lookalike": f"Bearer {KEY.replace('e', 'е')}".encode(),  # Cyrillic e  # noqa: RUF001 (a confusable on purpose)
     "quoted key": f'Bearer "{KEY}"'.encode(),
     "URL-encoded key": f"Bearer {KEY.replace('-', '%2D')}".encode(),
     "base64 of the key": b"Bearer " + base64.b64encode(KEY.encode()),
@@ -411,8 +542,9 @@ AUTH_ATTEMPTS: dict[str, bytes | None] = {
 }
 
 
-def _auth_status(port: int, auth: bytes | None, path: str = "/v1/models", method: bytes = b"GET",
-                 extra: bytes = b"") -> int:
+def _auth_status(
+    port: int, auth: bytes | None, path: str = "/v1/models", method: bytes = b"GET", extra: bytes = b""
+) -> int:
     try:
         status, data = _raw_request(port, _head(path, auth=auth, length=0, method=method, extra=extra))
     except (ConnectionResetError, BrokenPipeError):
@@ -425,13 +557,20 @@ def _auth_status(port: int, auth: bytes | None, path: str = "/v1/models", method
 
 
 @pytest.mark.parametrize("name", list(AUTH_ATTEMPTS))
-def test_auth_bypass_attempts_are_refused(server: ServerThread, ledger: dict[str, Counter], name: str) -> None:
+def test_auth_bypass_attempts_are_refused(
+    server: ServerThread, ledger: dict[str, Counter], name: str
+) -> None:
     status = _auth_status(server.port, AUTH_ATTEMPTS[name])
     c = ledger.setdefault("auth bypass attempts", Counter())
     c["cases"] += 1
     c[f"HTTP {status}" if status else "connection closed"] += 1
-    if name.endswith("kB key") or name in ("NUL after key", "bare CR after key", "obs-fold continuation",
-                                           "key with a latin-1 byte", "key as UTF-8 lookalike"):
+    if name.endswith("kB key") or name in (
+        "NUL after key",
+        "bare CR after key",
+        "obs-fold continuation",
+        "key with a latin-1 byte",
+        "key as UTF-8 lookalike",
+    ):
         assert status in (0, 400, 401, 413, 431), status  # the HTTP layer may refuse the header first
     else:
         assert status == 401, f"{name}: {status}"
@@ -462,7 +601,13 @@ def test_auth_bypass_by_path_method_and_duplicates(server: ServerThread, ledger:
         c[f"HTTP {status}"] += 1
         assert status in (401, 404, 405) and status != 200, (path, method, status)
     # the controls: the right key is accepted, also with the scheme in any case and extra spaces
-    for ok in (f"Bearer {KEY}", f"bearer {KEY}", f"BEARER  {KEY}", f"Bearer {KEY}   ", "Bearer second-key-0123456789abcdef"):
+    for ok in (
+        f"Bearer {KEY}",
+        f"bearer {KEY}",
+        f"BEARER  {KEY}",
+        f"Bearer {KEY}   ",
+        "Bearer second-key-0123456789abcdef",
+    ):
         assert _auth_status(server.port, ok.encode()) == 200, ok
 
 
@@ -470,15 +615,29 @@ def test_keys_are_compared_in_constant_time() -> None:
     source = inspect.getsource(GuardMiddleware._check_auth)
     assert "hmac.compare_digest(" in source
     code = [line.split("#")[0].rstrip() for line in source.splitlines()]
-    assert not re.search(r"token\s*(==|!=|\bin\b)", "\n".join(code)), "a key compared with ==/in leaks it by timing"
+    assert not re.search(r"token\s*(==|!=|\bin\b)", "\n".join(code)), (
+        "a key compared with ==/in leaks it by timing"
+    )
     start = next(i for i, line in enumerate(code) if re.search(r"for \w+ in auth\.key_bytes", line))
     indent = len(code[start]) - len(code[start].lstrip())
-    loop = [code[start]] + [ln for ln in code[start + 1:]
-                            if ln.strip()][:next((k for k, ln in enumerate([ln for ln in code[start + 1:] if ln.strip()])
-                                                  if len(ln) - len(ln.lstrip()) <= indent), None)]
+    loop = [
+        code[start],
+        *[ln for ln in code[start + 1 :] if ln.strip()][
+            : next(
+                (
+                    k
+                    for k, ln in enumerate([ln for ln in code[start + 1 :] if ln.strip()])
+                    if len(ln) - len(ln.lstrip()) <= indent
+                ),
+                None,
+            )
+        ],
+    ]
     body = "\n".join(loop)
     assert "compare_digest" in body, "every key is compared with hmac.compare_digest"
-    assert not re.search(r"\b(break|return)\b", body), "stopping at the first matching key tells which key matched"
+    assert not re.search(r"\b(break|return)\b", body), (
+        "stopping at the first matching key tells which key matched"
+    )
 
 
 # ------------------------------------------------------------------------------------ no file paths
@@ -489,14 +648,41 @@ def test_no_endpoint_takes_a_file_path(server: ServerThread, http: httpx.Client)
 
     app = server.server.config.app
     routes = {(r.path, m) for r in app.routes if hasattr(r, "methods") for m in r.methods}
-    assert routes == {("/healthz", "GET"), ("/metrics", "GET"), ("/v1/models", "GET"), ("/v1/route", "POST"),
-                      ("/v1/recommend", "POST"), ("/v1/chat/completions", "POST")}, routes
-    fields = {f for model in (server_module.RouteRequest, server_module.RecommendRequest, server_module.LabeledSample,
-                              server_module.ChatRequest, server_module.ChatMessage) for f in model.model_fields}
-    assert fields == {"input", "inputs", "candidates", "labeled", "correct", "model", "messages", "stream", "role",
-                      "content"}
+    assert routes == {
+        ("/healthz", "GET"),
+        ("/metrics", "GET"),
+        ("/v1/models", "GET"),
+        ("/v1/route", "POST"),
+        ("/v1/recommend", "POST"),
+        ("/v1/chat/completions", "POST"),
+    }, routes
+    fields = {
+        f
+        for model in (
+            server_module.RouteRequest,
+            server_module.RecommendRequest,
+            server_module.LabeledSample,
+            server_module.ChatRequest,
+            server_module.ChatMessage,
+        )
+        for f in model.model_fields
+    }
+    assert fields == {
+        "input",
+        "inputs",
+        "candidates",
+        "labeled",
+        "correct",
+        "model",
+        "messages",
+        "stream",
+        "role",
+        "content",
+    }
     # a path given as text is embedded as text, never opened
-    r = http.post("/v1/recommend", json={"inputs": ["/etc/passwd", "../../../../etc/shadow", "file:///etc/passwd"]})
+    r = http.post(
+        "/v1/recommend", json={"inputs": ["/etc/passwd", "../../../../etc/shadow", "file:///etc/passwd"]}
+    )
     assert r.status_code == 200 and "root:" not in r.text
     r = http.post("/v1/route", json={"input": "/etc/passwd"})
     assert r.status_code == 200 and "root:" not in r.text

@@ -118,7 +118,9 @@ def test_labels_arbitrate_by_the_rule_chosen_at_fit(make_router, held_out, tmp_p
 
     inputs, _ = held_out
     router = make_router(score="blend")
-    assert set(router.label_rules_) == set(LABEL_GRID) and set(router.label_rules_.values()) <= set(LABEL_RULES)
+    assert set(router.label_rules_) == set(LABEL_GRID) and set(router.label_rules_.values()) <= set(
+        LABEL_RULES
+    )
     plain = router.recommend(inputs[10:])
     order = [router.models_.index(r.model) for r in plain.ranking]
     third = order[2]  # the blend's third model is right on every labeled sample, the others never
@@ -162,8 +164,9 @@ def test_atc_p_estimator(make_router, train_bench, held_out) -> None:  # type: i
     _check_recommendation(rec, train_bench.models, len(inputs))
     g = router.predict_proba(inputs)
     expected = router.atc_.predict(np.maximum(g, 1 - g))
-    np.testing.assert_allclose([r.p for r in sorted(rec.ranking, key=lambda r: router.models_.index(r.model))],
-                               expected)
+    np.testing.assert_allclose(
+        [r.p for r in sorted(rec.ranking, key=lambda r: router.models_.index(r.model))], expected
+    )
 
 
 # ---------------------------------------------------------------------------------------- route
@@ -223,7 +226,9 @@ def test_labeled_samples_are_validated(fitted_router, held_out) -> None:  # type
     with pytest.raises(ConfigError, match="0 or 1"):
         fitted_router.recommend(inputs, labeled=(inputs[:3], Y[:3] * 0.5 + 0.25))
     with pytest.raises(ConfigError, match="lacks results"):
-        fitted_router.recommend(inputs, labeled=[{"input": inputs[0], "correct": {fitted_router.models_[0]: 1}}])
+        fitted_router.recommend(
+            inputs, labeled=[{"input": inputs[0], "correct": {fitted_router.models_[0]: 1}}]
+        )
     with pytest.raises(ConfigError, match="labeled sample 0"):
         fitted_router.recommend(inputs, labeled=[{"text": inputs[0]}])
 
@@ -242,7 +247,12 @@ def test_candidates_restrict_the_choice(fitted_router, train_bench, held_out) ->
     # a candidate's scores do not depend on who else is a candidate
     full = {r.model: r for r in fitted_router.recommend(inputs).ranking}
     for r in rec.ranking:
-        assert (r.s1, r.s2, r.s3, r.p) == (full[r.model].s1, full[r.model].s2, full[r.model].s3, full[r.model].p)
+        assert (r.s1, r.s2, r.s3, r.p) == (
+            full[r.model].s1,
+            full[r.model].s2,
+            full[r.model].s3,
+            full[r.model].p,
+        )
 
 
 def test_single_candidate(fitted_router, held_out) -> None:  # type: ignore[no-untyped-def]
@@ -278,7 +288,9 @@ def test_removing_a_model_refits_the_blend_like_a_fresh_fit(make_router, train_b
     router = make_router(score="blend")
     bma = router.models_[router.best_on_average_]
     router.remove_model(bma)  # the model every blend was shrunk toward
-    fresh = Router(**router.get_params()).fit(train_bench.select(models=[m for m in train_bench.models if m != bma]))
+    fresh = Router(**router.get_params()).fit(
+        train_bench.select(models=[m for m in train_bench.models if m != bma])
+    )
     assert router.blend_ == fresh.blend_ and router.label_rules_ == fresh.label_rules_
     assert router.recommend(held_out[0]).to_dict() == fresh.recommend(held_out[0]).to_dict()
 
@@ -320,7 +332,9 @@ def test_save_load_recommend_identical(fitted_router, held_out, tmp_path: Path) 
     loaded = Router.load(path)
     assert loaded.get_params() == fitted_router.get_params()
     assert loaded.recommend(inputs).to_dict() == fitted_router.recommend(inputs).to_dict()
-    assert [d.__dict__ for d in loaded.route(inputs[:5])] == [d.__dict__ for d in fitted_router.route(inputs[:5])]
+    assert [d.__dict__ for d in loaded.route(inputs[:5])] == [
+        d.__dict__ for d in fitted_router.route(inputs[:5])
+    ]
     card = (path / "card.md").read_text()
     assert SMALL_MODEL in card and "## note" in card
     assert all(t in card for t in fitted_router.tasks_) and fitted_router.models_[0] in card
@@ -333,9 +347,10 @@ def test_save_load_same_best_on_average_for_tied_candidates(fitted_router, held_
     inputs, _ = held_out
     cands = ["MaziyarPanahi__calme-2.3-rys-78b", "abacusai__Dracarys-72B-Instruct"]
     loaded = Router.load(fitted_router.save(tmp_path / "router"))
-    assert loaded.recommend(inputs, candidates=cands).to_dict() == fitted_router.recommend(
-        inputs, candidates=cands
-    ).to_dict()
+    assert (
+        loaded.recommend(inputs, candidates=cands).to_dict()
+        == fitted_router.recommend(inputs, candidates=cands).to_dict()
+    )
 
 
 def test_save_load_logreg_predictor(train_bench, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -383,8 +398,17 @@ def test_flipped_byte_in_arrays_is_detected(saved_router: Path, tmp_path: Path) 
     router_dir = _copy(saved_router, tmp_path / "r")
     target = router_dir / "arrays.safetensors"
     original = target.read_bytes()
-    positions = sorted({0, 7, 8, 100, len(original) // 2, len(original) - 1,
-                        *np.random.default_rng(0).integers(0, len(original), 20).tolist()})
+    positions = sorted(
+        {
+            0,
+            7,
+            8,
+            100,
+            len(original) // 2,
+            len(original) - 1,
+            *np.random.default_rng(0).integers(0, len(original), 20).tolist(),
+        }
+    )
     for pos in positions:
         data = bytearray(original)
         data[pos] ^= 0xFF
@@ -407,7 +431,9 @@ def test_flipped_byte_in_manifest_is_detected(saved_router: Path, tmp_path: Path
         data = bytearray(original)
         data[pos] ^= 0x01
         target.write_bytes(bytes(data))
-        with pytest.raises(IntegrityError, match=r"router\.json: (checksum mismatch|not a valid router manifest)"):
+        with pytest.raises(
+            IntegrityError, match=r"router\.json: (checksum mismatch|not a valid router manifest)"
+        ):
             Router.load(router_dir)
 
 
@@ -417,7 +443,12 @@ def test_truncated_file_is_detected(saved_router: Path, tmp_path: Path, name: st
     target = router_dir / name
     data = target.read_bytes()
     assert data.endswith(b"}\n") or name != "router.json"
-    for keep in (0, 1, len(data) // 2, len(data) - 2):  # (dropping only router.json's final newline is harmless)
+    for keep in (
+        0,
+        1,
+        len(data) // 2,
+        len(data) - 2,
+    ):  # (dropping only router.json's final newline is harmless)
         target.write_bytes(data[:keep])
         with pytest.raises(IntegrityError, match=re.escape(name)):
             Router.load(router_dir)
@@ -474,7 +505,11 @@ def test_empty_embedding_array_is_config_error(fitted_router) -> None:  # type: 
 
 def test_unfitted_router_raises() -> None:
     router = Router()
-    for call in (lambda: router.recommend(["x"]), lambda: router.route(["x"]), lambda: router.save("/nonexistent")):
+    for call in (
+        lambda: router.recommend(["x"]),
+        lambda: router.route(["x"]),
+        lambda: router.save("/nonexistent"),
+    ):
         with pytest.raises(NotFittedError, match="not fitted"):
             call()
 

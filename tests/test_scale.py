@@ -47,7 +47,9 @@ def store() -> tuple[np.ndarray, np.ndarray]:
 
 def test_auto_switches_at_the_thresholds(store) -> None:  # type: ignore[no-untyped-def]
     x, _q = store
-    kinds = {n: NeighborIndex(flat_min=1000, approx_min=3000).fit(x[:n]).backend_ for n in (999, 1000, 2999, 3000)}
+    kinds = {
+        n: NeighborIndex(flat_min=1000, approx_min=3000).fit(x[:n]).backend_ for n in (999, 1000, 2999, 3000)
+    }
     assert kinds == {999: "numpy", 1000: "faiss-flat", 2999: "faiss-flat", 3000: "faiss-ivf"}
     assert NeighborIndex(flat_min=1000, approx_min=None).fit(x).backend_ == "faiss-flat"
     assert NeighborIndex(flat_min=1000, approx_min=3000, approx="hnsw").fit(x).backend_ == "faiss-hnsw"
@@ -63,8 +65,14 @@ def test_flat_equals_numpy_exact(store) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_allclose(s_f, s_np, atol=1e-5)
 
 
-@pytest.mark.parametrize("params", [{"backend": "faiss-ivf"}, {"backend": "faiss-hnsw"},
-                                    {"backend": "faiss-ivf", "ivf_codec": "SQ8", "refine": 4}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"backend": "faiss-ivf"},
+        {"backend": "faiss-hnsw"},
+        {"backend": "faiss-ivf", "ivf_codec": "SQ8", "refine": 4},
+    ],
+)
 def test_approximate_recall_on_clustered_data(store, params) -> None:  # type: ignore[no-untyped-def]
     x, q = store
     _s_ex, exact = NeighborIndex("numpy").fit(x).search(q, 5)
@@ -72,7 +80,9 @@ def test_approximate_recall_on_clustered_data(store, params) -> None:  # type: i
     sims, idx = index.search(q, 5)
     assert recall(idx, exact) > 0.9
     # similarities are the true cosines of the returned neighbours (re-ranked exactly with refine)
-    np.testing.assert_allclose(sims, np.einsum("nkd,nd->nk", x[idx], q), atol=2e-3 if params.get("ivf_codec") else 1e-5)
+    np.testing.assert_allclose(
+        sims, np.einsum("nkd,nd->nk", x[idx], q), atol=2e-3 if params.get("ivf_codec") else 1e-5
+    )
     assert (np.diff(sims, axis=1) <= 1e-6).all()
 
 
@@ -89,9 +99,13 @@ def test_ivf_falls_back_to_exact_when_probed_lists_are_short(store) -> None:  # 
 
 def test_bad_index_parameters_are_config_errors(store) -> None:  # type: ignore[no-untyped-def]
     x, _ = store
-    for params, match in [({"backend": "annoy"}, "unknown neighbour index"), ({"nprobe": 0}, "nprobe"),
-                          ({"approx": "lsh"}, "approx"), ({"ivf_codec": "IVF4,Flat"}, "ivf_codec"),
-                          ({"backend": "faiss-ivf", "ivf_codec": "PQ7"}, "codec")]:
+    for params, match in [
+        ({"backend": "annoy"}, "unknown neighbour index"),
+        ({"nprobe": 0}, "nprobe"),
+        ({"approx": "lsh"}, "approx"),
+        ({"ivf_codec": "IVF4,Flat"}, "ivf_codec"),
+        ({"backend": "faiss-ivf", "ivf_codec": "PQ7"}, "codec"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             NeighborIndex(**params).fit(x[:500])
     with pytest.raises(ConfigError, match="unknown neighbour index parameters"):
@@ -120,8 +134,10 @@ def test_mmap_store_searched_in_blocks_equals_in_memory(store, tmp_path: Path, d
     np.testing.assert_allclose(s_mm, s_mem, atol=1e-6)
     # the same through the predictor: labels averaged over identical neighbours
     Y = (np.random.default_rng(1).random((len(x), 5)) < 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(KNNCorrectness(k=5, index_params={"block_rows": 700}).fit(mapped, Y).predict_proba(q),
-                                  KNNCorrectness(k=5).fit(np.load(path), Y).predict_proba(q))
+    np.testing.assert_array_equal(
+        KNNCorrectness(k=5, index_params={"block_rows": 700}).fit(mapped, Y).predict_proba(q),
+        KNNCorrectness(k=5).fit(np.load(path), Y).predict_proba(q),
+    )
 
 
 def test_ivf_trains_on_a_sample_of_a_mapped_store(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -155,7 +171,9 @@ def test_label_encodings_round_trip_and_predict_identically(store, m: int) -> No
     for weights in ("uniform", "distance"):
         dense = KNNCorrectness(k=7, weights=weights, labels="float32").fit(x, Y).predict_proba(q)
         for enc in ("auto", "uint8"):
-            np.testing.assert_array_equal(KNNCorrectness(k=7, weights=weights, labels=enc).fit(x, Y).predict_proba(q), dense)
+            np.testing.assert_array_equal(
+                KNNCorrectness(k=7, weights=weights, labels=enc).fit(x, Y).predict_proba(q), dense
+            )
 
 
 def test_fractional_labels_stay_float32() -> None:
@@ -205,7 +223,9 @@ def test_router_saves_labels_bit_packed_and_routes_identically(tmp_path: Path) -
 
 
 def test_router_with_an_approximate_index_reloads_and_routes_the_same(tmp_path: Path) -> None:
-    router = _router(index="faiss-ivf", index_params={"nlist": 6, "nprobe": 2, "ivf_codec": "SQ8", "refine": 3})
+    router = _router(
+        index="faiss-ivf", index_params={"nlist": 6, "nprobe": 2, "ivf_codec": "SQ8", "refine": 3}
+    )
     assert router.get_params()["index"] == "faiss-ivf"
     assert router.predictor_.index_.describe()["nprobe"] == 2
     path = router.save(tmp_path / "r")
@@ -263,8 +283,16 @@ def test_tampered_compact_labels_and_index_params_are_integrity_errors(tmp_path:
         ({**arrays, "Y_bits": arrays["Y_bits"][:, :0]}, payload, "Y_bits"),
         ({**arrays, "Y": unpack_bits(arrays["Y_bits"], m)}, payload, "exactly one label array"),
         (arrays, {**payload, "params": {**payload["params"], "index": "annoy"}}, "index"),
-        (arrays, {**payload, "params": {**payload["params"], "index_params": {"nprobe": "all"}}}, "inconsistent"),
-        (arrays, {**payload, "params": {**payload["params"], "index_params": {"__class__": 1}}}, "index_params"),
+        (
+            arrays,
+            {**payload, "params": {**payload["params"], "index_params": {"nprobe": "all"}}},
+            "inconsistent",
+        ),
+        (
+            arrays,
+            {**payload, "params": {**payload["params"], "index_params": {"__class__": 1}}},
+            "index_params",
+        ),
     ]
     for i, (a, p, match) in enumerate(cases):
         case = router.save(tmp_path / f"c{i}")

@@ -62,7 +62,9 @@ def test_accuracy_distribution_is_a_pmf_with_mean_n_s3() -> None:
     assert pmf.sum() == pytest.approx(1.0)
     assert (np.arange(n + 1) * pmf).sum() == pytest.approx(n * s3(pos / n, p))
     # n = 2, pos = 1: Binomial(1, p) + Binomial(1, 1 - p) by hand
-    np.testing.assert_allclose(accuracy_distribution(2, 1, 0.7), [0.3 * 0.7, 0.7 * 0.7 + 0.3 * 0.3, 0.7 * 0.3])
+    np.testing.assert_allclose(
+        accuracy_distribution(2, 1, 0.7), [0.3 * 0.7, 0.7 * 0.7 + 0.3 * 0.3, 0.7 * 0.3]
+    )
     np.testing.assert_allclose(accuracy_distribution(3, 3, 0.6), binom.pmf(np.arange(4), 3, 0.6))
 
 
@@ -148,7 +150,9 @@ def test_select_blend_picks_the_best_inner_config_and_the_gate_falls_back() -> N
     free = select_blend(curves, priors, accuracy, ks=(5, 10), lambdas=(0.0, 1.0))
     assert (free.k, free.lam, free.gated) == (5, 0.0, False)
     assert free.inner_accuracy == pytest.approx(accuracy.max(axis=1).mean())
-    assert free.bma_inner_accuracy == pytest.approx(np.mean([accuracy[d, np.argmax(priors[d])] for d in range(4)]))
+    assert free.bma_inner_accuracy == pytest.approx(
+        np.mean([accuracy[d, np.argmax(priors[d])] for d in range(4)])
+    )
     gain = accuracy.max(axis=1) - np.array([accuracy[d, np.argmax(priors[d])] for d in range(4)])
     assert free.gain_se == pytest.approx(gain.std(ddof=1) / 2)
     z = gain.mean() / free.gain_se
@@ -182,7 +186,17 @@ def test_apply_label_rule_hand_examples() -> None:
 
 
 def test_label_grid_size_is_the_nearest() -> None:
-    assert [label_grid_size(n) for n in (1, 5, 7, 8, 12, 16, 35, 36, 500)] == [5, 5, 5, 10, 10, 20, 20, 50, 50]
+    assert [label_grid_size(n) for n in (1, 5, 7, 8, 12, 16, 35, 36, 500)] == [
+        5,
+        5,
+        5,
+        10,
+        10,
+        20,
+        20,
+        50,
+        50,
+    ]
     assert label_grid_size(7) in LABEL_GRID
 
 

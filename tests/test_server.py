@@ -33,19 +33,45 @@ KEY = "test-key-0123456789abcdef"
 UPSTREAM_KEY = "upstream-secret-abcdef0123456789"
 MODELS = ["math-llm", "trivia-llm", "code-llm"]
 
-CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Lisbon", "Vienna", "Prague", "Warsaw", "Oslo", "Stockholm",
-          "Helsinki", "Dublin", "Athens", "Budapest", "Brussels"]
-FUNCS = [("reverse_list", "reverses a list"), ("is_prime", "checks if a number is prime"),
-         ("fib", "returns the nth Fibonacci number"), ("flatten", "flattens nested lists"),
-         ("count_words", "counts the words in a string"), ("merge_dicts", "merges two dictionaries"),
-         ("parse_csv", "parses one CSV line"), ("unique", "removes duplicates from a list"),
-         ("max_index", "returns the index of the maximum"), ("to_snake", "converts camelCase to snake_case"),
-         ("chunk", "splits a list into chunks"), ("gcd", "computes the greatest common divisor"),
-         ("palindrome", "checks whether a string is a palindrome"), ("transpose", "transposes a matrix"),
-         ("sort_by_key", "sorts dicts by a key")]
+CITIES = [
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Lisbon",
+    "Vienna",
+    "Prague",
+    "Warsaw",
+    "Oslo",
+    "Stockholm",
+    "Helsinki",
+    "Dublin",
+    "Athens",
+    "Budapest",
+    "Brussels",
+]
+FUNCS = [
+    ("reverse_list", "reverses a list"),
+    ("is_prime", "checks if a number is prime"),
+    ("fib", "returns the nth Fibonacci number"),
+    ("flatten", "flattens nested lists"),
+    ("count_words", "counts the words in a string"),
+    ("merge_dicts", "merges two dictionaries"),
+    ("parse_csv", "parses one CSV line"),
+    ("unique", "removes duplicates from a list"),
+    ("max_index", "returns the index of the maximum"),
+    ("to_snake", "converts camelCase to snake_case"),
+    ("chunk", "splits a list into chunks"),
+    ("gcd", "computes the greatest common divisor"),
+    ("palindrome", "checks whether a string is a palindrome"),
+    ("transpose", "transposes a matrix"),
+    ("sort_by_key", "sorts dicts by a key"),
+]
 TASKS = {
-    "arithmetic": [f"What is {a} plus {b}? Compute the sum of the integers {a} and {b}."
-                   for a, b in zip(range(3, 18), range(40, 55), strict=True)],
+    "arithmetic": [
+        f"What is {a} plus {b}? Compute the sum of the integers {a} and {b}."
+        for a, b in zip(range(3, 18), range(40, 55), strict=True)
+    ],
     "geography": [f"Trivia: which country is the city of {c} located in?" for c in CITIES],
     "coding": [f"Write a Python function named {n} that {d}." for n, d in FUNCS],
 }
@@ -66,8 +92,14 @@ def _write_tiny_benchmark(out: Path) -> Path:
             items.append({"task": task, "item_id": str(i), "input": text})
             for j, m in enumerate(MODELS):
                 scores.append({"task": task, "item_id": str(i), "model": m, "score": 1 if j == t else 0})
-    models = pd.DataFrame({"model": MODELS, "params_b": [7, 13, 70],
-                           "usd_per_mtok_in": [0.1, 0.5, 2.0], "usd_per_mtok_out": [0.2, 1.0, 4.0]})
+    models = pd.DataFrame(
+        {
+            "model": MODELS,
+            "params_b": [7, 13, 70],
+            "usd_per_mtok_in": [0.1, 0.5, 2.0],
+            "usd_per_mtok_out": [0.2, 1.0, 4.0],
+        }
+    )
     return write_benchmark(out, pd.DataFrame(items), pd.DataFrame(scores), models)
 
 
@@ -157,8 +189,13 @@ def _config(upstream: ServerThread, **over: Any) -> dict[str, Any]:
         "profiles": {"cheap": {"max_cost": 1.0}, "coder": {"model": "code-llm"}},
         "fallback_model": "trivia-llm",
         "auth": {"keys_env": "BR_TEST_KEYS"},
-        "limits": {"max_body_bytes": 20_000, "max_inputs": 8, "max_input_chars": 2_000,
-                   "upstream_timeout_s": 1.5, "max_concurrency": 8},
+        "limits": {
+            "max_body_bytes": 20_000,
+            "max_inputs": 8,
+            "max_input_chars": 2_000,
+            "upstream_timeout_s": 1.5,
+            "max_concurrency": 8,
+        },
     }
     cfg.update(over)
     return cfg
@@ -182,7 +219,9 @@ def _post(srv: ServerThread, path: str, body: Any = None, key: str | None = KEY,
 
 
 def _chat(client: openai.OpenAI, text: str, model: str = "benchroute") -> tuple[Any, httpx.Headers]:
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": text}])
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}]
+    )
     return raw.parse(), raw.headers
 
 
@@ -205,7 +244,8 @@ def test_config_errors_name_the_field(env: None, tmp_path: Path, router: Any) ->
     assert "models.gpt-9" in msg and "unknown model 'gpt-9'" in msg and "math-llm" in msg
     assert "modles: unknown field" in err({"modles": {}})
     assert "models.math-llm.timeout: unknown field" in err(
-        {"models": {"math-llm": {"base_url": "http://h/v1", "timeout": 3}}})
+        {"models": {"math-llm": {"base_url": "http://h/v1", "timeout": 3}}}
+    )
     assert "profiles.p.candidates" in err({**base, "profiles": {"p": {"candidates": ["nope"]}}})
     assert "profiles.p.candidates" in err({**base, "profiles": {"p": {"candidates": ["code-llm"]}}})
     assert "profiles.p" in err({**base, "profiles": {"p": {"max_cost": 0.01}}})
@@ -224,7 +264,9 @@ def test_config_errors_name_the_field(env: None, tmp_path: Path, router: Any) ->
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("# comment\nfile-key-0123456789abcdef\n")
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump({**base, "auth": {"keys_env": "BR_TEST_KEYS", "keys_file": str(keys_file)}}))
+    good.write_text(
+        yaml.safe_dump({**base, "auth": {"keys_env": "BR_TEST_KEYS", "keys_file": str(keys_file)}})
+    )
     cfg = load_config(good)
     assert len(cfg.auth.key_bytes) == 3
     assert KEY not in repr(cfg) and "file-key" not in repr(cfg)
@@ -240,8 +282,9 @@ def test_config_errors_name_the_field(env: None, tmp_path: Path, router: Any) ->
     check_exposure(parse_config({**base, "auth": {"allow_anonymous": True}}), "0.0.0.0")
 
 
-def test_short_keys_and_serve_fails_before_listening(env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     router: Any) -> None:
+def test_short_keys_and_serve_fails_before_listening(
+    env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, router: Any
+) -> None:
     monkeypatch.setenv("BR_SHORT_KEYS", "abc")
     with pytest.raises(ConfigError, match="shorter than 16"):
         parse_config({"auth": {"keys_env": "BR_SHORT_KEYS"}})
@@ -261,7 +304,7 @@ def test_healthz_open_models_listed_auth_required(server: ServerThread, client: 
     assert r.status_code == 200 and r.json()["status"] == "ok"
     ids = [m.id for m in client.models.list()]
     assert ids[:3] == ["benchroute", "benchroute/cheap", "benchroute/coder"]
-    assert set(MODELS + ["extra-llm"]) <= set(ids)
+    assert set([*MODELS, "extra-llm"]) <= set(ids)
 
     for key in (None, "wrong-key-0123456789abcdef"):
         r = httpx.get(f"{server.url}/v1/models", headers={"authorization": f"Bearer {key}"} if key else {})
@@ -280,8 +323,11 @@ def test_healthz_open_models_listed_auth_required(server: ServerThread, client: 
 
 
 def test_chat_routes_each_query_to_its_task_model(client: openai.OpenAI, up: Any) -> None:
-    for question, model, upstream_name in ((MATH_Q, "math-llm", "up-math"), (TRIVIA_Q, "trivia-llm", "up-trivia"),
-                                           (CODE_Q, "code-llm", "up-code")):
+    for question, model, upstream_name in (
+        (MATH_Q, "math-llm", "up-math"),
+        (TRIVIA_Q, "trivia-llm", "up-trivia"),
+        (CODE_Q, "code-llm", "up-code"),
+    ):
         resp, headers = _chat(client, question)
         assert resp.model == model
         assert headers["x-benchroute-model"] == model
@@ -297,7 +343,8 @@ def test_chat_routes_each_query_to_its_task_model(client: openai.OpenAI, up: Any
 
 def test_chat_streaming_is_relayed_chunk_by_chunk(client: openai.OpenAI, up: Any) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="benchroute", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": CODE_Q}],
+        model="benchroute",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": CODE_Q}],
         stream=True,
     )
     assert raw.headers["x-benchroute-model"] == "code-llm"
@@ -339,8 +386,12 @@ def test_oversized_body_is_413(server: ServerThread) -> None:
             yield b"y" * 1000
         yield b'"}'
 
-    r = httpx.post(f"{server.url}/v1/route", content=chunks(), timeout=30,
-                   headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/v1/route",
+        content=chunks(),
+        timeout=30,
+        headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
     assert r.status_code == 413 and "exceeds 20000 bytes" in r.json()["error"]["message"]
     # input limits: too many inputs and too long an input
     assert _post(server, "/v1/route", {"input": [MATH_Q] * 9}).status_code == 413
@@ -357,7 +408,11 @@ def test_invalid_bodies_are_422_with_a_clear_message(server: ServerThread, clien
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
     r = _post(server, "/v1/route", {"input": 5})
     body = r.json()["error"]
-    assert r.status_code == 422 and body["message"].startswith("invalid request: input") and body["param"] == "input"
+    assert (
+        r.status_code == 422
+        and body["message"].startswith("invalid request: input")
+        and body["param"] == "input"
+    )
     r = _post(server, "/v1/route", {"input": MATH_Q, "bogus": 1})
     assert r.status_code == 422 and "bogus: unknown field" in r.json()["error"]["message"]
     r = _post(server, "/v1/route", {"input": ["  "]})
@@ -371,18 +426,22 @@ def test_invalid_bodies_are_422_with_a_clear_message(server: ServerThread, clien
 # ------------------------------------------------------------------------------- upstream failures
 
 
-def test_upstream_error_or_timeout_falls_back(client: openai.OpenAI, up: Any,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_upstream_error_or_timeout_falls_back(
+    client: openai.OpenAI, up: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO")
     up.fail, up.fail_models = "500", {"up-code"}
     resp, headers = _chat(client, CODE_Q)
     assert resp.model == "trivia-llm" and resp.choices[0].message.content == "up-trivia says hi"
-    assert headers["x-benchroute-model"] == "trivia-llm" and headers["x-benchroute-routed-model"] == "code-llm"
+    assert (
+        headers["x-benchroute-model"] == "trivia-llm" and headers["x-benchroute-routed-model"] == "code-llm"
+    )
     assert "code-llm" in headers["x-benchroute-fallback-reason"]
     assert up.models_called() == ["up-code", "up-trivia"]
 
-    stream = client.chat.completions.create(model="benchroute", messages=[{"role": "user", "content": CODE_Q}],
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="benchroute", messages=[{"role": "user", "content": CODE_Q}], stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == "up-trivia says hi"
 
     up.calls.clear()
@@ -403,8 +462,9 @@ def test_upstream_error_or_timeout_falls_back(client: openai.OpenAI, up: Any,
 
 def test_stream_cut_midway_ends_with_an_error_event(client: openai.OpenAI, up: Any) -> None:
     up.fail, up.fail_models = "cut", {"up-math"}
-    stream = client.chat.completions.create(model="benchroute", messages=[{"role": "user", "content": MATH_Q}],
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="benchroute", messages=[{"role": "user", "content": MATH_Q}], stream=True
+    )
     got = []
     with pytest.raises(openai.APIError, match="interrupted"):
         for chunk in stream:
@@ -415,8 +475,9 @@ def test_stream_cut_midway_ends_with_an_error_event(client: openai.OpenAI, up: A
 def test_upstream_down_uses_fallback_else_502(router: Any, upstream: ServerThread, up: Any) -> None:
     models = _config(upstream)["models"]
     models["code-llm"] = {"base_url": _dead_url(), "model": "up-code"}
-    with ServerThread(create_app(router, parse_config(_config(upstream, models=models,
-                                                              fallback_model="math-llm")))) as srv:
+    with ServerThread(
+        create_app(router, parse_config(_config(upstream, models=models, fallback_model="math-llm")))
+    ) as srv:
         c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=KEY, max_retries=0)
         resp, headers = _chat(c, CODE_Q)
         assert resp.model == "math-llm" and headers["x-benchroute-routed-model"] == "code-llm"
@@ -425,11 +486,19 @@ def test_upstream_down_uses_fallback_else_502(router: Any, upstream: ServerThrea
     limits = {"max_concurrency": 1, "upstream_timeout_s": 10, "request_timeout_s": 2.5}
     cfg = _config(upstream, models=models, fallback_model=None, limits=limits)
     with ServerThread(create_app(router, parse_config(cfg))) as srv:
-        r = _post(srv, "/v1/chat/completions", {"model": "benchroute", "messages": [{"role": "user", "content": CODE_Q}]})
+        r = _post(
+            srv,
+            "/v1/chat/completions",
+            {"model": "benchroute", "messages": [{"role": "user", "content": CODE_Q}]},
+        )
         assert r.status_code == 502
-        assert r.json() == {"error": {
-            "message": "upstream for 'code-llm' failed (connection failed); no fallback model configured",
-            "type": "upstream_error", "code": "upstream_unreachable"}}
+        assert r.json() == {
+            "error": {
+                "message": "upstream for 'code-llm' failed (connection failed); no fallback model configured",
+                "type": "upstream_error",
+                "code": "upstream_unreachable",
+            }
+        }
         assert r.headers["content-type"] == "application/json"
 
         # concurrency 1: a second request while the first waits on a slow upstream is rejected with 503
@@ -469,21 +538,40 @@ def test_route_endpoint(server: ServerThread) -> None:
 
 
 def test_recommend_endpoint(server: ServerThread, router: Any) -> None:
-    inputs = ["Write a Python function named reverse_words that reverses the words in a string.",
-              "Write a Python function named dedupe that removes repeated items from a list."]
+    inputs = [
+        "Write a Python function named reverse_words that reverses the words in a string.",
+        "Write a Python function named dedupe that removes repeated items from a list.",
+    ]
     r = _post(server, "/v1/recommend", {"inputs": inputs})
     assert r.status_code == 200
     rec = r.json()
-    assert set(rec) >= {"chosen", "candidate", "best_on_average", "fell_back", "probability", "reason", "ranking",
-                        "nearest_tasks", "n_inputs"}
+    assert set(rec) >= {
+        "chosen",
+        "candidate",
+        "best_on_average",
+        "fell_back",
+        "probability",
+        "reason",
+        "ranking",
+        "nearest_tasks",
+        "n_inputs",
+    }
     assert rec["n_inputs"] == 2 and rec["n_labeled"] == 0 and rec["best_on_average"] == "math-llm"
     assert sorted(x["model"] for x in rec["ranking"]) == sorted(MODELS)
     assert rec["nearest_tasks"][0]["task"] == "coding"
     assert rec == router.recommend(inputs).to_dict()  # same JSON as the library (and the CLI)
 
-    labeled = [{"input": "Write a Python function named sq that squares a number.",
-                "correct": {"math-llm": 0, "trivia-llm": 0, "code-llm": 1}}]
-    r = _post(server, "/v1/recommend", {"inputs": inputs, "labeled": labeled, "candidates": ["code-llm", "math-llm"]})
+    labeled = [
+        {
+            "input": "Write a Python function named sq that squares a number.",
+            "correct": {"math-llm": 0, "trivia-llm": 0, "code-llm": 1},
+        }
+    ]
+    r = _post(
+        server,
+        "/v1/recommend",
+        {"inputs": inputs, "labeled": labeled, "candidates": ["code-llm", "math-llm"]},
+    )
     rec = r.json()
     assert r.status_code == 200 and rec["n_labeled"] == 1 and rec["few_shot"]["code-llm"] == 1.0
     assert {x["model"] for x in rec["ranking"]} == {"code-llm", "math-llm"}
@@ -503,8 +591,12 @@ def test_metrics_after_requests(server: ServerThread, client: openai.OpenAI, up:
     r = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {KEY}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.text
-    lines = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
-    assert lines['benchroute_http_requests_total{method="POST",path="/v1/chat/completions",status="200"}'] >= 1
+    lines = {
+        ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"
+    }
+    assert (
+        lines['benchroute_http_requests_total{method="POST",path="/v1/chat/completions",status="200"}'] >= 1
+    )
     assert lines['benchroute_http_requests_total{method="GET",path="/metrics",status="401"}'] >= 1
     assert lines['benchroute_routed_total{endpoint="chat",model="math-llm"}'] >= 1
     assert lines['benchroute_routed_total{endpoint="route",model="trivia-llm"}'] >= 1

@@ -54,9 +54,7 @@ def _completion(model: str, text: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     }
 
@@ -92,10 +90,14 @@ def create_upstream_app() -> FastAPI:
         model = body.get("model", "")
         stream = bool(body.get("stream"))
         with state.lock:
-            state.calls.append({
-                "model": model, "stream": stream, "messages": body.get("messages"),
-                "authorization": request.headers.get("authorization"),
-            })
+            state.calls.append(
+                {
+                    "model": model,
+                    "stream": stream,
+                    "messages": body.get("messages"),
+                    "authorization": request.headers.get("authorization"),
+                }
+            )
         mode = state.failing(model)
         if mode == "500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)

@@ -287,7 +287,9 @@ class Embedder:
         self.commit_every = commit_every
         self.fast = fast
         if fast is not None and fast not in FAST_PATHS:
-            raise ConfigError(f"unknown fast embedding path {fast!r}", f"use one of {', '.join(FAST_PATHS)}, or None")
+            raise ConfigError(
+                f"unknown fast embedding path {fast!r}", f"use one of {', '.join(FAST_PATHS)}, or None"
+            )
         self._st = None
         self._path, model_id = resolve_model_path(self.model)
         self.model_id = f"{model_id}+{fast}" if fast else model_id
@@ -333,10 +335,17 @@ class Embedder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.fast == "bf16":  # numpy has no bf16: pool in the model, normalize in float32 here
-            vecs = self.sentence_transformer.encode(
-                list(texts), batch_size=self.batch_size, normalize_embeddings=False, convert_to_tensor=True,
-                show_progress_bar=False,
-            ).float().numpy()
+            vecs = (
+                self.sentence_transformer.encode(
+                    list(texts),
+                    batch_size=self.batch_size,
+                    normalize_embeddings=False,
+                    convert_to_tensor=True,
+                    show_progress_bar=False,
+                )
+                .float()
+                .numpy()
+            )
             return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
         vecs = self.sentence_transformer.encode(
             list(texts),
@@ -355,9 +364,7 @@ class Embedder:
         have = self._cache.get_many(self.model_id, [text_hash(t) for t in unique])
         return [t for t in unique if text_hash(t) not in have]
 
-    def encode(
-        self, texts: Sequence[str], progress: ProgressCallback | None = None
-    ) -> np.ndarray:
+    def encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
         """Embeddings of ``texts`` (n x dim), computing only what the cache lacks.
 
         ``progress`` is called with the number of newly embedded texts after each committed batch.
@@ -431,7 +438,9 @@ def export_pack(
         )
     order = sorted(hashes)
     hash_arr = np.frombuffer(b"".join(order), dtype=np.uint8).reshape(len(order), 32)
-    vec_arr = np.stack([found[h] for h in order]).astype(np.float16) if order else np.zeros((0, 0), np.float16)
+    vec_arr = (
+        np.stack([found[h] for h in order]).astype(np.float16) if order else np.zeros((0, 0), np.float16)
+    )
     checksum = hashlib.sha256(hash_arr.tobytes() + vec_arr.tobytes()).hexdigest()
     meta = {
         "format": "benchroute-embedding-pack",
@@ -460,7 +469,9 @@ def read_pack(path: str | os.PathLike[str]) -> tuple[dict[str, str], np.ndarray,
     except FileNotFoundError as exc:
         raise IntegrityError(f"{path}: embedding pack not found") from exc
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise IntegrityError(f"{path}: not a valid embedding pack ({exc})", "re-export or re-download it") from exc
+        raise IntegrityError(
+            f"{path}: not a valid embedding pack ({exc})", "re-export or re-download it"
+        ) from exc
     if meta.get("format") != "benchroute-embedding-pack":
         raise IntegrityError(f"{path}: not a benchroute embedding pack")
     if meta.get("format_version") != str(PACK_FORMAT_VERSION):
@@ -477,7 +488,9 @@ def read_pack(path: str | os.PathLike[str]) -> tuple[dict[str, str], np.ndarray,
     return meta, hashes, vecs
 
 
-def import_pack(cache: EmbeddingCache, path: str | os.PathLike[str], expected_model_id: str | None = None) -> int:
+def import_pack(
+    cache: EmbeddingCache, path: str | os.PathLike[str], expected_model_id: str | None = None
+) -> int:
     """Verify a pack and add its vectors to the cache; returns how many vectors it held."""
     meta, hashes, vecs = read_pack(path)
     model_id = meta["model_id"]

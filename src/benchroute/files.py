@@ -8,6 +8,7 @@ together (a saved router): all of them change at once, or none does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -33,10 +34,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -108,12 +107,17 @@ def atomic_write_dir(path: Path, files: Mapping[str, bytes]) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} exists and is not a directory", "give a new or existing directory path")
     if path.is_dir():
-        foreign = sorted(p.name for p in path.iterdir()
-                         if p.name not in files and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+        foreign = sorted(
+            p.name
+            for p in path.iterdir()
+            if p.name not in files and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        )
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            raise ConfigError(f"{path} holds other files ({shown}); refusing to replace it",
-                              "save into a new or empty directory, or the directory of an earlier save")
+            raise ConfigError(
+                f"{path} holds other files ({shown}); refusing to replace it",
+                "save into a new or empty directory, or the directory of an earlier save",
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     os.mkdir(stage)  # mode 0o777 & ~umask, like a directory made by mkdir

@@ -36,7 +36,9 @@ app = typer.Typer(
     add_completion=False,
 )
 data_app = typer.Typer(help="Inspect benchmark directories.", no_args_is_help=True)
-import_app = typer.Typer(help="Convert other leaderboards' outputs into the benchmark format.", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Convert other leaderboards' outputs into the benchmark format.", no_args_is_help=True
+)
 experiment_app = typer.Typer(help="Run the paper's experiments and write a report.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(import_app, name="import")
@@ -45,15 +47,26 @@ app.add_typer(experiment_app, name="experiment")
 console = Console()
 err_console = Console(stderr=True)
 
-DirArg = Annotated[str, typer.Argument(help="Benchmark directory, or a bundled name (openllm_v2, llmrouter, alpacaeval2).")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Embedding model: all-mpnet-base-v2 (default), all-MiniLM-L6-v2 or a model dir.")]
+DirArg = Annotated[
+    str, typer.Argument(help="Benchmark directory, or a bundled name (openllm_v2, llmrouter, alpacaeval2).")
+]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", help="Embedding model: all-mpnet-base-v2 (default), all-MiniLM-L6-v2 or a model dir."
+    ),
+]
 CacheOpt = Annotated[
-    Path | None, typer.Option("--cache", help="Embedding cache file (default: $BENCHROUTE_CACHE or ~/.cache/benchroute).")
+    Path | None,
+    typer.Option("--cache", help="Embedding cache file (default: $BENCHROUTE_CACHE or ~/.cache/benchroute)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'benchroute\\[ray]'); local unless --address.")]
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="Run on Ray (pip install 'benchroute\\[ray]'); local unless --address.")
+]
 AddressOpt = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster to connect to (host:6379 or auto); default: a local Ray.")
+    str | None,
+    typer.Option("--address", help="Ray cluster to connect to (host:6379 or auto); default: a local Ray."),
 ]
 
 
@@ -102,8 +115,9 @@ def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = F
     """Embed what the cache lacks (on Ray if asked, inside :func:`ray_or_local`); returns the count."""
     todo = len(embedder.missing(inputs))
     if todo:
-        with progress_bar(f"embedding {name} with {embedder.model}{' on Ray' if use_ray else ''}", todo,
-                          "inputs") as advance:
+        with progress_bar(
+            f"embedding {name} with {embedder.model}{' on Ray' if use_ray else ''}", todo, "inputs"
+        ) as advance:
             if use_ray:
                 from benchroute.experiments.distributed import ray_embed
 
@@ -113,13 +127,23 @@ def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = F
     return todo
 
 
-def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Path | None = None,
-                         drop_incomplete: bool = False, use_ray: bool = False) -> Any:
+def load_with_embeddings(
+    path: str,
+    model: str = "all-mpnet-base-v2",
+    cache: Path | None = None,
+    drop_incomplete: bool = False,
+    use_ray: bool = False,
+) -> Any:
     """The benchmark with embeddings attached; what the cache lacks is embedded under a progress bar."""
     from benchroute.data import load_with_embeddings as load
 
-    return load(path, model, cache, drop_incomplete,
-                embed_missing=lambda embedder, inputs, name: embed_missing(embedder, inputs, name, use_ray))
+    return load(
+        path,
+        model,
+        cache,
+        drop_incomplete,
+        embed_missing=lambda embedder, inputs, name: embed_missing(embedder, inputs, name, use_ray),
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -127,7 +151,9 @@ def load_with_embeddings(path: str, model: str = "all-mpnet-base-v2", cache: Pat
 def data_info(
     path: DirArg = "openllm_v2",
     as_json: JsonOpt = False,
-    drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items (reported).")] = False,
+    drop_incomplete: Annotated[
+        bool, typer.Option(help="Drop models missing on some items (reported).")
+    ] = False,
 ) -> None:
     """Tasks, items, models, and the BMA / task-oracle / per-item-oracle accuracy (leave-one-task-out)."""
     from benchroute.data.benchmark import load_benchmark
@@ -150,15 +176,32 @@ def data_info(
         figs.add_row(label, f"{f['bma_loto']:.4f}", f"{f['task_oracle']:.4f}", f"{f['instance_oracle']:.4f}")
     console.print(figs)
     tasks = Table(title="Tasks")
-    for col in ("task", "items", "threshold", "oracle model", "oracle acc", "per-item oracle", "BMA model", "BMA acc"):
+    for col in (
+        "task",
+        "items",
+        "threshold",
+        "oracle model",
+        "oracle acc",
+        "per-item oracle",
+        "BMA model",
+        "BMA acc",
+    ):
         tasks.add_column(col)
     for t in info["tasks"]:
         tasks.add_row(
-            t["task"], str(t["n_items"]), "" if t["threshold"] is None else str(t["threshold"]), t["oracle_model"],
-            f"{t['oracle_acc']:.3f}", f"{t['instance_oracle']:.3f}", t["bma_model"], f"{t['bma_acc']:.3f}",
+            t["task"],
+            str(t["n_items"]),
+            "" if t["threshold"] is None else str(t["threshold"]),
+            t["oracle_model"],
+            f"{t['oracle_acc']:.3f}",
+            f"{t['instance_oracle']:.3f}",
+            t["bma_model"],
+            f"{t['bma_acc']:.3f}",
         )
     console.print(tasks)
-    console.print(f"best model on average: [bold]{info['best_model']}[/] (macro accuracy {info['best_model_acc']:.4f})")
+    console.print(
+        f"best model on average: [bold]{info['best_model']}[/] (macro accuracy {info['best_model_acc']:.4f})"
+    )
     if info.get("dropped_models"):
         console.print(f"dropped incomplete models: {', '.join(info['dropped_models'])}")
 
@@ -169,16 +212,28 @@ def embed(
     path: Annotated[str | None, typer.Argument(help="Benchmark directory or bundled name to embed.")] = None,
     model: ModelOpt = "all-mpnet-base-v2",
     cache: CacheOpt = None,
-    export: Annotated[Path | None, typer.Option("--export", help="Write the benchmark's vectors to this pack file.")] = None,
-    import_: Annotated[Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")] = None,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Write the benchmark's vectors to this pack file.")
+    ] = None,
+    import_: Annotated[
+        Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
-    commit_every: Annotated[int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")] = 256,
+    commit_every: Annotated[
+        int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")
+    ] = 256,
     use_ray: RayOpt = False,
     address: AddressOpt = None,
-    fast: Annotated[str | None, typer.Option("--fast", help="Opt-in faster embedding path: bf16 (needs a CPU with "
-                                                             "native bf16; cached under its own model id).")] = None,
+    fast: Annotated[
+        str | None,
+        typer.Option(
+            "--fast",
+            help="Opt-in faster embedding path: bf16 (needs a CPU with "
+            "native bf16; cached under its own model id).",
+        ),
+    ] = None,
 ) -> None:
-    """Embed a benchmark's inputs into the persistent cache (resumable; --ray: on Ray Data), or import/export packs."""
+    """Embed a benchmark's inputs into the persistent cache (resumable; --ray), or import/export packs."""
     from benchroute.data.benchmark import load_benchmark
     from benchroute.embed import Embedder, EmbeddingCache, export_pack, import_pack
 
@@ -195,7 +250,8 @@ def embed(
     with ray_or_local(use_ray, address, needed=bool(embedder.missing(bench.inputs))):
         todo = embed_missing(embedder, bench.inputs, bench.name, use_ray)
     console.print(
-        f"{bench.name}: {bench.n_items} inputs, {todo} newly embedded with {embedder.model_id}; cache {store.path}"
+        f"{bench.name}: {bench.n_items} inputs, {todo} newly embedded with {embedder.model_id}; cache "
+        f"{store.path}"
     )
     if export is not None:
         n = export_pack(store, embedder.model_id, bench.inputs, export)
@@ -212,9 +268,13 @@ def _print_import(summary: dict[str, Any]) -> None:
 
 @import_app.command("helm")
 def import_helm_cmd(
-    runs_dir: Annotated[Path, typer.Argument(help="A HELM run directory or a folder of them (benchmark_output/runs/...).")],
+    runs_dir: Annotated[
+        Path, typer.Argument(help="A HELM run directory or a folder of them (benchmark_output/runs/...).")
+    ],
     out: OutOpt,
-    metric: Annotated[str | None, typer.Option(help="Per-instance metric (default: the run's main metric).")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Per-instance metric (default: the run's main metric).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Keep only instances of this split (e.g. test).")] = None,
 ) -> None:
     """Import HELM benchmark_output run directories (one model per run)."""
@@ -231,22 +291,42 @@ def import_table_cmd(
     input_col: Annotated[str, typer.Option(help="Column with the input text.")],
     model_col: Annotated[str, typer.Option(help="Column with the model name.")],
     score_col: Annotated[str, typer.Option(help="Column with the score.")],
-    item_col: Annotated[str | None, typer.Option(help="Column with an item id (default: derived from the input).")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Correct = score > threshold (blank: scores are 0/1).")] = None,
+    item_col: Annotated[
+        str | None, typer.Option(help="Column with an item id (default: derived from the input).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Correct = score > threshold (blank: scores are 0/1).")
+    ] = None,
 ) -> None:
     """Import a long table of per-question results exported by any leaderboard."""
     from benchroute.data.adapters import import_table
 
-    _print_import(import_table(file, out, task_col=task_col, input_col=input_col, model_col=model_col,
-                               score_col=score_col, item_col=item_col, threshold=threshold))
+    _print_import(
+        import_table(
+            file,
+            out,
+            task_col=task_col,
+            input_col=input_col,
+            model_col=model_col,
+            score_col=score_col,
+            item_col=item_col,
+            threshold=threshold,
+        )
+    )
 
 
 @import_app.command("lm-eval")
 def import_lmeval_cmd(
-    dir: Annotated[Path, typer.Argument(help="lm-evaluation-harness --log_samples output (one folder per model).")],
+    dir: Annotated[
+        Path, typer.Argument(help="lm-evaluation-harness --log_samples output (one folder per model).")
+    ],
     out: OutOpt,
-    metric: Annotated[str | None, typer.Option(help="Metric per sample (default: the task's first metric).")] = None,
-    filter_: Annotated[str | None, typer.Option("--filter", help="Filter to keep (default: the first logged).")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Metric per sample (default: the task's first metric).")
+    ] = None,
+    filter_: Annotated[
+        str | None, typer.Option("--filter", help="Filter to keep (default: the first logged).")
+    ] = None,
 ) -> None:
     """Import lm-evaluation-harness sample logs."""
     from benchroute.data.adapters import import_lmeval
@@ -292,14 +372,27 @@ def fit(
     model: ModelOpt = "all-mpnet-base-v2",
     cache: CacheOpt = None,
     drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items.")] = False,
-    index: Annotated[str, typer.Option(help="Neighbour index: auto, numpy, faiss-flat, faiss-ivf or faiss-hnsw "
-                                            "(docs/scaling.md).")] = "auto",
-    index_param: Annotated[list[str] | None, typer.Option(help="Index parameter KEY=VALUE, repeatable "
-                                                                "(e.g. nprobe=32, approx_min=200000).")] = None,
+    index: Annotated[
+        str,
+        typer.Option(
+            help="Neighbour index: auto, numpy, faiss-flat, faiss-ivf or faiss-hnsw (docs/scaling.md)."
+        ),
+    ] = "auto",
+    index_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Index parameter KEY=VALUE, repeatable (e.g. nprobe=32, approx_min=200000)."),
+    ] = None,
 ) -> None:
     """Learn a router from every task of a benchmark and save it."""
-    router = _router_from_options(predictor=predictor, k=k, score=score, eta=eta, embedding_model=model,
-                                  index=index, index_params=_index_params(index, index_param or []))
+    router = _router_from_options(
+        predictor=predictor,
+        k=k,
+        score=score,
+        eta=eta,
+        embedding_model=model,
+        index=index,
+        index_params=_index_params(index, index_param or []),
+    )
     bench = load_with_embeddings(path, model, cache, drop_incomplete)
     with console.status("fitting predictors and the confidence model"):
         router.fit(bench)
@@ -315,7 +408,9 @@ def _read_text(file: Path) -> str:
     except FileNotFoundError as exc:
         raise DataError("file not found", file=str(file), hint="check the path") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text (byte {exc.start})", file=str(file), hint="save it as UTF-8") from exc
+        raise DataError(
+            f"not UTF-8 text (byte {exc.start})", file=str(file), hint="save it as UTF-8"
+        ) from exc
 
 
 def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -329,7 +424,9 @@ def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line") from exc
+            raise DataError(
+                f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line"
+            ) from exc
         if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
             raise DataError('expected an object with a string "input" field', file=str(file), row=i)
         out.append((i, rec))
@@ -341,14 +438,21 @@ def read_labeled(file: Path) -> list[dict[str, Any]]:
     from benchroute.errors import DataError
 
     if file.suffix.lower() != ".jsonl":
-        raise DataError("labeled samples must be a .jsonl file", file=str(file),
-                        hint='one {"input": ..., "correct": {model: 0/1}} object per line')
+        raise DataError(
+            "labeled samples must be a .jsonl file",
+            file=str(file),
+            hint='one {"input": ..., "correct": {model: 0/1}} object per line',
+        )
     records = _jsonl_records(file, _read_text(file))
     for i, rec in records:
         if not isinstance(rec.get("correct"), dict):
-            raise DataError('expected a "correct" object mapping every model to 0 or 1', file=str(file), row=i)
+            raise DataError(
+                'expected a "correct" object mapping every model to 0 or 1', file=str(file), row=i
+            )
     if not records:
-        raise DataError("no labeled samples in the file", file=str(file), hint="give at least one, or drop --labeled")
+        raise DataError(
+            "no labeled samples in the file", file=str(file), hint="give at least one, or drop --labeled"
+        )
     return [rec for _, rec in records]
 
 
@@ -367,7 +471,11 @@ def read_inputs(file: Path) -> list[str]:
 
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
         if "input" not in frame:
-            raise DataError(f"no 'input' column (columns: {list(frame.columns)})", file=str(file), hint="name the text column 'input'")
+            raise DataError(
+                f"no 'input' column (columns: {list(frame.columns)})",
+                file=str(file),
+                hint="name the text column 'input'",
+            )
         out = frame["input"].tolist()
     else:
         out = [line for line in text.splitlines() if line.strip()]
@@ -375,7 +483,9 @@ def read_inputs(file: Path) -> list[str]:
     if empty:
         raise DataError("empty input", file=str(file), row=empty[0])
     if not out:
-        raise DataError("no inputs in the file", file=str(file), hint="give at least one input of the new task")
+        raise DataError(
+            "no inputs in the file", file=str(file), hint="give at least one input of the new task"
+        )
     return out
 
 
@@ -388,20 +498,37 @@ def recommend(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
     inputs: Annotated[Path, typer.Option("--inputs", help="The new task's inputs: .txt, .jsonl or .csv.")],
     as_json: JsonOpt = False,
-    candidates: Annotated[str | None, typer.Option(help="Comma-separated subset of models to choose from.")] = None,
-    cost_weight: Annotated[float, typer.Option(help="Maximize score - w * cost / max cost (0 = accuracy only).")] = 0.0,
-    max_cost: Annotated[float | None, typer.Option(help="Best model costing at most this (USD/Mtok or B params).")] = None,
-    cheapest_within: Annotated[float | None, typer.Option(help="Cheapest model within this of the best accuracy.")] = None,
-    labeled: Annotated[Path | None, typer.Option(
-        help='A few labeled samples of the task (.jsonl: {"input": ..., "correct": {model: 0/1}} per line).')] = None,
+    candidates: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of models to choose from.")
+    ] = None,
+    cost_weight: Annotated[
+        float, typer.Option(help="Maximize score - w * cost / max cost (0 = accuracy only).")
+    ] = 0.0,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Best model costing at most this (USD/Mtok or B params).")
+    ] = None,
+    cheapest_within: Annotated[
+        float | None, typer.Option(help="Cheapest model within this of the best accuracy.")
+    ] = None,
+    labeled: Annotated[
+        Path | None,
+        typer.Option(
+            help='A few labeled samples of the task (.jsonl: {"input": ..., "correct": {model: 0/1}} a line).'
+        ),
+    ] = None,
 ) -> None:
-    """Recommend a model for a new task from a handful of its unlabeled inputs (and optionally a few labeled ones)."""
+    """Recommend a model for a new task from a handful of its unlabeled inputs (and maybe a few labeled)."""
     from benchroute.router.estimator import Router
 
     router = Router.load(router_dir)
-    rec = router.recommend(read_inputs(inputs), labeled=read_labeled(labeled) if labeled else None,
-                           candidates=_split_csv(candidates), cost_weight=cost_weight,
-                           max_cost=max_cost, cheapest_within=cheapest_within)
+    rec = router.recommend(
+        read_inputs(inputs),
+        labeled=read_labeled(labeled) if labeled else None,
+        candidates=_split_csv(candidates),
+        cost_weight=cost_weight,
+        max_cost=max_cost,
+        cheapest_within=cheapest_within,
+    )
     if as_json:
         print(json.dumps(rec.to_dict(), indent=2))
         return
@@ -413,18 +540,28 @@ def recommend(
     for r in rec.ranking:
         style = "bold green" if r.model == rec.chosen else None
         name = r.model + (" *" if r.model in frontier else "")
-        table.add_row(str(r.rank), name, f"{r.s1:.3f}", f"{r.s2:.3f}", f"{r.s3:.3f}", f"{r.p:.3f}",
-                      f"{r.predicted_accuracy:.3f}",
-                      "" if r.params_b is None else f"{r.params_b:g}", "" if r.cost is None else f"{r.cost:g}",
-                      style=style)
+        table.add_row(
+            str(r.rank),
+            name,
+            f"{r.s1:.3f}",
+            f"{r.s2:.3f}",
+            f"{r.s3:.3f}",
+            f"{r.p:.3f}",
+            f"{r.predicted_accuracy:.3f}",
+            "" if r.params_b is None else f"{r.params_b:g}",
+            "" if r.cost is None else f"{r.cost:g}",
+            style=style,
+        )
     console.print(table)
     if frontier:
         console.print("* = on the accuracy-cost frontier (no other model is both better and cheaper)")
     console.print(f"chosen: [bold]{rec.chosen}[/] — {rec.reason}")
     if rec.few_shot is not None:
         best = max(rec.few_shot, key=lambda m: rec.few_shot[m])  # type: ignore[index]
-        console.print(f"{rec.n_labeled} labeled samples: {rec.chosen} got {rec.few_shot[rec.chosen]:.0%} of them "
-                      f"right (best on them: {best}, {rec.few_shot[best]:.0%})")
+        console.print(
+            f"{rec.n_labeled} labeled samples: {rec.chosen} got {rec.few_shot[rec.chosen]:.0%} of them "
+            f"right (best on them: {best}, {rec.few_shot[best]:.0%})"
+        )
     console.print(f"distance u = {rec.distance:.3f}: {rec.closeness}")
     near = ", ".join(f"{t['task']} ({t['share']:.0%})" for t in rec.nearest_tasks)
     console.print(f"nearest benchmark tasks: {near}")
@@ -438,7 +575,7 @@ def suggest_labels_cmd(
     strategy: Annotated[str, typer.Option(help="uncertainty, diversity, hybrid or random.")] = "uncertainty",
     as_json: JsonOpt = False,
 ) -> None:
-    """Which inputs of a new task to label (with every model's correctness) to improve the recommendation most."""
+    """Which inputs of a new task to label (every model's correctness) to improve the recommendation most."""
     import numpy as np
 
     from benchroute.method.suggest import suggest_labels
@@ -464,7 +601,9 @@ def route(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
     texts: Annotated[list[str], typer.Argument(help="One or more queries.")],
     as_json: JsonOpt = False,
-    candidates: Annotated[str | None, typer.Option(help="Comma-separated subset of models to choose from.")] = None,
+    candidates: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of models to choose from.")
+    ] = None,
 ) -> None:
     """Route single queries: the model most likely to answer each correctly."""
     from dataclasses import asdict
@@ -483,7 +622,9 @@ def route(
 @app.command()
 def serve(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
-    config: Annotated[Path | None, typer.Option("--config", help="serve.yaml: upstreams, profiles, auth, limits.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="serve.yaml: upstreams, profiles, auth, limits.")
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
@@ -494,15 +635,31 @@ def serve(
 
 
 # --------------------------------------------------------------------------- experiments
-def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None, k: int, repeats: int,
-                sweep_repeats: int, instance_data: str, seed: int, mlp_tasks: int = 0, use_ray: bool = False,
-                address: str | None = None, score: str = "blend", p_estimator: str = "kernel") -> None:
+def _experiment(
+    kind: str,
+    path: str,
+    out: Path,
+    model: str,
+    cache: Path | None,
+    k: int,
+    repeats: int,
+    sweep_repeats: int,
+    instance_data: str,
+    seed: int,
+    mlp_tasks: int = 0,
+    use_ray: bool = False,
+    address: str | None = None,
+    score: str = "blend",
+    p_estimator: str = "kernel",
+) -> None:
     from benchroute.experiments.evaluate import run_experiments
     from benchroute.experiments.report import write_report
     from benchroute.files import atomic_write_json
     from benchroute.router.estimator import Router
 
-    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator)
+    router = Router(
+        k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator
+    )
     with ray_or_local(use_ray, address):
         runner = None
         if use_ray:
@@ -510,10 +667,20 @@ def _experiment(kind: str, path: str, out: Path, model: str, cache: Path | None,
 
             runner = RayLOTORunner()
         bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None
-        inst = load_with_embeddings(instance_data, model, cache, use_ray=use_ray) if kind in ("instance", "all") else None
+        inst = (
+            load_with_embeddings(instance_data, model, cache, use_ray=use_ray)
+            if kind in ("instance", "all")
+            else None
+        )
         results = run_experiments(
-            bench if bench is not None else inst, kind, router, sweep_repeats=sweep_repeats,
-            instance_benchmark=inst, mlp_tasks=mlp_tasks, progress=progress_bar, runner=runner,
+            bench if bench is not None else inst,
+            kind,
+            router,
+            sweep_repeats=sweep_repeats,
+            instance_benchmark=inst,
+            mlp_tasks=mlp_tasks,
+            progress=progress_bar,
+            runner=runner,
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
@@ -536,14 +703,18 @@ def _print_summary(results: dict[str, Any]) -> None:
     console.print(table)
     for name, diff in results.get("paired", {}).items():
         if diff.get("n"):
-            console.print(f"{name}: {diff['mean']:+.4f} ± {diff['se']:.4f} (paired SE over {diff['n']} tasks)")
+            console.print(
+                f"{name}: {diff['mean']:+.4f} ± {diff['se']:.4f} (paired SE over {diff['n']} tasks)"
+            )
 
 
 ExpDir = Annotated[str, typer.Argument(help="Benchmark directory or bundled name.")]
 ExpOut = Annotated[Path, typer.Option("--out", help="Output directory for results.json and the report.")]
 RepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha when training the confidence model.")]
 SweepRepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha in the OOD-gap sweep.")]
-InstanceOpt = Annotated[str, typer.Option(help="Benchmark with a continuous metric for per-instance routing.")]
+InstanceOpt = Annotated[
+    str, typer.Option(help="Benchmark with a continuous metric for per-instance routing.")
+]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every random draw.")]
 
 
@@ -558,17 +729,44 @@ def _make_experiment_command(kind: str, doc: str) -> None:
         sweep_repeats: SweepRepeatsOpt = 10,
         instance_data: InstanceOpt = "alpacaeval2",
         seed: SeedOpt = 0,
-        mlp_tasks: Annotated[int, typer.Option(help="Also compare the MLP predictor on this many held-out tasks "
-                                                    "(about a minute per task on 2 cores; 0 = off).")] = 0,
+        mlp_tasks: Annotated[
+            int,
+            typer.Option(
+                help="Also compare the MLP predictor on this many held-out tasks "
+                "(about a minute per task on 2 cores; 0 = off)."
+            ),
+        ] = 0,
         use_ray: RayOpt = False,
         address: AddressOpt = None,
-        score: Annotated[str, typer.Option(help="The Router's score: blend (default), or the paper's S3 (S1, S2).")] = "blend",
-        p_estimator: Annotated[str, typer.Option(
-            help="p for the Router's trust rule: kernel, atc, or the evaluation variants calibrated, accuracy, "
-                 "true (oracle).")] = "kernel",
+        score: Annotated[
+            str, typer.Option(help="The Router's score: blend (default), or the paper's S3 (S1, S2).")
+        ] = "blend",
+        p_estimator: Annotated[
+            str,
+            typer.Option(
+                help="p for the Router's trust rule: kernel, atc, or the evaluation variants calibrated, "
+                "accuracy, "
+                "true (oracle)."
+            ),
+        ] = "kernel",
     ) -> None:
-        _experiment(kind, path, out, model, cache, k, repeats, sweep_repeats, instance_data, seed, mlp_tasks,
-                    use_ray, address, score, p_estimator)
+        _experiment(
+            kind,
+            path,
+            out,
+            model,
+            cache,
+            k,
+            repeats,
+            sweep_repeats,
+            instance_data,
+            seed,
+            mlp_tasks,
+            use_ray,
+            address,
+            score,
+            p_estimator,
+        )
 
     command.__doc__ = doc
     experiment_app.command(kind)(command)
@@ -577,8 +775,14 @@ def _make_experiment_command(kind: str, doc: str) -> None:
 for _kind, _doc in (
     ("loto", "Leave-one-task-out with nested confidence training: every method and baseline per task."),
     ("sweep", "LOTO plus the OOD-gap sweep: accuracy vs the share alpha of labeled samples of the new task."),
-    ("instance", "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study."),
-    ("all", "Everything: LOTO, alpha sweep, distance and small-model studies, per-instance routing; one report."),
+    (
+        "instance",
+        "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study.",
+    ),
+    (
+        "all",
+        "Everything: LOTO, alpha sweep, distance and small-model studies, per-instance routing; one report.",
+    ),
 ):
     _make_experiment_command(_kind, _doc)
 

@@ -13,6 +13,12 @@ from benchroute.data.benchmark import (
 from benchroute.data.loading import load_with_embeddings
 
 __all__ = [
-    "BUNDLED", "DEFAULT_BENCHMARK", "Benchmark", "bundled_path", "load_benchmark", "load_with_embeddings",
-    "loto_figures", "write_benchmark",
+    "BUNDLED",
+    "DEFAULT_BENCHMARK",
+    "Benchmark",
+    "bundled_path",
+    "load_benchmark",
+    "load_with_embeddings",
+    "loto_figures",
+    "write_benchmark",
 ]

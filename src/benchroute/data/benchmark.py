@@ -32,7 +32,13 @@ from benchroute.errors import ConfigError, DataError
 from benchroute.files import atomic_write_bytes
 
 __all__ = [
-    "BUNDLED", "DEFAULT_BENCHMARK", "Benchmark", "bundled_path", "load_benchmark", "loto_figures", "write_benchmark"
+    "BUNDLED",
+    "DEFAULT_BENCHMARK",
+    "Benchmark",
+    "bundled_path",
+    "load_benchmark",
+    "loto_figures",
+    "write_benchmark",
 ]
 
 BUNDLED = ("openllm_v2", "llmrouter", "alpacaeval2")
@@ -54,7 +60,9 @@ class _Spec:
 
 
 _ITEMS = _Spec("items", ("task", "item_id", "input"), {})
-_SCORES = _Spec("scores", ("task", "item_id", "model", "score"), {"score": False, "loglik": True, "cost": True})
+_SCORES = _Spec(
+    "scores", ("task", "item_id", "model", "score"), {"score": False, "loglik": True, "cost": True}
+)
 # The bundled llmrouter metadata spells prices the way its source does.
 _PRICE_ALIASES = {"input_cost_per_mtok": "usd_per_mtok_in", "output_cost_per_mtok": "usd_per_mtok_out"}
 _MODELS = _Spec("models", ("model",), dict.fromkeys(MODEL_COLUMNS, True), _PRICE_ALIASES)
@@ -69,8 +77,9 @@ class _Table:
     frame: pd.DataFrame
     file: str
 
-    def error(self, message: str, index: int | None = None, column: str | None = None,
-              hint: str | None = None) -> DataError:
+    def error(
+        self, message: str, index: int | None = None, column: str | None = None, hint: str | None = None
+    ) -> DataError:
         row = None if index is None else int(index) + 2  # header is row 1
         return DataError(message, file=self.file, row=row, column=column, hint=hint)
 
@@ -83,8 +92,11 @@ class _Table:
             j = int(np.argmax(dup))
             i = int(np.argmax(codes == codes[j]))
             key = ", ".join(f"{c}={self.frame[c].iloc[j]!r}" for c in columns)
-            raise self.error(f"duplicate ({key}) in rows {i + 2} and {j + 2}", j,
-                             hint=f"keep exactly one row per ({', '.join(columns)})")
+            raise self.error(
+                f"duplicate ({key}) in rows {i + 2} and {j + 2}",
+                j,
+                hint=f"keep exactly one row per ({', '.join(columns)})",
+            )
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -94,10 +106,15 @@ def _find_file(directory: Path, stem: str, optional: bool) -> Path | None:
     found = [directory / f"{stem}{ext}" for ext in EXTENSIONS if (directory / f"{stem}{ext}").is_file()]
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
-        raise DataError(f"several {stem} files: {names}", file=str(directory), hint="keep exactly one of them")
+        raise DataError(
+            f"several {stem} files: {names}", file=str(directory), hint="keep exactly one of them"
+        )
     if not found and not optional:
-        raise DataError(f"no {stem} file (looked for {', '.join(stem + ext for ext in EXTENSIONS)})",
-                        file=str(directory), hint="see docs/data-format.md for the benchmark directory layout")
+        raise DataError(
+            f"no {stem} file (looked for {', '.join(stem + ext for ext in EXTENSIONS)})",
+            file=str(directory),
+            hint="see docs/data-format.md for the benchmark directory layout",
+        )
     return found[0] if found else None
 
 
@@ -135,15 +152,22 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError("file is empty", file=name, hint=_NEEDS_ROWS) from exc
     except pd.errors.ParserError as exc:
         line = re.search(r"line (\d+)", str(exc))
-        raise DataError(f"malformed CSV ({str(exc).strip()})", file=name, row=int(line.group(1)) if line else None,
-                        hint="quote cells with commas, quotes or newlines; every row needs one cell per column") from exc
+        raise DataError(
+            f"malformed CSV ({str(exc).strip()})",
+            file=name,
+            row=int(line.group(1)) if line else None,
+            hint="quote cells with commas, quotes or newlines; every row needs one cell per column",
+        ) from exc
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise _corrupt_error(path, exc) from exc
 
 
 def _corrupt_error(path: Path, exc: BaseException) -> DataError:
-    return DataError(f"cannot read file, it is truncated or corrupt ({type(exc).__name__}: {exc})",
-                     file=str(path), hint="re-create or re-download it")
+    return DataError(
+        f"cannot read file, it is truncated or corrupt ({type(exc).__name__}: {exc})",
+        file=str(path),
+        hint="re-create or re-download it",
+    )
 
 
 def _parse_floats(text: pd.Series) -> np.ndarray:
@@ -190,7 +214,9 @@ def _header(path: Path, frame: pd.DataFrame) -> list[str]:
     if path.suffix == ".parquet":
         return [str(c) for c in frame.columns]
     try:
-        with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+        with (gzip.open if path.name.endswith(".gz") else open)(
+            path, "rt", encoding="utf-8-sig", newline=""
+        ) as f:
             cells = next(csv.reader(f), [])
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):  # pandas read it: keep its names
         return [str(c) for c in frame.columns]
@@ -202,8 +228,12 @@ def _check_header(path: Path, frame: pd.DataFrame) -> None:
     names = [c.strip() for c in _header(path, frame)]
     repeated = list(dict.fromkeys(c for c in names if c and names.count(c) > 1))
     if repeated:
-        raise DataError(f"duplicate column(s) {', '.join(map(repr, repeated))} in the header", file=str(path), row=1,
-                        hint="name every column once (names are compared without surrounding spaces)")
+        raise DataError(
+            f"duplicate column(s) {', '.join(map(repr, repeated))} in the header",
+            file=str(path),
+            row=1,
+            hint="name every column once (names are compared without surrounding spaces)",
+        )
 
 
 def _read_table(directory: Path, spec: _Spec, optional: bool = False) -> _Table | None:
@@ -218,8 +248,10 @@ def _read_table(directory: Path, spec: _Spec, optional: bool = False) -> _Table 
     table = _Table(frame, str(path))
     missing = [c for c in spec.required if c not in frame.columns]
     if missing:
-        raise table.error(f"missing column(s) {', '.join(missing)}; columns present: {', '.join(frame.columns)}",
-                          hint=f"the header must name {', '.join(spec.required)}")
+        raise table.error(
+            f"missing column(s) {', '.join(missing)}; columns present: {', '.join(frame.columns)}",
+            hint=f"the header must name {', '.join(spec.required)}",
+        )
     if frame.empty:
         raise table.error("no data rows (header only)", hint=_NEEDS_ROWS)
     for column in frame.columns:
@@ -267,8 +299,10 @@ class Benchmark:
             if matrix is not None and matrix.shape != shape:
                 raise DataError(f"{label} has shape {matrix.shape}, expected {shape} (items x models)")
         if self.embeddings is not None and (self.embeddings.ndim != 2 or len(self.embeddings) != shape[0]):
-            raise DataError(f"embeddings have shape {self.embeddings.shape}, expected ({shape[0]}, d)",
-                            hint="embed exactly the benchmark's items, in order")
+            raise DataError(
+                f"embeddings have shape {self.embeddings.shape}, expected ({shape[0]}, d)",
+                hint="embed exactly the benchmark's items, in order",
+            )
         if np.any(np.diff(self.task_index) < 0) or np.any(self.task_index < 0):
             raise DataError("items of each task must be contiguous and in tasks order")
 
@@ -379,26 +413,39 @@ class Benchmark:
             acc = _task_means(values, self._bounds)
             instance = _task_means(values.max(axis=1), self._bounds)
             loto = loto_figures(acc)
-            figures[kind] = {"bma_loto": _json_float(loto["bma_loto"]), "task_oracle": _json_float(loto["task_oracle"]),
-                             "instance_oracle": _json_float(instance.mean())}
+            figures[kind] = {
+                "bma_loto": _json_float(loto["bma_loto"]),
+                "task_oracle": _json_float(loto["task_oracle"]),
+                "instance_oracle": _json_float(instance.mean()),
+            }
             for k, entry in enumerate(tasks):
                 if prefix and binary[k]:
                     continue
                 bma = int(loto["bma_model"][k])
-                entry.update({
-                    f"{prefix}oracle_model": self.models[int(loto["oracle_model"][k])],
-                    f"{prefix}oracle_acc": _json_float(loto["oracle_acc"][k]),
-                    f"{prefix}instance_oracle": _json_float(instance[k]),
-                    f"{prefix}bma_model": self.models[bma] if bma >= 0 else None,
-                    f"{prefix}bma_acc": _json_float(loto["bma_acc"][k]),
-                })
+                entry.update(
+                    {
+                        f"{prefix}oracle_model": self.models[int(loto["oracle_model"][k])],
+                        f"{prefix}oracle_acc": _json_float(loto["oracle_acc"][k]),
+                        f"{prefix}instance_oracle": _json_float(instance[k]),
+                        f"{prefix}bma_model": self.models[bma] if bma >= 0 else None,
+                        f"{prefix}bma_acc": _json_float(loto["bma_acc"][k]),
+                    }
+                )
         macro = self.accuracy().mean(axis=0)
         best = int(np.argmax(macro))
         params = self.model_info["params_b"].to_numpy(np.float64)
         return {
-            "name": self.name, "n_tasks": self.n_tasks, "n_items": self.n_items, "n_models": self.n_models,
-            "items_per_task": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
-            "best_model": self.models[best], "best_model_acc": _json_float(macro[best]),
+            "name": self.name,
+            "n_tasks": self.n_tasks,
+            "n_items": self.n_items,
+            "n_models": self.n_models,
+            "items_per_task": {
+                "min": int(counts.min()),
+                "median": float(np.median(counts)),
+                "max": int(counts.max()),
+            },
+            "best_model": self.models[best],
+            "best_model_acc": _json_float(macro[best]),
             "figures": figures,
             "tasks": tasks,
             "models": [
@@ -507,8 +554,12 @@ def _task_info(table: _Table | None, tasks: list[str], items_file: str) -> pd.Da
     unknown = ~table.frame["task"].isin(tasks).to_numpy()
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise table.error(f"task {table.frame['task'].iloc[i]!r} has no items in {items_file}", i, "task",
-                          hint="remove it from tasks.csv or add its items")
+        raise table.error(
+            f"task {table.frame['task'].iloc[i]!r} has no items in {items_file}",
+            i,
+            "task",
+            hint="remove it from tasks.csv or add its items",
+        )
     return _with_columns(table.frame.set_index("task").reindex(index), TASK_COLUMNS)
 
 
@@ -531,8 +582,12 @@ def _model_columns(scores: _Table, models_table: _Table | None) -> tuple[list[st
     unknown = position[codes] < 0
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise scores.error(f"model {scores.frame['model'].iloc[i]!r} is not in {models_table.file}", i, "model",
-                           hint="add the model to models.csv, or delete models.csv to take models from the scores")
+        raise scores.error(
+            f"model {scores.frame['model'].iloc[i]!r} is not in {models_table.file}",
+            i,
+            "model",
+            hint="add the model to models.csv, or delete models.csv to take models from the scores",
+        )
     return models, position[codes]
 
 
@@ -540,8 +595,13 @@ def _item_key(frame: pd.DataFrame, i: int) -> str:
     return f"task={frame['task'].iloc[i]!r}, item_id={frame['item_id'].iloc[i]!r}"
 
 
-def _check_binary(scores: _Table, values: np.ndarray, task_of_row: np.ndarray, tasks: list[str],
-                  thresholds: dict[str, float | None]) -> None:
+def _check_binary(
+    scores: _Table,
+    values: np.ndarray,
+    task_of_row: np.ndarray,
+    tasks: list[str],
+    thresholds: dict[str, float | None],
+) -> None:
     """A task without a threshold must already be 0/1, otherwise 'correct' would be meaningless."""
     no_threshold = np.array([thresholds[t] is None for t in tasks])
     bad = no_threshold[task_of_row] & (values != 0) & (values != 1)
@@ -549,26 +609,44 @@ def _check_binary(scores: _Table, values: np.ndarray, task_of_row: np.ndarray, t
         i = int(np.argmax(bad))
         task = tasks[task_of_row[i]]
         raise scores.error(
-            f"task {task} has non-0/1 scores (e.g. {values[i]:g} at row {i + 2}) but no threshold in tasks.csv",
-            i, "score", hint=f"set tasks.csv threshold for {task} (e.g. 0.5) so correct = score > threshold")
+            f"task {task} has non-0/1 scores (e.g. {values[i]:g} at row {i + 2}) but no threshold in "
+            "tasks.csv",
+            i,
+            "score",
+            hint=f"set tasks.csv threshold for {task} (e.g. 0.5) so correct = score > threshold",
+        )
 
 
 def _complete_models(
-    present: np.ndarray, models: list[str], items: pd.DataFrame, item_rows: np.ndarray,
-    scores: _Table, models_table: _Table | None, items_file: str, drop_incomplete: bool,
+    present: np.ndarray,
+    models: list[str],
+    items: pd.DataFrame,
+    item_rows: np.ndarray,
+    scores: _Table,
+    models_table: _Table | None,
+    items_file: str,
+    drop_incomplete: bool,
 ) -> np.ndarray:
     """Columns of the models that score every item; the rest are an error or, if asked, dropped."""
     counts = present.sum(axis=0)
     unscored = counts == 0
     if unscored.any() and not drop_incomplete and models_table is not None:
         j = int(np.argmax(unscored))
-        raise models_table.error(f"model {models[j]!r} has no scores", j, "model",
-                                 hint="remove it from models.csv, add its scores, or load with drop_incomplete=True")
+        raise models_table.error(
+            f"model {models[j]!r} has no scores",
+            j,
+            "model",
+            hint="remove it from models.csv, add its scores, or load with drop_incomplete=True",
+        )
     orphan = ~present[:, ~unscored].any(axis=1)
     if orphan.any():
         i = int(np.argmax(orphan))
-        raise DataError(f"item ({_item_key(items, i)}) has no scores", file=items_file, row=int(item_rows[i]) + 2,
-                        hint="add its scores or remove the item")
+        raise DataError(
+            f"item ({_item_key(items, i)}) has no scores",
+            file=items_file,
+            row=int(item_rows[i]) + 2,
+            hint="add its scores or remove the item",
+        )
     incomplete = np.flatnonzero((counts < len(items)) & ~unscored)
     if len(incomplete) and not drop_incomplete:
         j = int(incomplete[0])
@@ -578,7 +656,9 @@ def _complete_models(
         raise scores.error(
             f"model {models[j]!r} has no score for {len(items) - counts[j]} of {len(items)} items "
             f"(e.g. {_item_key(items, i)}){more if others else ''}",
-            column="model", hint="add the missing scores, or load with drop_incomplete=True to drop incomplete models")
+            column="model",
+            hint="add the missing scores, or load with drop_incomplete=True to drop incomplete models",
+        )
     keep = counts == len(items)
     if not keep.any():
         raise scores.error("no model has a score for every item", hint="add the missing scores")
@@ -609,8 +689,11 @@ def load_benchmark(
     row = keys.get_indexer(pd.MultiIndex.from_frame(sc[["task", "item_id"]]))
     if (row < 0).any():
         i = int(np.argmax(row < 0))
-        raise scores_table.error(f"score for unknown item ({_item_key(sc, i)}): not in {items_table.file}", i,
-                                 hint="add the item to the items file, or remove its scores")
+        raise scores_table.error(
+            f"score for unknown item ({_item_key(sc, i)}): not in {items_table.file}",
+            i,
+            hint="add the item to the items file, or remove its scores",
+        )
     models, col = _model_columns(scores_table, models_table)
     scores_table.check_unique(["task", "item_id", "model"], row.astype(np.int64) * len(models) + col)
     task_of_item = pd.Categorical(items["task"], categories=tasks).codes
@@ -625,16 +708,30 @@ def load_benchmark(
 
     score_matrix = dense("score")
     assert score_matrix is not None
-    keep = _complete_models(~np.isnan(score_matrix), models, items, item_rows, scores_table, models_table,
-                            items_table.file, drop_incomplete)
+    keep = _complete_models(
+        ~np.isnan(score_matrix),
+        models,
+        items,
+        item_rows,
+        scores_table,
+        models_table,
+        items_table.file,
+        drop_incomplete,
+    )
     kept = [m for m, k in zip(models, keep, strict=True) if k]
     info = models_table.frame.set_index("model") if models_table else pd.DataFrame(index=pd.Index(models))
     loglik, cost = dense("loglik"), dense("cost")
     return Benchmark(
-        name=name or directory.resolve().name, tasks=tasks, items=items, models=kept,
+        name=name or directory.resolve().name,
+        tasks=tasks,
+        items=items,
+        models=kept,
         model_info=_with_columns(info.rename_axis("model").loc[kept], MODEL_COLUMNS),
-        scores=score_matrix[:, keep], thresholds=thresholds, task_info=task_info,
-        loglik=None if loglik is None else loglik[:, keep], cost=None if cost is None else cost[:, keep],
+        scores=score_matrix[:, keep],
+        thresholds=thresholds,
+        task_info=task_info,
+        loglik=None if loglik is None else loglik[:, keep],
+        cost=None if cost is None else cost[:, keep],
         dropped_models=[m for m, k in zip(models, keep, strict=True) if not k],
     )
 
@@ -649,8 +746,11 @@ def _canonical(frame: pd.DataFrame, spec: _Spec) -> pd.DataFrame:
         frame = frame.reset_index()
     missing = [c for c in spec.required if c not in frame.columns]
     if missing:
-        raise DataError(f"{spec.stem} frame lacks column(s) {', '.join(missing)}; it has "
-                        f"{', '.join(map(str, frame.columns))}", hint=f"{spec.stem} needs {', '.join(spec.required)}")
+        raise DataError(
+            f"{spec.stem} frame lacks column(s) {', '.join(missing)}; it has "
+            f"{', '.join(map(str, frame.columns))}",
+            hint=f"{spec.stem} needs {', '.join(spec.required)}",
+        )
     known = list(spec.required) + [c for c in spec.numeric if c in frame.columns and c not in spec.required]
     frame = frame[known + [c for c in frame.columns if c not in known]].reset_index(drop=True)
     for column in ("task", "item_id", "model"):
@@ -696,7 +796,9 @@ def write_benchmark(
         ext = ".csv.gz" if compress and stem in ("items", "scores") else ".csv"
         if frame is not None:
             data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
-            atomic_write_bytes(out / f"{stem}{ext}", gzip.compress(data, mtime=0) if ext.endswith(".gz") else data)
+            atomic_write_bytes(
+                out / f"{stem}{ext}", gzip.compress(data, mtime=0) if ext.endswith(".gz") else data
+            )
         for other in EXTENSIONS:
             stale = out / f"{stem}{other}"
             if (frame is None or other != ext) and stale.exists():

@@ -13,9 +13,13 @@ from benchroute.data.benchmark import Benchmark, load_benchmark
 EmbedMissing = Callable[[Any, list[str], str], Any]
 
 
-def load_with_embeddings(path: str | os.PathLike[str], model: str = "all-mpnet-base-v2",
-                         cache: str | os.PathLike[str] | None = None, drop_incomplete: bool = False,
-                         embed_missing: EmbedMissing | None = None) -> Benchmark:
+def load_with_embeddings(
+    path: str | os.PathLike[str],
+    model: str = "all-mpnet-base-v2",
+    cache: str | os.PathLike[str] | None = None,
+    drop_incomplete: bool = False,
+    embed_missing: EmbedMissing | None = None,
+) -> Benchmark:
     """Load a benchmark (a directory or a bundled name) and attach its embeddings."""
     from benchroute.embed import Embedder, import_bundled_packs
 

@@ -19,12 +19,16 @@ __all__ = ["DEFAULT_BUDGETS", "active_study"]
 DEFAULT_BUDGETS: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
 
 
-def _router_choice(ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarray | None) -> tuple[int, np.ndarray]:
+def _router_choice(
+    ev: Any, d: int, prior: np.ndarray, bma: int, moved: np.ndarray | None
+) -> tuple[int, np.ndarray]:
     """(chosen model, per-model score) of the evaluated router on task d with ``moved`` (1 x s) labeled."""
     g_all, u_all, rem = ev.engine.fold(d, [], moved)
     g = g_all[0]
     y = ev.Y[ev.engine.members[d][rem[0]]] > 0.5
-    p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y, names=(ev.router.p_estimator,))[ev.router.p_estimator]
+    p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y, names=(ev.router.p_estimator,))[
+        ev.router.p_estimator
+    ]
     chosen, score, _, _ = ev.router_decision(d, s1(g), s2(g, ev.router.t), p, rem.shape[1], bma, prior, moved)
     return chosen, score
 
@@ -40,7 +44,8 @@ def active_study(
 ) -> dict[str, Any]:
     """Leave-one-task-out accuracy of the routed model vs the number of labels, per strategy.
 
-    For each held-out task d of ``ev`` (a :class:`benchroute.experiments.evaluate.LOTOEvaluator`), each strategy
+    For each held-out task d of ``ev`` (a :class:`~benchroute.experiments.evaluate.LOTOEvaluator`),
+    each strategy
     picks labels from d's inputs using only what a user would have: the embeddings and the kNN g of
     the router trained without d, and the router's scores at zero labels (for the top models). The
     picked items move into training (the router's (k, lambda) stay those chosen without labels, as in
@@ -86,7 +91,9 @@ def active_study(
         for name in strategies:
             reps = repeats if name == "random" else 1
             for rep in range(reps):
-                order = suggest_labels(E, g, bmax, name, top=top, seed=[seed, 104729, d, rep], scores=base_score)
+                order = suggest_labels(
+                    E, g, bmax, name, top=top, seed=[seed, 104729, d, rep], scores=base_score
+                )
                 for bi, b in enumerate(budgets):
                     picked = np.sort(np.asarray(order[: min(b, bmax)]))
                     keep = np.ones(n, bool)
@@ -110,9 +117,16 @@ def active_study(
         mean = per_rep.mean(axis=0) if random_draws else per_rep[0]
         std = per_rep.std(axis=0) if random_draws else np.zeros(len(budgets))
         out["strategies"][name] = {"acc_mean": [float(x) for x in mean], "acc_std": [float(x) for x in std]}
-    out.update({
-        "bma": float(bma_acc.mean()), "largest": float(mean_acc[big]), "largest_model": bench.models[big],
-        "router_no_labels": float(router0.mean()), "oracle": float(oracle.mean()),
-        "repeats": repeats, "top": top, "seed": seed,
-    })
+    out.update(
+        {
+            "bma": float(bma_acc.mean()),
+            "largest": float(mean_acc[big]),
+            "largest_model": bench.models[big],
+            "router_no_labels": float(router0.mean()),
+            "oracle": float(oracle.mean()),
+            "repeats": repeats,
+            "top": top,
+            "seed": seed,
+        }
+    )
     return out

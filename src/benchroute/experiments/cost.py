@@ -16,8 +16,9 @@ __all__ = ["DEFAULT_LAMBDAS", "cost_study", "largest_model"]
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def largest_model(params_b: np.ndarray, cost: np.ndarray, mean_acc: np.ndarray,
-                  mask: np.ndarray | None = None) -> int:
+def largest_model(
+    params_b: np.ndarray, cost: np.ndarray, mean_acc: np.ndarray, mask: np.ndarray | None = None
+) -> int:
     """The largest candidate by parameter count (ties: costlier, then more accurate); by cost if no sizes.
 
     "Largest" rather than "most expensive" because that is the question users ask ("do I need the
@@ -45,7 +46,8 @@ def _predicted_accuracy(ev: Any, d: int, prior: np.ndarray) -> np.ndarray:
 def cost_study(ev: Any, lambdas: Sequence[float] = DEFAULT_LAMBDAS, progress: Any = None) -> dict[str, Any]:
     """Leave-one-task-out accuracy vs cost of cost-weighted routing, against every single model.
 
-    ``ev`` is a :class:`benchroute.experiments.evaluate.LOTOEvaluator`. For each held-out task d (alpha = 0) the
+    ``ev`` is a :class:`~benchroute.experiments.evaluate.LOTOEvaluator`.
+    For each held-out task d (alpha = 0) the
     router's predicted accuracies feed :func:`choose` with ``cost_weight = lambda`` for each lambda;
     the true accuracy and cost of each choice are averaged over tasks into one point per lambda.
     The predicted accuracy is the blend score for the default router; any other router is scored
@@ -96,10 +98,16 @@ def cost_study(ev: Any, lambdas: Sequence[float] = DEFAULT_LAMBDAS, progress: An
     curve_cost = cost[chosen].mean(axis=1)
     mean_acc = acc.mean(axis=0)
     names = list(bench.models)
-    points = [{"model": names[j], "cost": float(cost[j]), "acc": float(mean_acc[j])} for j in np.flatnonzero(cand)]
+    points = [
+        {"model": names[j], "cost": float(cost[j]), "acc": float(mean_acc[j])} for j in np.flatnonzero(cand)
+    ]
     curve = [
-        {"lambda": lam, "cost": float(curve_cost[i]), "acc": float(curve_acc[i]),
-         "pct_cheaper_than_plain": float(100.0 * (cost[chosen[i]] < cost[plain]).mean())}
+        {
+            "lambda": lam,
+            "cost": float(curve_cost[i]),
+            "acc": float(curve_acc[i]),
+            "pct_cheaper_than_plain": float(100.0 * (cost[chosen[i]] < cost[plain]).mean()),
+        }
         for i, lam in enumerate(lambdas)
     ]
     bma = {"cost": float(cost[bma_idx].mean()), "acc": float(acc[rows, bma_idx].mean())}
@@ -118,8 +126,15 @@ def cost_study(ev: Any, lambdas: Sequence[float] = DEFAULT_LAMBDAS, progress: An
             return None
         i = min(ok, key=lambda i: (curve_cost[i], -curve_acc[i]))
         ratio = float(curve_cost[i] / ref_cost) if ref_cost > 0 else float("nan")
-        return {"lambda": lambdas[i], "acc": float(curve_acc[i]), "cost": float(curve_cost[i]),
-                f"{label}_acc": target, f"{label}_cost": ref_cost, "cost_ratio": ratio, "saving": 1.0 - ratio}
+        return {
+            "lambda": lambdas[i],
+            "acc": float(curve_acc[i]),
+            "cost": float(curve_cost[i]),
+            f"{label}_acc": target,
+            f"{label}_cost": ref_cost,
+            "cost_ratio": ratio,
+            "saving": 1.0 - ratio,
+        }
 
     return {
         "unit": unit,
@@ -129,11 +144,18 @@ def cost_study(ev: Any, lambdas: Sequence[float] = DEFAULT_LAMBDAS, progress: An
         "bma": bma,
         "aiq": {"router": aiq(router_pts, rng), "best_single": aiq(single_pts, rng)},
         "aiq_cost_range": list(rng),
-        "largest_model": {"model": names[big], "cost": float(cost[big]), "acc": float(mean_acc[big]),
-                          "params_b": float(params_b[big]) if np.isfinite(params_b[big]) else None},
+        "largest_model": {
+            "model": names[big],
+            "cost": float(cost[big]),
+            "acc": float(mean_acc[big]),
+            "params_b": float(params_b[big]) if np.isfinite(params_b[big]) else None,
+        },
         "savings": savings_vs(big, "largest"),
-        "best_single_model": {"model": names[best_single], "cost": float(cost[best_single]),
-                              "acc": float(mean_acc[best_single])},
+        "best_single_model": {
+            "model": names[best_single],
+            "cost": float(cost[best_single]),
+            "acc": float(mean_acc[best_single]),
+        },
         "savings_vs_best_single": savings_vs(best_single, "best_single"),
         "n_candidates": int(cand.sum()),
         "excluded_unknown_cost": [names[j] for j in np.flatnonzero(~cand)],

@@ -73,13 +73,16 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except OSError as exc:
-        raise ConfigError(f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__})",
-                          "start one with `ray start --head --port=6379` and pass HEAD_IP:6379, "
-                          "or leave --address out for a local run") from exc
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({exc.strerror or type(exc).__name__})",
+            "start one with `ray start --head --port=6379` and pass HEAD_IP:6379, "
+            "or leave --address out for a local run",
+        ) from exc
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None,
-              object_store_memory: int | None = None) -> bool:
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None
+) -> bool:
     """Connect to the cluster at ``address``, or start a local Ray; True if this call started it.
 
     A Ray already initialized in this process is reused as is (and left running). A local instance
@@ -95,21 +98,33 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         return False
     # a notice on every start that token authentication is on (it is: keep it on, but quietly)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
+    common: dict[str, Any] = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "include_dashboard": False,
+    }
     try:
         if address:
             _check_reachable(address)
             ray.init(address=address, **common)
         else:
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                     object_store_memory=object_store_memory or local_object_store_bytes(), **common)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                object_store_memory=object_store_memory or local_object_store_bytes(),
+                **common,
+            )
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        hint = ("a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token and its "
-                "token (`ray get-auth-token` on the head) in ~/.ray/auth_token on this machine"
-                if address else "leave --ray out, or check `ray status` and the logs in /tmp/ray")
-        raise ConfigError(f"cannot start or reach {where} ({type(exc).__name__}: {str(exc).splitlines()[0]})",
-                          hint) from exc
+        hint = (
+            "a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token and its "
+            "token (`ray get-auth-token` on the head) in ~/.ray/auth_token on this machine"
+            if address
+            else "leave --ray out, or check `ray status` and the logs in /tmp/ray"
+        )
+        raise ConfigError(
+            f"cannot start or reach {where} ({type(exc).__name__}: {str(exc).splitlines()[0]})", hint
+        ) from exc
     _quiet(ray)
     return True
 
@@ -141,8 +156,11 @@ class EmbedWorker:
         self.embedder = Embedder(model, cache=False, batch_size=batch_size, fast=fast)
         if self.embedder.model_id != model_id:
             raise IntegrityError(
-                f"the embedding model {model!r} on this Ray node is {self.embedder.model_id}, the driver's is "
-                f"{model_id}", "install the same model package on every node")
+                f"the embedding model {model!r} on this Ray node is {self.embedder.model_id}, the driver's "
+                "is "
+                f"{model_id}",
+                "install the same model package on every node",
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows are chunks (start position, texts); output rows are texts (position, vector)."""
@@ -154,8 +172,13 @@ class EmbedWorker:
         return {"pos": np.concatenate(pos), "vector": np.concatenate(vecs)}
 
 
-def ray_embed(embedder: Embedder, texts: Iterable[str], *, num_actors: int | None = None,
-              progress: Progress | None = None) -> int:
+def ray_embed(
+    embedder: Embedder,
+    texts: Iterable[str],
+    *,
+    num_actors: int | None = None,
+    progress: Progress | None = None,
+) -> int:
     """Embed the texts ``embedder``'s cache lacks with Ray Data and write them into that cache.
 
     Needs a running Ray (:func:`ray_session`). Returns how many texts were embedded; ``progress`` is
@@ -163,8 +186,10 @@ def ray_embed(embedder: Embedder, texts: Iterable[str], *, num_actors: int | Non
     of the cluster (each actor holds its own copy of the model and uses one core).
     """
     if embedder._cache is None:
-        raise ConfigError("embedding on Ray writes into the persistent cache, but this Embedder has none",
-                          "create it with cache=None (the default cache) or a cache path")
+        raise ConfigError(
+            "embedding on Ray writes into the persistent cache, but this Embedder has none",
+            "create it with cache=None (the default cache) or a cache path",
+        )
     ray = import_ray()
     todo = embedder.missing(texts)
     if not todo:
@@ -173,12 +198,21 @@ def ray_embed(embedder: Embedder, texts: Iterable[str], *, num_actors: int | Non
     flat = [t for c in chunks for t in c]
     starts = np.cumsum([0] + [len(c) for c in chunks[:-1]])
     actors = num_actors or int(max(1, min(len(chunks), ray.cluster_resources().get("CPU", 1))))
-    ds = ray.data.from_items([{"start": int(s), "texts": c} for s, c in zip(starts, chunks, strict=True)],
-                             override_num_blocks=len(chunks))
+    ds = ray.data.from_items(
+        [{"start": int(s), "texts": c} for s, c in zip(starts, chunks, strict=True)],
+        override_num_blocks=len(chunks),
+    )
     out = ds.map_batches(
-        EmbedWorker, batch_size=1, batch_format="numpy", num_cpus=1,
-        fn_constructor_kwargs={"model": embedder.model, "model_id": embedder.model_id,
-                               "batch_size": embedder.batch_size, "fast": embedder.fast},
+        EmbedWorker,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_constructor_kwargs={
+            "model": embedder.model,
+            "model_id": embedder.model_id,
+            "batch_size": embedder.batch_size,
+            "fast": embedder.fast,
+        },
         compute=ray.data.ActorPoolStrategy(size=actors),
     )
     try:
@@ -199,14 +233,15 @@ class LOTOWorker:
     def __init__(self, ev: Any) -> None:
         self.ev = ev
 
-    def rows(self, d: int, alphas: Sequence[float], repeats: int,
-             candidates: np.ndarray | None) -> tuple[int, list[dict[str, Any]]]:
+    def rows(
+        self, d: int, alphas: Sequence[float], repeats: int, candidates: np.ndarray | None
+    ) -> tuple[int, list[dict[str, Any]]]:
         """Every alpha and repeat of held-out task d, by the serial loop itself."""
         return d, self.ev.run(alphas=alphas, repeats=repeats, tasks=[d], candidates=candidates)
 
 
 class RayLOTORunner:
-    """Runs :meth:`benchroute.experiments.evaluate.LOTOEvaluator.run` with each held-out task as a Ray actor task.
+    """Runs :meth:`~benchroute.experiments.evaluate.LOTOEvaluator.run`, each held-out task a Ray actor task.
 
     Pass it as ``runner=`` (or to ``run_experiments``). The evaluator goes into the object store once;
     a pool of :class:`LOTOWorker` actors (one per ``num_cpus`` of the cluster) maps it zero-copy and
@@ -238,11 +273,20 @@ class RayLOTORunner:
         self._pool = (ev, [actor.remote(shared) for _ in range(n)])
         return self._pool[1]
 
-    def __call__(self, ev: Any, tasks: Sequence[int], alphas: Sequence[float], repeats: int,
-                 candidates: np.ndarray | None, progress: Progress | None) -> list[dict[str, Any]]:
+    def __call__(
+        self,
+        ev: Any,
+        tasks: Sequence[int],
+        alphas: Sequence[float],
+        repeats: int,
+        candidates: np.ndarray | None,
+        progress: Progress | None,
+    ) -> list[dict[str, Any]]:
         ray = import_ray()
         if not ray.is_initialized():
-            raise ConfigError("Ray is not running", "wrap the run in benchroute.experiments.distributed.ray_session()")
+            raise ConfigError(
+                "Ray is not running", "wrap the run in benchroute.experiments.distributed.ray_session()"
+            )
         if not tasks:
             return []
         from ray.util import ActorPool
@@ -250,8 +294,9 @@ class RayLOTORunner:
         pool = ActorPool(self._workers(ray, ev, len(tasks)))
         rows: dict[int, list[dict[str, Any]]] = {}
         try:
-            for d, got in pool.map_unordered(lambda a, d: a.rows.remote(d, list(alphas), repeats, candidates),
-                                             tasks):
+            for d, got in pool.map_unordered(
+                lambda a, d: a.rows.remote(d, list(alphas), repeats, candidates), tasks
+            ):
                 rows[d] = got
                 if progress is not None:
                     progress(1)

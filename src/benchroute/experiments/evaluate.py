@@ -41,8 +41,21 @@ from benchroute.method.scores import (
 from benchroute.router.estimator import SCORES, Router
 
 #: Methods of the LOTO table, in display order.
-METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router", "BMA", "Oracle", "Random",
-           "MoE", "Few-shot", "LL")
+METHODS = (
+    "S1",
+    "S2",
+    "S3",
+    "S3_trust",
+    "S3_true_p",
+    "S3_atc",
+    "Router",
+    "BMA",
+    "Oracle",
+    "Random",
+    "MoE",
+    "Few-shot",
+    "LL",
+)
 SCORE_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router")
 #: p estimators the harness can measure: the Router's two, two evaluation variants, and "true" (the
 #: held-out task's own p: an oracle diagnostic of the trust gate, not a method).
@@ -100,18 +113,33 @@ class LOTOEvaluator:
             raise ConfigError(f"unknown score {self.router.score!r}", f"use one of {', '.join(SCORES)}")
         if self.router.p_estimator not in P_ESTIMATORS:
             # "calibrated", "accuracy" and "true" are evaluation variants: measured, not Router options
-            raise ConfigError(f"unknown p_estimator {self.router.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}")
+            raise ConfigError(
+                f"unknown p_estimator {self.router.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}"
+            )
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
         r = self.router
-        self.engine = FoldEngine(benchmark.embeddings, self.Y, self.ti, k=r.k, kappa=r.kappa, threshold=r.t,
-                                 max_k=max(r.blend_ks) if r.score == "blend" else 0)
+        self.engine = FoldEngine(
+            benchmark.embeddings,
+            self.Y,
+            self.ti,
+            k=r.k,
+            kappa=r.kappa,
+            threshold=r.t,
+            max_k=max(r.blend_ks) if r.score == "blend" else 0,
+        )
         # S1 neighbourhood sizes of the nested curves (the blend's; for another score, those within the
         # engine's depth, which is all the accuracy-based p needs)
         depth = max(self.engine.need, self.engine.max_k)
-        self.curve_ks = r.blend_ks if r.score == "blend" else tuple(k for k in r.blend_ks if k <= depth) or (r.k,)
+        self.curve_ks = (
+            r.blend_ks if r.score == "blend" else tuple(k for k in r.blend_ks if k <= depth) or (r.k,)
+        )
         self.task_acc = np.stack([self.Y[self.ti == d].mean(axis=0) for d in range(benchmark.n_tasks)])
-        self.params_b = benchmark.model_info["params_b"].to_numpy(dtype=float) if "params_b" in benchmark.model_info else np.full(benchmark.n_models, np.nan)
+        self.params_b = (
+            benchmark.model_info["params_b"].to_numpy(dtype=float)
+            if "params_b" in benchmark.model_info
+            else np.full(benchmark.n_models, np.nan)
+        )
         self._confidence: dict[int, tuple[KernelSmoother, ATCEstimator | None, np.ndarray]] = {}
         self._nested: NestedPairs | None = None
         self._blend: dict[int, BlendChoice] = {}
@@ -130,8 +158,11 @@ class LOTOEvaluator:
             ks = KernelSmoother(r.sigma).fit(pairs.u, pairs.p)
             atc = ATCEstimator().fit(pairs.atc_conf, pairs.atc_correct) if pairs.atc_conf.size else None
             self._confidence[d] = (ks, atc, pairs.u[pairs.alpha == 0])
-            self._calibrators[d] = (ConfidenceCalibrator().fit(pairs.atc_conf, pairs.atc_correct, pairs.atc_task)
-                                    if pairs.atc_conf.size else None)
+            self._calibrators[d] = (
+                ConfidenceCalibrator().fit(pairs.atc_conf, pairs.atc_correct, pairs.atc_task)
+                if pairs.atc_conf.size
+                else None
+            )
         return self._confidence[d]
 
     def calibrator(self, d: int) -> ConfidenceCalibrator | None:
@@ -153,7 +184,9 @@ class LOTOEvaluator:
         if d not in self._blend:
             r = self.router
             curves, priors = self.inner_curves(d)
-            self._blend[d] = select_blend(curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z)
+            self._blend[d] = select_blend(
+                curves, priors, self.task_acc, r.blend_ks, r.blend_lambdas, r.blend_min_z
+            )
         return self._blend[d]
 
     def accuracy_estimator(self, d: int) -> AccuracyEstimator:
@@ -164,11 +197,13 @@ class LOTOEvaluator:
         return self._accuracy[d]
 
     def label_rule(self, d: int, n_labeled: int) -> str:
-        """How ``n_labeled`` labels of held-out task d may overrule the blend, chosen over the tasks without d."""
+        """How ``n_labeled`` labels of held-out task d may overrule the blend (chosen without d)."""
         size = label_grid_size(n_labeled)
         if (d, size) not in self._label_rules:
             inner = [x for x in range(self.bench.n_tasks) if x != d]
-            rules = label_rules_for(self.engine, inner, [d], self.blend_choice(d), self.task_acc, (size,), self.router.seed)
+            rules = label_rules_for(
+                self.engine, inner, [d], self.blend_choice(d), self.task_acc, (size,), self.router.seed
+            )
             self._label_rules[(d, size)] = rules[size]
         return self._label_rules[(d, size)]
 
@@ -177,9 +212,17 @@ class LOTOEvaluator:
         bc = self.blend_choice(d)
         return blend(self.engine.s1_curve(d, [], (bc.k,), moved)[0], prior, bc.lam)
 
-    def p_estimates(self, d: int, g: np.ndarray, u: float, prior: np.ndarray, moved: np.ndarray | None,
-                    y: np.ndarray | None = None, names: Sequence[str] = P_ESTIMATORS) -> dict[str, np.ndarray]:
-        """p per model on held-out task d from each estimator in ``names`` ("true" needs ``y``, d's 0/1 labels)."""
+    def p_estimates(
+        self,
+        d: int,
+        g: np.ndarray,
+        u: float,
+        prior: np.ndarray,
+        moved: np.ndarray | None,
+        y: np.ndarray | None = None,
+        names: Sequence[str] = P_ESTIMATORS,
+    ) -> dict[str, np.ndarray]:
+        """p per model on held-out task d from each estimator in ``names`` ("true" needs labels ``y``)."""
         r = self.router
         ks, atc, _ = self.confidence(d)
         conf = np.maximum(g, 1 - g)
@@ -198,8 +241,16 @@ class LOTOEvaluator:
         return p
 
     def router_decision(
-        self, d: int, v1: np.ndarray, v2: np.ndarray, p: np.ndarray, n: int, bma: int, prior: np.ndarray,
-        moved: np.ndarray | None, mask: np.ndarray | None = None,
+        self,
+        d: int,
+        v1: np.ndarray,
+        v2: np.ndarray,
+        p: np.ndarray,
+        n: int,
+        bma: int,
+        prior: np.ndarray,
+        moved: np.ndarray | None,
+        mask: np.ndarray | None = None,
     ) -> tuple[int, np.ndarray, TrustDecision | None, str]:
         """The evaluated Router's (choice, score, trust decision, label rule) on held-out task d.
 
@@ -208,27 +259,41 @@ class LOTOEvaluator:
         ``moved`` labeled samples the nested label rule may let the labels choose instead.
         """
         r = self.router
-        score = self.blend_score(d, prior, moved) if r.score == "blend" else {"S1": v1, "S2": v2, "S3": s3(v2, p)}[r.score]
+        score = (
+            self.blend_score(d, prior, moved)
+            if r.score == "blend"
+            else {"S1": v1, "S2": v2, "S3": s3(v2, p)}[r.score]
+        )
         masked = score if mask is None else np.where(mask, score, -np.inf)
-        decision = trust_rule(v2, p, n, bma, score=masked, eta=r.eta, draws=r.draws, seed=r.seed) if r.trust else None
+        decision = (
+            trust_rule(v2, p, n, bma, score=masked, eta=r.eta, draws=r.draws, seed=r.seed)
+            if r.trust
+            else None
+        )
         chosen = decision.chosen if decision is not None else int(np.argmax(masked))
         s = 0 if moved is None else moved.shape[1]
         rule = self.label_rule(d, s) if s and r.score == "blend" else "none"
         if rule != "none":  # the labels arbitrate instead of the binomial gate
-            chosen, decision = apply_label_rule(rule, masked, self.Y[self.engine.members[d][moved[0]]], bma), None
+            chosen, decision = (
+                apply_label_rule(rule, masked, self.Y[self.engine.members[d][moved[0]]], bma),
+                None,
+            )
         return chosen, score, decision, rule
 
     def moved_draw(self, d: int, alpha: float, repeat: int) -> np.ndarray | None:
-        """The labeled samples (1 x s local indices) of held-out task d at ``alpha`` and ``repeat`` (None at 0)."""
+        """The labeled samples (1 x s local indices) of held-out task d at (alpha, repeat); None at 0."""
         r = self.router
         n = len(self.engine.members[d])
         s = n_moved(alpha, n, r.cap)
         if not s:
             return None
-        return np.sort(np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat]).choice(n, s, replace=False))[None, :]
+        return np.sort(
+            np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat]).choice(n, s, replace=False)
+        )[None, :]
 
-    def evaluate_task(self, d: int, alpha: float = 0.0, repeat: int = 0,
-                      candidates: np.ndarray | None = None) -> TaskOutcome:
+    def evaluate_task(
+        self, d: int, alpha: float = 0.0, repeat: int = 0, candidates: np.ndarray | None = None
+    ) -> TaskOutcome:
         """Route held-out task d (with ``alpha`` of its samples labeled) and score every method."""
         r = self.router
         members = self.engine.members[d]
@@ -245,30 +310,53 @@ class LOTOEvaluator:
         p = self.p_estimates(d, g, u, train_acc, moved, y)
         p_kernel, p_true = p["kernel"], p["true"]
         scores = {
-            "S1": v1, "S2": v2, "S3": s3(v2, p_kernel), "S3_true_p": s3(v2, p_true), "S3_atc": s3(v2, p["atc"]),
-            "S3_cal": s3(v2, p["calibrated"]), "S3_acc": s3(v2, p["accuracy"]),
+            "S1": v1,
+            "S2": v2,
+            "S3": s3(v2, p_kernel),
+            "S3_true_p": s3(v2, p_true),
+            "S3_atc": s3(v2, p["atc"]),
+            "S3_cal": s3(v2, p["calibrated"]),
+            "S3_acc": s3(v2, p["accuracy"]),
         }
         choice: dict[str, int] = {}
         for name, sc in scores.items():
             choice[name] = int(np.argmax(np.where(mask, sc, -np.inf)))
-        decision = trust_rule(v2, p_kernel, len(rem), bma, score=np.where(mask, scores["S3"], -np.inf),
-                              eta=r.eta, draws=r.draws, seed=r.seed)
+        decision = trust_rule(
+            v2,
+            p_kernel,
+            len(rem),
+            bma,
+            score=np.where(mask, scores["S3"], -np.inf),
+            eta=r.eta,
+            draws=r.draws,
+            seed=r.seed,
+        )
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
         if r.score == "S3" and r.p_estimator == "kernel":  # the paper's router is the S3 + trust row above
-            choice["Router"], scores["Router"], router_decision, label_rule = decision.chosen, scores["S3"], decision, "none"
+            choice["Router"], scores["Router"], router_decision, label_rule = (
+                decision.chosen,
+                scores["S3"],
+                decision,
+                "none",
+            )
         else:
             choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
-                d, v1, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask)
+                d, v1, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask
+            )
         if r.score == "blend":
             scores["Blend"] = scores["Router"]
-            choice["Blend"] = int(np.argmax(np.where(mask, scores["Blend"], -np.inf)))  # ungated, for the ablation
+            choice["Blend"] = int(
+                np.argmax(np.where(mask, scores["Blend"], -np.inf))
+            )  # ungated, for the ablation
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle
         if s:
             few = self.Y[members[moved[0]]].mean(axis=0)
-            choice["Few-shot"] = int(np.argmax(np.where(mask, few + 1e-9 * (np.arange(len(few)) == bma), -np.inf)))
+            choice["Few-shot"] = int(
+                np.argmax(np.where(mask, few + 1e-9 * (np.arange(len(few)) == bma), -np.inf))
+            )
         if self.bench.loglik is not None:
             ll = self.bench.loglik[members[rem]].mean(axis=0)
             choice["LL"] = int(np.argmax(np.where(mask, ll, -np.inf)))
@@ -282,10 +370,17 @@ class LOTOEvaluator:
         p_mae_acc = float(np.abs(p["accuracy"] - p_true)[mask].mean())
         for name, j in choice.items():
             row = {
-                "task": self.bench.tasks[d], "method": name, "alpha": alpha, "repeat": repeat,
-                "model": self.bench.models[j], "acc": float(true_acc[j]),
+                "task": self.bench.tasks[d],
+                "method": name,
+                "alpha": alpha,
+                "repeat": repeat,
+                "model": self.bench.models[j],
+                "acc": float(true_acc[j]),
                 "ratio": float(true_acc[j] / true_acc[oracle]) if true_acc[oracle] > 0 else float("nan"),
-                "is_bma": j == bma, "params_b": float(self.params_b[j]), "rank": rank_of[j], "u": u,
+                "is_bma": j == bma,
+                "params_b": float(self.params_b[j]),
+                "rank": rank_of[j],
+                "u": u,
             }
             if name in scores:
                 sc = scores[name][mask]
@@ -303,33 +398,76 @@ class LOTOEvaluator:
             row["p_mae_acc"] = p_mae_acc
             out.rows.append(row)
         out.rows.append(self._moe_row(d, g, y, true_acc, oracle, bma, mask, alpha, repeat, u))
-        out.rows.append({"task": self.bench.tasks[d], "method": "Random", "alpha": alpha, "repeat": repeat,
-                         "model": None, "acc": float(true_acc[mask].mean()),
-                         "ratio": float(true_acc[mask].mean() / true_acc[oracle]) if true_acc[oracle] > 0 else float("nan"),
-                         "is_bma": False, "params_b": float(np.nanmean(self.params_b[mask])) if np.isfinite(self.params_b[mask]).any() else float("nan"),
-                         "rank": float(np.mean([(masked_acc > masked_acc[j]).sum() + 1 for j in np.flatnonzero(mask)])),
-                         "u": u})
+        out.rows.append(
+            {
+                "task": self.bench.tasks[d],
+                "method": "Random",
+                "alpha": alpha,
+                "repeat": repeat,
+                "model": None,
+                "acc": float(true_acc[mask].mean()),
+                "ratio": float(true_acc[mask].mean() / true_acc[oracle])
+                if true_acc[oracle] > 0
+                else float("nan"),
+                "is_bma": False,
+                "params_b": float(np.nanmean(self.params_b[mask]))
+                if np.isfinite(self.params_b[mask]).any()
+                else float("nan"),
+                "rank": float(
+                    np.mean([(masked_acc > masked_acc[j]).sum() + 1 for j in np.flatnonzero(mask)])
+                ),
+                "u": u,
+            }
+        )
         return out
 
-    def _moe_row(self, d: int, g: np.ndarray, y: np.ndarray, true_acc: np.ndarray, oracle: int, bma: int,
-                 mask: np.ndarray, alpha: float, repeat: int, u: float) -> dict[str, Any]:
+    def _moe_row(
+        self,
+        d: int,
+        g: np.ndarray,
+        y: np.ndarray,
+        true_acc: np.ndarray,
+        oracle: int,
+        bma: int,
+        mask: np.ndarray,
+        alpha: float,
+        repeat: int,
+        u: float,
+    ) -> dict[str, Any]:
         """MoE: per-input argmax g (ties to the BMA model), a per-instance router's task accuracy."""
         gm = np.where(mask, g, -np.inf)
         best = gm.max(axis=1, keepdims=True)
         pick = np.where(gm[:, bma] == best[:, 0], bma, np.argmax(gm, axis=1))
         acc = float(y[np.arange(len(y)), pick].mean())
-        return {"task": self.bench.tasks[d], "method": "MoE", "alpha": alpha, "repeat": repeat, "model": None,
-                "acc": acc, "ratio": acc / true_acc[oracle] if true_acc[oracle] > 0 else float("nan"),
-                "is_bma": bool((pick == bma).all()), "params_b": float(np.nanmean(self.params_b[pick])) if np.isfinite(self.params_b[pick]).any() else float("nan"),
-                "rank": float("nan"), "u": u}
+        return {
+            "task": self.bench.tasks[d],
+            "method": "MoE",
+            "alpha": alpha,
+            "repeat": repeat,
+            "model": None,
+            "acc": acc,
+            "ratio": acc / true_acc[oracle] if true_acc[oracle] > 0 else float("nan"),
+            "is_bma": bool((pick == bma).all()),
+            "params_b": float(np.nanmean(self.params_b[pick]))
+            if np.isfinite(self.params_b[pick]).any()
+            else float("nan"),
+            "rank": float("nan"),
+            "u": u,
+        }
 
-    def run(self, alphas: Sequence[float] = (0.0,), repeats: int = 10, tasks: Sequence[int] | None = None,
-            candidates: np.ndarray | None = None, progress: Progress | None = None,
-            runner: Callable[..., list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    def run(
+        self,
+        alphas: Sequence[float] = (0.0,),
+        repeats: int = 10,
+        tasks: Sequence[int] | None = None,
+        candidates: np.ndarray | None = None,
+        progress: Progress | None = None,
+        runner: Callable[..., list[dict[str, Any]]] | None = None,
+    ) -> list[dict[str, Any]]:
         """All rows for every held-out task, test alpha and repeat (alpha = 0 runs once).
 
         ``runner(self, tasks, alphas, repeats, candidates, progress)`` may run the held-out tasks
-        elsewhere (e.g. :class:`benchroute.experiments.distributed.RayLOTORunner`); it returns the same rows in order.
+        elsewhere (e.g. :class:`~benchroute.experiments.distributed.RayLOTORunner`); the same rows in order.
         """
         if runner is not None:
             order = list(tasks) if tasks is not None else list(range(self.bench.n_tasks))
@@ -351,8 +489,24 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     if not rows:
         return {}
     df = pd.DataFrame(rows)
-    cols = [c for c in ("acc", "ratio", "pearson", "spearman", "is_bma", "params_b", "rank", "predictor_acc",
-                        "p_mae", "p_mae_cal", "p_mae_acc", "fell_back") if c in df]
+    cols = [
+        c
+        for c in (
+            "acc",
+            "ratio",
+            "pearson",
+            "spearman",
+            "is_bma",
+            "params_b",
+            "rank",
+            "predictor_acc",
+            "p_mae",
+            "p_mae_cal",
+            "p_mae_acc",
+            "fell_back",
+        )
+        if c in df
+    ]
     df[cols] = df[cols].astype(float)
     per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
     out: dict[str, dict[str, float]] = {}
@@ -371,7 +525,7 @@ def _clean(x: Any) -> float | None:
 
 
 def paired_difference(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, float]:
-    """Mean per-task accuracy difference a - b with its paired standard error (a gain within noise is none)."""
+    """Mean per-task accuracy difference a - b and its paired standard error (a gain within noise is none)."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -384,9 +538,11 @@ def paired_difference(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, f
     return {"mean": float(diff.mean()), "se": se, "n": n}
 
 
-def sweep_summary(rows: list[dict[str, Any]], alphas: Sequence[float],
-                  methods: Sequence[str] = ("S1", "S2", "S3", "S3_true_p", "Router", "BMA", "Oracle", "MoE",
-                                            "Few-shot")) -> dict[str, Any]:
+def sweep_summary(
+    rows: list[dict[str, Any]],
+    alphas: Sequence[float],
+    methods: Sequence[str] = ("S1", "S2", "S3", "S3_true_p", "Router", "BMA", "Oracle", "MoE", "Few-shot"),
+) -> dict[str, Any]:
     """Mean +- std over repeats (of the mean over tasks) per alpha: the paper's OOD-gap curves."""
     import pandas as pd
 
@@ -431,7 +587,9 @@ def distance_study(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_task.values())
 
 
-def small_model_study(ev: LOTOEvaluator, limit_b: float = 13.0, progress: Progress | None = None) -> dict[str, Any]:
+def small_model_study(
+    ev: LOTOEvaluator, limit_b: float = 13.0, progress: Progress | None = None
+) -> dict[str, Any]:
     """Route among models of at most ``limit_b`` billion parameters vs the largest model alone."""
     params = ev.params_b
     small = np.isfinite(params) & (params <= limit_b)
@@ -442,17 +600,29 @@ def small_model_study(ev: LOTOEvaluator, limit_b: float = 13.0, progress: Progre
     for d in range(ev.bench.n_tasks):
         rows = {r["method"]: r for r in ev.evaluate_task(d, candidates=small).rows}
         largest_acc = float(ev.Y[ev.ti == d][:, largest].mean())
-        per_task.append({
-            "task": ev.bench.tasks[d], "router_model": rows["Router"]["model"], "router_acc": rows["Router"]["acc"],
-            "bma_small_acc": rows["BMA"]["acc"], "oracle_small_acc": rows["Oracle"]["acc"],
-            "largest_acc": largest_acc, "router_params_b": rows["Router"]["params_b"],
-        })
+        per_task.append(
+            {
+                "task": ev.bench.tasks[d],
+                "router_model": rows["Router"]["model"],
+                "router_acc": rows["Router"]["acc"],
+                "bma_small_acc": rows["BMA"]["acc"],
+                "oracle_small_acc": rows["Oracle"]["acc"],
+                "largest_acc": largest_acc,
+                "router_params_b": rows["Router"]["params_b"],
+            }
+        )
         if progress is not None:
             progress(1)
-    keys = {"Router": "router_acc", "BMA_small": "bma_small_acc", "Largest": "largest_acc",
-            "Oracle_small": "oracle_small_acc"}
+    keys = {
+        "Router": "router_acc",
+        "BMA_small": "bma_small_acc",
+        "Largest": "largest_acc",
+        "Oracle_small": "oracle_small_acc",
+    }
     return {
-        "limit_b": limit_b, "largest_model": ev.bench.models[largest], "largest_params_b": float(params[largest]),
+        "limit_b": limit_b,
+        "largest_model": ev.bench.models[largest],
+        "largest_params_b": float(params[largest]),
         "n_candidates": int(small.sum()),
         "summary": {k: float(np.mean([t[v] for t in per_task])) for k, v in keys.items()},
         "mean_router_params_b": float(np.nanmean([t["router_params_b"] for t in per_task])),
@@ -478,10 +648,16 @@ def _pick(pred: np.ndarray, has: np.ndarray, prior: np.ndarray, lam: float) -> n
     return np.where(has, np.argmax((1.0 - lam) * pred + lam * prior, axis=1), int(np.argmax(prior)))
 
 
-def instance_study(benchmark: Any, splits: int = 5, test_fraction: float = 0.2, k: int = 5,
-                   sparsity: Sequence[float] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6), seed: int = 0,
-                   lambdas: Sequence[float] = INSTANCE_LAMBDAS,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def instance_study(
+    benchmark: Any,
+    splits: int = 5,
+    test_fraction: float = 0.2,
+    k: int = 5,
+    sparsity: Sequence[float] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6),
+    seed: int = 0,
+    lambdas: Sequence[float] = INSTANCE_LAMBDAS,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Per-instance routing on a continuous metric (MixInstruct-style): argmax of kNN-regressed scores.
 
     For each random split, each test input picks the model with the highest predicted raw score among
@@ -528,12 +704,23 @@ def instance_study(benchmark: Any, splits: int = 5, test_fraction: float = 0.2, 
             rec["n_train"].append(float((np.isfinite(masked)).sum(axis=1).mean()))
         if progress is not None:
             progress(1)
-    rows = [{"C": c, **{m: float(np.mean(v)) for m, v in results[c].items() if m != "n_train"},
-             "n_train_mean": float(np.mean(results[c]["n_train"]))} for c in sparsity]
-    return {"dataset": benchmark.name, "splits": splits, "test_fraction": test_fraction, "k": k,
-            "shrink_lambdas": chosen_lams,
-            "summary": {m: rows[0][m] for m in ("Router", "Router_shrunk", "Oracle", "BMA", "Random")},
-            "sparsity": rows}
+    rows = [
+        {
+            "C": c,
+            **{m: float(np.mean(v)) for m, v in results[c].items() if m != "n_train"},
+            "n_train_mean": float(np.mean(results[c]["n_train"])),
+        }
+        for c in sparsity
+    ]
+    return {
+        "dataset": benchmark.name,
+        "splits": splits,
+        "test_fraction": test_fraction,
+        "k": k,
+        "shrink_lambdas": chosen_lams,
+        "summary": {m: rows[0][m] for m in ("Router", "Router_shrunk", "Oracle", "BMA", "Random")},
+        "sparsity": rows,
+    }
 
 
 ProgressFactory = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
@@ -573,11 +760,18 @@ def run_experiments(
     t0 = time.time()
     results: dict[str, Any] = {
         "config": {
-            "dataset": benchmark.name, "experiment": kind, "embedding_model": router.embedding_model,
-            "router": router.get_params(), "seed": router.seed,
+            "dataset": benchmark.name,
+            "experiment": kind,
+            "embedding_model": router.embedding_model,
+            "router": router.get_params(),
+            "seed": router.seed,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         },
-        "dataset": {k: v for k, v in benchmark.summary().items() if k in ("name", "n_tasks", "n_items", "n_models", "figures")},
+        "dataset": {
+            k: v
+            for k, v in benchmark.summary().items()
+            if k in ("name", "n_tasks", "n_items", "n_models", "figures")
+        },
     }
     if kind in ("loto", "sweep", "all"):
         ev = LOTOEvaluator(benchmark, router)
@@ -585,12 +779,21 @@ def run_experiments(
             rows = ev.run(alphas=(0.0,), progress=advance, runner=runner)
         results["summary"] = summarize(rows)
         results["per_task"] = rows
-        results["paired"] = {f"{a} - BMA": paired_difference(rows, a, "BMA") for a in ("Router", "S1", "S2", "S3", "S3_true_p", "MoE")}
+        results["paired"] = {
+            f"{a} - BMA": paired_difference(rows, a, "BMA")
+            for a in ("Router", "S1", "S2", "S3", "S3_true_p", "MoE")
+        }
         results["distance"] = distance_study(rows)
         results["variants"] = {
-            name: {key: results["summary"][m].get(key) for key in ("acc", "pearson", "p_mae", "predictor_acc")}
-            for name, m in (("kNN + kernel smoother (S3)", "S3"), ("kNN + ATC (S3)", "S3_atc"),
-                            ("kNN, true p (S3)", "S3_true_p"), ("kNN, no p (S1)", "S1"))
+            name: {
+                key: results["summary"][m].get(key) for key in ("acc", "pearson", "p_mae", "predictor_acc")
+            }
+            for name, m in (
+                ("kNN + kernel smoother (S3)", "S3"),
+                ("kNN + ATC (S3)", "S3_atc"),
+                ("kNN, true p (S3)", "S3_true_p"),
+                ("kNN, no p (S1)", "S1"),
+            )
             if m in results["summary"]
         }
         if kind in ("sweep", "all"):
@@ -614,7 +817,9 @@ def run_experiments(
                 with bar("leave-one-group-out", benchmark.n_tasks) as advance:
                     results["groups"] = group_study(ev, progress=advance)
             else:  # both studies re-select the blend's (k, lambda) on other training sets
-                results["training_tasks"] = results["groups"] = {"skipped": "studies of the blend router (score='blend')"}
+                results["training_tasks"] = results["groups"] = {
+                    "skipped": "studies of the blend router (score='blend')"
+                }
         if mlp_tasks > 0:
             with bar(f"MLP vs kNN predictor on {mlp_tasks} held-out tasks", mlp_tasks) as advance:
                 results["mlp_variant"] = mlp_variant_study(ev, mlp_tasks, mlp_params, advance)
@@ -626,7 +831,9 @@ def run_experiments(
     return results
 
 
-def s1_curve_direct(queries: np.ndarray, pool: np.ndarray, Y_pool: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+def s1_curve_direct(
+    queries: np.ndarray, pool: np.ndarray, Y_pool: np.ndarray, ks: Sequence[int]
+) -> np.ndarray:
     """S1 of a task at each k by exact search in an arbitrary training pool (len(ks) x M).
 
     The fold engine covers "all tasks but one or two"; studies that drop many tasks at once
@@ -671,15 +878,23 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
             accs["Router"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
             accs["BMA"].append(ev.task_acc[d, bma])
             accs["Oracle"].append(ev.task_acc[d].max())
-        out.append({"group": g, "n_tasks": len(held), "k": choice.k, "lambda": choice.lam,
-                    **{m: float(np.mean(v)) for m, v in accs.items()}})
+        out.append(
+            {
+                "group": g,
+                "n_tasks": len(held),
+                "k": choice.k,
+                "lambda": choice.lam,
+                **{m: float(np.mean(v)) for m, v in accs.items()},
+            }
+        )
         if progress is not None:
             progress(len(held))
     return {"groups": out}
 
 
-def training_tasks_study(ev: LOTOEvaluator, sizes: Sequence[int] = (5, 10, 20), repeats: int = 5,
-                         progress: Progress | None = None) -> dict[str, Any]:
+def training_tasks_study(
+    ev: LOTOEvaluator, sizes: Sequence[int] = (5, 10, 20), repeats: int = 5, progress: Progress | None = None
+) -> dict[str, Any]:
     """Does routing improve with more benchmarks? Accuracy vs the number of training tasks.
 
     For each held-out task, train on a random subset of the other tasks (``repeats`` draws per size)
@@ -703,13 +918,23 @@ def training_tasks_study(ev: LOTOEvaluator, sizes: Sequence[int] = (5, 10, 20), 
                 res[s]["BMA"].append(ev.task_acc[d, int(np.argmax(prior))])
         if progress is not None:
             progress(1)
-    rows = [{"n_train_tasks": s, **{m: float(np.mean(v)) for m, v in res[s].items()},
-             "gain": float(np.mean(res[s]["Router"]) - np.mean(res[s]["BMA"]))} for s in sizes]
+    rows = [
+        {
+            "n_train_tasks": s,
+            **{m: float(np.mean(v)) for m, v in res[s].items()},
+            "gain": float(np.mean(res[s]["Router"]) - np.mean(res[s]["BMA"])),
+        }
+        for s in sizes
+    ]
     return {"repeats": repeats, "rows": rows}
 
 
-def mlp_variant_study(ev: LOTOEvaluator, n_tasks: int = 5, mlp_params: dict[str, Any] | None = None,
-                      progress: Progress | None = None) -> dict[str, Any]:
+def mlp_variant_study(
+    ev: LOTOEvaluator,
+    n_tasks: int = 5,
+    mlp_params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Predictor variant: the paper's MLP vs kNN on the same held-out tasks (alpha = 0).
 
     One MLP fit per held-out task on all other tasks (minutes each on 2 CPU cores, hence a seeded
@@ -732,17 +957,29 @@ def mlp_variant_study(ev: LOTOEvaluator, n_tasks: int = 5, mlp_params: dict[str,
         mlp = MLPCorrectness(random_state=r.seed, **(mlp_params or {})).fit(ev.engine.emb[~held], ev.Y[~held])
         for name, g in (("kNN", g_knn), ("MLP", mlp.predict_proba(ev.engine.emb[held]))):
             pick_moe = np.where(g[:, bma] == g.max(axis=1), bma, np.argmax(g, axis=1))
-            rows.append({
-                "task": ev.bench.tasks[d], "predictor": name,
-                "predictor_acc": float(((g > r.t) == y).mean()),
-                "S1": float(ev.task_acc[d, int(np.argmax(s1(g)))]),
-                "S2": float(ev.task_acc[d, int(np.argmax(s2(g, r.t)))]),
-                "MoE": float(y[np.arange(len(y)), pick_moe].mean()),
-                "BMA": float(ev.task_acc[d, bma]),
-            })
+            rows.append(
+                {
+                    "task": ev.bench.tasks[d],
+                    "predictor": name,
+                    "predictor_acc": float(((g > r.t) == y).mean()),
+                    "S1": float(ev.task_acc[d, int(np.argmax(s1(g)))]),
+                    "S2": float(ev.task_acc[d, int(np.argmax(s2(g, r.t)))]),
+                    "MoE": float(y[np.arange(len(y)), pick_moe].mean()),
+                    "BMA": float(ev.task_acc[d, bma]),
+                }
+            )
         if progress is not None:
             progress(1)
-    summary = {name: {k: float(np.mean([row[k] for row in rows if row["predictor"] == name]))
-                      for k in ("predictor_acc", "S1", "S2", "MoE", "BMA")} for name in ("kNN", "MLP")}
-    return {"tasks": [ev.bench.tasks[d] for d in tasks], "mlp_params": mlp_params or {}, "summary": summary,
-            "per_task": rows}
+    summary = {
+        name: {
+            k: float(np.mean([row[k] for row in rows if row["predictor"] == name]))
+            for k in ("predictor_acc", "S1", "S2", "MoE", "BMA")
+        }
+        for name in ("kNN", "MLP")
+    }
+    return {
+        "tasks": [ev.bench.tasks[d] for d in tasks],
+        "mlp_params": mlp_params or {},
+        "summary": summary,
+        "per_task": rows,
+    }

@@ -45,20 +45,49 @@ NULL = "—"
 """What a missing / null / non-finite value renders as."""
 
 SUMMARY_METHOD_ORDER: tuple[str, ...] = (
-    "Router", "Blend", "S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "S3_cal", "S3_acc", "MoE", "LL",
-    "Few-shot", "BMA", "Random", "Oracle",
+    "Router",
+    "Blend",
+    "S1",
+    "S2",
+    "S3",
+    "S3_trust",
+    "S3_true_p",
+    "S3_atc",
+    "S3_cal",
+    "S3_acc",
+    "MoE",
+    "LL",
+    "Few-shot",
+    "BMA",
+    "Random",
+    "Oracle",
 )
 """Row order of the Table-1-style summary (methods first, baselines after, Oracle last)."""
 
 SWEEP_METHOD_ORDER: tuple[str, ...] = (
-    "S1", "S2", "S3", "S3_true_p", "Router", "BMA", "Oracle", "Few-shot", "MoE",
+    "S1",
+    "S2",
+    "S3",
+    "S3_true_p",
+    "Router",
+    "BMA",
+    "Oracle",
+    "Few-shot",
+    "MoE",
 )
 """Methods drawn on the accuracy-vs-alpha figure (others in the sweep are drawn after these)."""
 
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("Acc", "acc"), ("Ratio", "ratio"), ("Pearson", "pearson"), ("Spearman", "spearman"),
-    ("%BMA", "pct_bma"), ("#Params (B)", "params_b"), ("Rank", "rank"), ("pred. acc", "predictor_acc"),
-    ("p MAE kernel", "p_mae"), ("p MAE acc.", "p_mae_acc"),
+    ("Acc", "acc"),
+    ("Ratio", "ratio"),
+    ("Pearson", "pearson"),
+    ("Spearman", "spearman"),
+    ("%BMA", "pct_bma"),
+    ("#Params (B)", "params_b"),
+    ("Rank", "rank"),
+    ("pred. acc", "predictor_acc"),
+    ("p MAE kernel", "p_mae"),
+    ("p MAE acc.", "p_mae_acc"),
 )
 """(header, key in results["summary"][method]) for the summary table (the p MAE columns are per task,
 the same on every method's row: the kernel smoother's and the accuracy-based estimator's)."""
@@ -246,8 +275,12 @@ def _fd_correlation_vs_distance(results: Mapping[str, Any]) -> dict[str, Any] | 
     if not rows:
         return None
     points = [
-        {"task": r.get("task"), "u": r.get("u"), "pearson_S3": r.get("pearson_S3"),
-         "pearson_S1": r.get("pearson_S1")}
+        {
+            "task": r.get("task"),
+            "u": r.get("u"),
+            "pearson_S3": r.get("pearson_S3"),
+            "pearson_S1": r.get("pearson_S1"),
+        }
         for r in rows
     ]
     us = [p["u"] for p in points]
@@ -269,8 +302,13 @@ def _fd_small_models(results: Mapping[str, Any]) -> dict[str, Any] | None:
     per_task = {key: [r.get(col) for r in rows] for key, col, _ in SMALL_MODEL_SERIES} if rows else {}
     if not summary and not per_task:
         return None
-    return {"x": [r.get("task") for r in rows], "series": per_task, "summary": summary,
-            "limit_b": sm.get("limit_b"), "largest_model": sm.get("largest_model")}
+    return {
+        "x": [r.get("task") for r in rows],
+        "series": per_task,
+        "summary": summary,
+        "limit_b": sm.get("limit_b"),
+        "largest_model": sm.get("largest_model"),
+    }
 
 
 def _fd_instance_sparsity(results: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -279,21 +317,32 @@ def _fd_instance_sparsity(results: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     present = _ordered((k for r in rows for k in r if k in INSTANCE_METHODS), INSTANCE_METHODS)
     series = {m: {"mean": [r.get(m) for r in rows], "std": None} for m in present}
-    return {"x": [r.get("C") for r in rows], "series": series,
-            "n_train_mean": [r.get("n_train_mean") for r in rows]} if series else None
+    return (
+        {
+            "x": [r.get("C") for r in rows],
+            "series": series,
+            "n_train_mean": [r.get("n_train_mean") for r in rows],
+        }
+        if series
+        else None
+    )
 
 
 def _fd_cost_frontier(results: Mapping[str, Any]) -> dict[str, Any] | None:
     cost = _dict(results.get("cost"))
     points = [
         {"model": p.get("model"), "cost": p.get("cost"), "acc": p.get("acc")}
-        for p in _list(cost.get("points")) if isinstance(p, dict)
+        for p in _list(cost.get("points"))
+        if isinstance(p, dict)
     ]
     curve_rows = [c for c in _list(cost.get("router_curve")) if isinstance(c, dict)]
     # The curve is drawn in cost order, whatever order the lambdas were swept in.
     curve_rows.sort(key=lambda c: (_num(c.get("cost")) is None, _num(c.get("cost")) or 0.0))
-    curve = {"lambda": [c.get("lambda") for c in curve_rows], "cost": [c.get("cost") for c in curve_rows],
-             "acc": [c.get("acc") for c in curve_rows]}
+    curve = {
+        "lambda": [c.get("lambda") for c in curve_rows],
+        "cost": [c.get("cost") for c in curve_rows],
+        "acc": [c.get("acc") for c in curve_rows],
+    }
     if not points and not curve_rows:
         return None
     return {"points": points, "router_curve": curve}
@@ -323,8 +372,10 @@ def _fd_groups(results: Mapping[str, Any]) -> dict[str, Any] | None:
     rows = [r for r in _list(_dict(results.get("groups")).get("groups")) if isinstance(r, dict)]
     if not rows:
         return None
-    return {"x": [r.get("group") for r in rows],
-            "series": {m: [r.get(m) for r in rows] for m in ("Router", "BMA", "Oracle")}}
+    return {
+        "x": [r.get("group") for r in rows],
+        "series": {m: [r.get(m) for r in rows] for m in ("Router", "BMA", "Oracle")},
+    }
 
 
 _FIGURE_DATA: dict[str, Callable[[Mapping[str, Any]], dict[str, Any] | None]] = {
@@ -374,9 +425,14 @@ def _draw_band(ax: Any, x: Sequence[Any], s: Mapping[str, Any], label: str, **kw
     (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=label, **kw)
     if s.get("std") is not None:
         std = [_nan(v) for v in s["std"]]
-        ax.fill_between(xs, [m - d for m, d in zip(mean, std, strict=True)],
-                        [m + d for m, d in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.15,
-                        linewidth=0)
+        ax.fill_between(
+            xs,
+            [m - d for m, d in zip(mean, std, strict=True)],
+            [m + d for m, d in zip(mean, std, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+            linewidth=0,
+        )
 
 
 _STYLE: dict[str, dict[str, Any]] = {
@@ -400,8 +456,9 @@ def _plot_accuracy_vs_alpha(d: Mapping[str, Any]) -> Any:
 
 def _plot_predictor_vs_alpha(d: Mapping[str, Any]) -> Any:
     fig, axes = _new_figure(width=10.0, height=4.0, ncols=2)
-    for ax, (label, color) in zip(axes, (("predictor accuracy", "tab:blue"), ("p MAE", "tab:red")),
-                                  strict=True):
+    for ax, (label, color) in zip(
+        axes, (("predictor accuracy", "tab:blue"), ("p MAE", "tab:red")), strict=True
+    ):
         s = d["series"].get(label)
         if s is not None:
             _draw_band(ax, d["x"], s, label, color=color)
@@ -427,14 +484,20 @@ def _plot_correlation_vs_distance(d: Mapping[str, Any]) -> Any:
         fit = d["trend"].get(name)
         if fit is not None and finite_u:
             lo, hi = min(finite_u), max(finite_u)
-            ax.plot([lo, hi], [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi],
-                    color=color, linewidth=1.2, label=f"{name} trend (slope {fit['slope']:.2f})")
+            ax.plot(
+                [lo, hi],
+                [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi],
+                color=color,
+                linewidth=1.2,
+                label=f"{name} trend (slope {fit['slope']:.2f})",
+            )
     if len(pts) <= 40:  # labels stay legible up to about the paper's 29 tasks
         for p, u in zip(pts, us, strict=True):
             y = _nan(p["pearson_S3"])
             if not (math.isnan(u) or math.isnan(y)):
-                ax.annotate(str(p["task"]), (u, y), fontsize=6, alpha=0.7, xytext=(2, 2),
-                            textcoords="offset points")
+                ax.annotate(
+                    str(p["task"]), (u, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points"
+                )
     ax.axhline(0.0, color="gray", linewidth=0.6)
     ax.set_xlabel("dataset distance u (mean cosine distance to the other tasks)")
     ax.set_ylabel("Pearson(score, true accuracy) over models")
@@ -460,8 +523,12 @@ def _plot_small_models(d: Mapping[str, Any]) -> Any:
         present = [k for k in keys if k in d["series"]]
         bw = 0.8 / max(len(present), 1)
         for j, key in enumerate(present):
-            ax.bar([i + (j - (len(present) - 1) / 2) * bw for i in range(len(tasks))],
-                   [_nan(v) for v in d["series"][key]], width=bw, label=labels[key])
+            ax.bar(
+                [i + (j - (len(present) - 1) / 2) * bw for i in range(len(tasks))],
+                [_nan(v) for v in d["series"][key]],
+                width=bw,
+                label=labels[key],
+            )
         ax.set_xticks(range(len(tasks)), [str(t) for t in tasks], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("accuracy")
         ax.set_title(f"Per task (candidates <= {fmt(d.get('limit_b'), 0)}B parameters)")
@@ -470,8 +537,11 @@ def _plot_small_models(d: Mapping[str, Any]) -> Any:
     if d["summary"]:
         ax = axes[-1]
         present = [k for k in keys if k in d["summary"]]
-        ax.bar(range(len(present)), [_nan(d["summary"][k]) for k in present],
-               color=[f"C{keys.index(k)}" for k in present])
+        ax.bar(
+            range(len(present)),
+            [_nan(d["summary"][k]) for k in present],
+            color=[f"C{keys.index(k)}" for k in present],
+        )
         ax.set_xticks(range(len(present)), [labels[k] for k in present], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("mean accuracy")
         ax.set_title("Average over tasks")
@@ -493,8 +563,12 @@ def _line_figure(d: Mapping[str, Any], xlabel: str, ylabel: str, title: str, sty
 
 
 def _plot_instance_sparsity(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, "sparsity threshold C (min. distance of kept training inputs)", "mean score",
-                        "Per-instance routing vs training sparsity")
+    return _line_figure(
+        d,
+        "sparsity threshold C (min. distance of kept training inputs)",
+        "mean score",
+        "Per-instance routing vs training sparsity",
+    )
 
 
 def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
@@ -502,19 +576,40 @@ def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
     pts = d["points"]
     costs = [_nan(p["cost"]) for p in pts] + [_nan(c) for c in d["router_curve"]["cost"]]
     if pts:
-        ax.scatter([_nan(p["cost"]) for p in pts], [_nan(p["acc"]) for p in pts], color="tab:gray",
-                   label="single models", zorder=3)
+        ax.scatter(
+            [_nan(p["cost"]) for p in pts],
+            [_nan(p["acc"]) for p in pts],
+            color="tab:gray",
+            label="single models",
+            zorder=3,
+        )
         if len(pts) <= 40:
             for p in pts:
-                ax.annotate(str(p["model"]), (_nan(p["cost"]), _nan(p["acc"])), fontsize=6, alpha=0.8,
-                            xytext=(2, 2), textcoords="offset points")
+                ax.annotate(
+                    str(p["model"]),
+                    (_nan(p["cost"]), _nan(p["acc"])),
+                    fontsize=6,
+                    alpha=0.8,
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                )
     curve = d["router_curve"]
     if curve["cost"]:
-        ax.plot([_nan(c) for c in curve["cost"]], [_nan(a) for a in curve["acc"]], marker="o", markersize=3,
-                color="tab:blue", label="router (cost-aware)")
+        ax.plot(
+            [_nan(c) for c in curve["cost"]],
+            [_nan(a) for a in curve["acc"]],
+            marker="o",
+            markersize=3,
+            color="tab:blue",
+            label="router (cost-aware)",
+        )
     positive = [c for c in costs if not math.isnan(c) and c > 0]
     # Prices span orders of magnitude; a log axis keeps cheap models from piling up at zero.
-    if positive and len(positive) == sum(not math.isnan(c) for c in costs) and max(positive) > 50 * min(positive):
+    if (
+        positive
+        and len(positive) == sum(not math.isnan(c) for c in costs)
+        and max(positive) > 50 * min(positive)
+    ):
         ax.set_xscale("log")
     ax.set_xlabel("cost")
     ax.set_ylabel("accuracy")
@@ -525,13 +620,22 @@ def _plot_cost_frontier(d: Mapping[str, Any]) -> Any:
 
 
 def _plot_labels_vs_budget(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, "number of labeled samples of the new task", "accuracy of the chosen model",
-                        "Accuracy vs labeling budget", styled=False)
+    return _line_figure(
+        d,
+        "number of labeled samples of the new task",
+        "accuracy of the chosen model",
+        "Accuracy vs labeling budget",
+        styled=False,
+    )
 
 
 def _plot_training_tasks(d: Mapping[str, Any]) -> Any:
-    return _line_figure(d, "number of training tasks", "accuracy of the chosen model",
-                        "Does routing improve with more benchmarks?")
+    return _line_figure(
+        d,
+        "number of training tasks",
+        "accuracy of the chosen model",
+        "Does routing improve with more benchmarks?",
+    )
 
 
 def _plot_groups(d: Mapping[str, Any]) -> Any:
@@ -649,19 +753,24 @@ def _summary_blocks(results: Mapping[str, Any]) -> list[Block]:
     summary = _dict(results.get("summary"))
     blocks: list[Block] = [Heading("Leave-one-task-out summary (alpha = 0)")]
     if not summary:
-        return blocks + [Paragraph("No summary in the results.")]
+        return [*blocks, Paragraph("No summary in the results.")]
     rows = [
         [_pretty(m)] + [fmt(_num(_dict(summary[m]).get(key))) for _, key in SUMMARY_COLUMNS]
         for m in _ordered(summary, SUMMARY_METHOD_ORDER)
     ]
-    blocks.append(Table(["Method"] + [h for h, _ in SUMMARY_COLUMNS], rows,
-                        [False] + [True] * len(SUMMARY_COLUMNS)))
+    blocks.append(
+        Table(["Method"] + [h for h, _ in SUMMARY_COLUMNS], rows, [False] + [True] * len(SUMMARY_COLUMNS))
+    )
     n_tasks = {_dict(v).get("n_tasks") for v in summary.values()} - {None}
     if len(n_tasks) == 1:
-        blocks.append(Paragraph(f"Averages over {fmt(n_tasks.pop())} held-out tasks. Acc: true accuracy of "
-                                "the chosen model; Ratio: Acc / Oracle; Pearson/Spearman: correlation of "
-                                "the method's scores with the true accuracies over models; %BMA: how often "
-                                "the best-model-on-average was chosen; Rank: rank of the chosen model."))
+        blocks.append(
+            Paragraph(
+                f"Averages over {fmt(n_tasks.pop())} held-out tasks. Acc: true accuracy of "
+                "the chosen model; Ratio: Acc / Oracle; Pearson/Spearman: correlation of "
+                "the method's scores with the true accuracies over models; %BMA: how often "
+                "the best-model-on-average was chosen; Rank: rank of the chosen model."
+            )
+        )
     return blocks
 
 
@@ -675,8 +784,10 @@ def _paired_blocks(results: Mapping[str, Any]) -> list[Block]:
         mean, se = _num(v.get("mean")), _num(v.get("se"))
         ci = NULL if mean is None or se is None else f"[{fmt(mean - 1.96 * se)}, {fmt(mean + 1.96 * se)}]"
         rows.append([name, fmt(mean), fmt(se), ci, fmt(v.get("n"))])
-    return [Heading("Paired differences over tasks"),
-            Table(["Difference", "mean", "se", "95% CI (normal)", "n"], rows, [False, True, True, True, True])]
+    return [
+        Heading("Paired differences over tasks"),
+        Table(["Difference", "mean", "se", "95% CI (normal)", "n"], rows, [False, True, True, True, True]),
+    ]
 
 
 def _per_task_blocks(results: Mapping[str, Any]) -> list[Block]:
@@ -719,8 +830,11 @@ def _sweep_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
         return []
     methods = _dict(sweep.get("methods"))
     names = _ordered(methods, SWEEP_METHOD_ORDER)
-    extras = [(label, key) for label, key in (("pred. acc", "predictor_acc"), ("p MAE", "p_mae"))
-              if f"{key}_mean" in sweep]
+    extras = [
+        (label, key)
+        for label, key in (("pred. acc", "predictor_acc"), ("p MAE", "p_mae"))
+        if f"{key}_mean" in sweep
+    ]
     rows = []
     for i, a in enumerate(alphas):
         row = [fmt(_num(a))]
@@ -728,11 +842,15 @@ def _sweep_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
             md = _dict(methods[m])
             row.append(_fmt_pm(_at(_list(md.get("acc_mean")), i), _at(_list(md.get("acc_std")), i)))
         for _, key in extras:
-            row.append(_fmt_pm(_at(_list(sweep.get(f"{key}_mean")), i), _at(_list(sweep.get(f"{key}_std")), i)))
+            row.append(
+                _fmt_pm(_at(_list(sweep.get(f"{key}_mean")), i), _at(_list(sweep.get(f"{key}_std")), i))
+            )
         rows.append(row)
     headers = ["alpha"] + [_pretty(m) for m in names] + [label for label, _ in extras]
-    blocks: list[Block] = [Heading("OOD-gap sweep (accuracy vs alpha, mean ± std over repeats)"),
-                           Table(headers, rows, [True] * len(headers))]
+    blocks: list[Block] = [
+        Heading("OOD-gap sweep (accuracy vs alpha, mean ± std over repeats)"),
+        Table(headers, rows, [True] * len(headers)),
+    ]
     return blocks + _images(figures, "accuracy_vs_alpha", "predictor_vs_alpha")
 
 
@@ -741,13 +859,20 @@ def _distance_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
     if not rows:
         return []
     cols = ("u", "pearson_S3", "pearson_S1", "spearman_S3")
-    table = Table(["task", *cols], [[fmt(r.get("task"))] + [fmt(_num(r.get(c))) for c in cols] for r in rows],
-                  [False] + [True] * len(cols))
+    table = Table(
+        ["task", *cols],
+        [[fmt(r.get("task"))] + [fmt(_num(r.get(c))) for c in cols] for r in rows],
+        [False] + [True] * len(cols),
+    )
     blocks: list[Block] = [Heading("Correlation vs dataset distance"), table]
     fit = _fd_correlation_vs_distance(results)
     if fit is not None and "S3" in fit["trend"]:
-        blocks.append(Paragraph(f"Least-squares trend of Pearson(S3) on u: slope {fmt(fit['trend']['S3']['slope'])}, "
-                                f"intercept {fmt(fit['trend']['S3']['intercept'])}."))
+        blocks.append(
+            Paragraph(
+                f"Least-squares trend of Pearson(S3) on u: slope {fmt(fit['trend']['S3']['slope'])}, "
+                f"intercept {fmt(fit['trend']['S3']['intercept'])}."
+            )
+        )
     return blocks + _images(figures, "correlation_vs_distance")
 
 
@@ -757,23 +882,32 @@ def _small_model_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) 
         return []
     blocks: list[Block] = [
         Heading("Routing among small models"),
-        Paragraph(f"Candidates: {fmt(sm.get('n_candidates'))} models with at most {fmt(sm.get('limit_b'))}B "
-                  f"parameters; largest model: {fmt(sm.get('largest_model'))} "
-                  f"({fmt(_num(sm.get('largest_params_b')), 1)}B)."),
+        Paragraph(
+            f"Candidates: {fmt(sm.get('n_candidates'))} models with at most {fmt(sm.get('limit_b'))}B "
+            f"parameters; largest model: {fmt(sm.get('largest_model'))} "
+            f"({fmt(_num(sm.get('largest_params_b')), 1)}B)."
+        ),
     ]
     summ = _dict(sm.get("summary"))
     if summ:
         keys = [(k, label) for k, _, label in SMALL_MODEL_SERIES if k in summ]
         keys += [(k, k) for k in summ if k not in {k for k, _, _ in SMALL_MODEL_SERIES}]
-        blocks.append(Table(["Method", "mean acc"], [[label, fmt(_num(summ[k]))] for k, label in keys],
-                            [False, True]))
+        blocks.append(
+            Table(["Method", "mean acc"], [[label, fmt(_num(summ[k]))] for k, label in keys], [False, True])
+        )
     rows = [r for r in _list(sm.get("per_task")) if isinstance(r, dict)]
     if rows:
         cols = ("router_acc", "bma_small_acc", "largest_acc", "oracle_small_acc")
-        blocks.append(Table(["task", "router model", *cols],
-                            [[fmt(r.get("task")), fmt(r.get("router_model"))] + [fmt(_num(r.get(c))) for c in cols]
-                             for r in rows],
-                            [False, False] + [True] * len(cols)))
+        blocks.append(
+            Table(
+                ["task", "router model", *cols],
+                [
+                    [fmt(r.get("task")), fmt(r.get("router_model"))] + [fmt(_num(r.get(c))) for c in cols]
+                    for r in rows
+                ],
+                [False, False] + [True] * len(cols),
+            )
+        )
     return blocks + _images(figures, "small_models")
 
 
@@ -783,20 +917,35 @@ def _instance_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
         return []
     blocks: list[Block] = [
         Heading("Per-instance routing"),
-        Paragraph(f"Dataset {fmt(inst.get('dataset'))}, {fmt(inst.get('splits'))} random splits; "
-                  "scores are the mean metric of the model chosen for each test input."),
+        Paragraph(
+            f"Dataset {fmt(inst.get('dataset'))}, {fmt(inst.get('splits'))} random splits; "
+            "scores are the mean metric of the model chosen for each test input."
+        ),
     ]
     summ = _dict(inst.get("summary"))
     if summ:
-        blocks.append(Table(["Method", "mean score"],
-                            [[m, fmt(_num(summ[m]))] for m in _ordered(summ, INSTANCE_METHODS)], [False, True]))
+        blocks.append(
+            Table(
+                ["Method", "mean score"],
+                [[m, fmt(_num(summ[m]))] for m in _ordered(summ, INSTANCE_METHODS)],
+                [False, True],
+            )
+        )
     rows = [r for r in _list(inst.get("sparsity")) if isinstance(r, dict)]
     if rows:
         methods = _ordered((k for r in rows for k in r if k in INSTANCE_METHODS), INSTANCE_METHODS)
-        blocks.append(Table(["C", *methods, "n train (mean)"],
-                            [[fmt(_num(r.get("C")))] + [fmt(_num(r.get(m))) for m in methods]
-                             + [fmt(_num(r.get("n_train_mean")), 1)] for r in rows],
-                            [True] * (len(methods) + 2)))
+        blocks.append(
+            Table(
+                ["C", *methods, "n train (mean)"],
+                [
+                    [fmt(_num(r.get("C")))]
+                    + [fmt(_num(r.get(m))) for m in methods]
+                    + [fmt(_num(r.get("n_train_mean")), 1)]
+                    for r in rows
+                ],
+                [True] * (len(methods) + 2),
+            )
+        )
     return blocks + _images(figures, "instance_sparsity")
 
 
@@ -806,8 +955,10 @@ def _variant_blocks(results: Mapping[str, Any]) -> list[Block]:
         return []
     cols = (("Acc", "acc"), ("Pearson", "pearson"), ("p MAE", "p_mae"), ("pred. acc", "predictor_acc"))
     rows = [[name] + [fmt(_num(_dict(v).get(key))) for _, key in cols] for name, v in variants.items()]
-    return [Heading("Predictor and p-estimator variants"),
-            Table(["Variant"] + [h for h, _ in cols], rows, [False] + [True] * len(cols))]
+    return [
+        Heading("Predictor and p-estimator variants"),
+        Table(["Variant"] + [h for h, _ in cols], rows, [False] + [True] * len(cols)),
+    ]
 
 
 def _cost_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Block]:
@@ -817,19 +968,33 @@ def _cost_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list
     blocks: list[Block] = [Heading("Cost")]
     if d["points"]:
         pts = sorted(d["points"], key=lambda p: (_num(p["cost"]) is None, _num(p["cost"]) or 0.0))
-        blocks.append(Table(["model", "cost", "acc"],
-                            [[fmt(p["model"]), _fmt_g(p["cost"]), fmt(_num(p["acc"]))] for p in pts],
-                            [False, True, True]))
+        blocks.append(
+            Table(
+                ["model", "cost", "acc"],
+                [[fmt(p["model"]), _fmt_g(p["cost"]), fmt(_num(p["acc"]))] for p in pts],
+                [False, True, True],
+            )
+        )
     c = d["router_curve"]
     if c["cost"]:
-        blocks.append(Table(["lambda", "cost", "acc"],
-                            [[_fmt_g(lam), _fmt_g(cost), fmt(_num(acc))]
-                             for lam, cost, acc in zip(c["lambda"], c["cost"], c["acc"], strict=True)],
-                            [True, True, True]))
+        blocks.append(
+            Table(
+                ["lambda", "cost", "acc"],
+                [
+                    [_fmt_g(lam), _fmt_g(cost), fmt(_num(acc))]
+                    for lam, cost, acc in zip(c["lambda"], c["cost"], c["acc"], strict=True)
+                ],
+                [True, True, True],
+            )
+        )
     aiq = _dict(_dict(results.get("cost")).get("aiq"))
     if aiq:
-        blocks.append(Paragraph(f"Area under the accuracy-cost curve (AIQ): router {fmt(_num(aiq.get('router')))}, "
-                                f"best single model {fmt(_num(aiq.get('best_single')))}."))
+        blocks.append(
+            Paragraph(
+                f"Area under the accuracy-cost curve (AIQ): router {fmt(_num(aiq.get('router')))}, "
+                f"best single model {fmt(_num(aiq.get('best_single')))}."
+            )
+        )
     return blocks + _images(figures, "cost_frontier")
 
 
@@ -839,30 +1004,61 @@ def _active_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> li
     strategies = _dict(active.get("strategies"))
     if not budgets or not strategies:
         return []
-    rows = [[fmt(b)] + [_fmt_pm(_at(_list(_dict(s).get("acc_mean")), i), _at(_list(_dict(s).get("acc_std")), i))
-                        for s in strategies.values()]
-            for i, b in enumerate(budgets)]
-    return [Heading("Active labeling (accuracy vs number of labels, mean ± std)"),
-            Table(["labels", *strategies], rows, [True] * (len(strategies) + 1))] + _images(
-        figures, "labels_vs_budget")
+    rows = [
+        [fmt(b)]
+        + [
+            _fmt_pm(_at(_list(_dict(s).get("acc_mean")), i), _at(_list(_dict(s).get("acc_std")), i))
+            for s in strategies.values()
+        ]
+        for i, b in enumerate(budgets)
+    ]
+    return [
+        Heading("Active labeling (accuracy vs number of labels, mean ± std)"),
+        Table(["labels", *strategies], rows, [True] * (len(strategies) + 1)),
+        *_images(figures, "labels_vs_budget"),
+    ]
 
 
 def _study_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Block]:
     blocks: list[Block] = []
     tt = _fd_training_tasks(results)
     if tt is not None:
-        blocks += [Heading("Routing vs number of training tasks"),
-                   Table(["training tasks", "Router", "BMA"],
-                         [[fmt(n), fmt(_num(a)), fmt(_num(b))] for n, a, b in
-                          zip(tt["x"], tt["series"]["Router"]["mean"], tt["series"]["BMA"]["mean"], strict=True)],
-                         [True, True, True])] + _images(figures, "training_tasks")
+        blocks += [
+            Heading("Routing vs number of training tasks"),
+            Table(
+                ["training tasks", "Router", "BMA"],
+                [
+                    [fmt(n), fmt(_num(a)), fmt(_num(b))]
+                    for n, a, b in zip(
+                        tt["x"], tt["series"]["Router"]["mean"], tt["series"]["BMA"]["mean"], strict=True
+                    )
+                ],
+                [True, True, True],
+            ),
+            *_images(figures, "training_tasks"),
+        ]
     rows = [r for r in _list(_dict(results.get("groups")).get("groups")) if isinstance(r, dict)]
     if rows:
-        blocks += [Heading("Leave-one-group-out"),
-                   Table(["group", "tasks", "k", "lambda", "Router", "BMA", "Oracle"],
-                         [[fmt(r.get("group")), fmt(r.get("n_tasks")), fmt(r.get("k")), _fmt_g(r.get("lambda")),
-                           fmt(_num(r.get("Router"))), fmt(_num(r.get("BMA"))), fmt(_num(r.get("Oracle")))]
-                          for r in rows], [False] + [True] * 6)] + _images(figures, "groups")
+        blocks += [
+            Heading("Leave-one-group-out"),
+            Table(
+                ["group", "tasks", "k", "lambda", "Router", "BMA", "Oracle"],
+                [
+                    [
+                        fmt(r.get("group")),
+                        fmt(r.get("n_tasks")),
+                        fmt(r.get("k")),
+                        _fmt_g(r.get("lambda")),
+                        fmt(_num(r.get("Router"))),
+                        fmt(_num(r.get("BMA"))),
+                        fmt(_num(r.get("Oracle"))),
+                    ]
+                    for r in rows
+                ],
+                [False] + [True] * 6,
+            ),
+            *_images(figures, "groups"),
+        ]
     return blocks
 
 
@@ -872,11 +1068,15 @@ def _mlp_blocks(results: Mapping[str, Any]) -> list[Block]:
         return []
     cols = ("predictor_acc", "S1", "S2", "MoE", "BMA")
     tasks = ", ".join(str(t) for t in _list(_dict(results.get("mlp_variant")).get("tasks")))
-    return [Heading("Predictor variants: MLP vs kNN"),
-            Paragraph(f"Held-out tasks: {tasks} (alpha = 0; accuracy of the model each score chooses)."),
-            Table(["predictor", "pred. acc", "S1", "S2", "MoE", "BMA"],
-                  [[name] + [fmt(_num(_dict(v).get(c))) for c in cols] for name, v in summary.items()],
-                  [False] + [True] * len(cols))]
+    return [
+        Heading("Predictor variants: MLP vs kNN"),
+        Paragraph(f"Held-out tasks: {tasks} (alpha = 0; accuracy of the model each score chooses)."),
+        Table(
+            ["predictor", "pred. acc", "S1", "S2", "MoE", "BMA"],
+            [[name] + [fmt(_num(_dict(v).get(c))) for c in cols] for name, v in summary.items()],
+            [False] + [True] * len(cols),
+        ),
+    ]
 
 
 def _images(figures: Mapping[str, Any], *names: str) -> list[Block]:
@@ -889,8 +1089,10 @@ def _document(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Bl
     name = config.get("dataset") or _dict(results.get("dataset")).get("name") or "experiment"
     blocks: list[Block] = [
         Heading(f"benchroute report: {name}", level=1),
-        Paragraph("Routing a new task to one of several LLMs, learned only from benchmark results "
-                  "(Shnitzer et al., 2023, arXiv 2309.15789)."),
+        Paragraph(
+            "Routing a new task to one of several LLMs, learned only from benchmark results "
+            "(Shnitzer et al., 2023, arXiv 2309.15789)."
+        ),
     ]
     blocks += _config_blocks(results)
     blocks += _summary_blocks(results)
@@ -932,8 +1134,9 @@ def _md_link(path: Path, base_dir: Path | None) -> str:
     return path.name if path.is_absolute() else path.as_posix()
 
 
-def render_markdown(results: Mapping[str, Any], figures: Mapping[str, Path],
-                    base_dir: Path | None = None) -> str:
+def render_markdown(
+    results: Mapping[str, Any], figures: Mapping[str, Path], base_dir: Path | None = None
+) -> str:
     """report.md text; figures are relative image links (see ``_md_link``)."""
     parts: list[str] = []
     for b in _document(results, figures):
@@ -968,8 +1171,12 @@ def _html_table(t: Table) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
     body = "\n".join(
-        "<tr>" + "".join(f'<td class="num">{e(c)}</td>' if t.is_numeric(j) else f"<td>{e(c)}</td>"
-                         for j, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f'<td class="num">{e(c)}</td>' if t.is_numeric(j) else f"<td>{e(c)}</td>"
+            for j, c in enumerate(row)
+        )
+        + "</tr>"
         for row in t.rows
     )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
@@ -998,11 +1205,15 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         elif isinstance(b, Table):
             parts.append(_html_table(b))
         else:
-            parts.append(f'<figure><img src="data:image/png;base64,{images[b.name]}" alt="{e(b.caption)}">'
-                         f"<figcaption>{e(b.caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{images[b.name]}" alt="{e(b.caption)}">'
+                f"<figcaption>{e(b.caption)}</figcaption></figure>"
+            )
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
-            f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>\n'
+        f"<style>\n{_CSS}\n</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -55,7 +55,9 @@ class KernelSmoother:
         if p.ndim == 1:
             p = p[:, None]
         if len(u) == 0 or len(u) != len(p):
-            raise ConfigError(f"need as many u values as p rows (and at least one); got {len(u)} and {len(p)}")
+            raise ConfigError(
+                f"need as many u values as p rows (and at least one); got {len(u)} and {len(p)}"
+            )
         if self.sigma <= 0:
             raise ConfigError(f"sigma must be > 0, got {self.sigma}")
         self.u_, self.p_ = u, p
@@ -142,7 +144,8 @@ class ConfidenceCalibrator:
         mean_conf = group_sum(np.asarray(conf, dtype=np.float64), inverse, len(tasks)) / counts
         mean_correct = group_sum(np.asarray(correct, dtype=np.float64), inverse, len(tasks)) / counts
         self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
-            mean_conf.ravel(), mean_correct.ravel())
+            mean_conf.ravel(), mean_correct.ravel()
+        )
         return self
 
     def predict(self, conf: np.ndarray) -> np.ndarray:
@@ -185,8 +188,13 @@ class AccuracyEstimator:
         curve, prior = np.asarray(curve, dtype=np.float64), np.asarray(prior, dtype=np.float64)
         return curve.mean() + (1 - lam) * (curve - curve.mean()) + lam * (prior - prior.mean())
 
-    def fit(self, curves: dict[int, np.ndarray], priors: dict[int, np.ndarray], accuracy: np.ndarray,
-            ks: Sequence[int]) -> AccuracyEstimator:
+    def fit(
+        self,
+        curves: dict[int, np.ndarray],
+        priors: dict[int, np.ndarray],
+        accuracy: np.ndarray,
+        ks: Sequence[int],
+    ) -> AccuracyEstimator:
         """``curves[x]``: S1 of held-out task x at each k (len(ks) x M); ``accuracy``: task x model."""
         if not curves:
             raise ConfigError("AccuracyEstimator needs at least one held-out training task")

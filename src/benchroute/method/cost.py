@@ -24,7 +24,8 @@ plain argmax of the predicted accuracy (the reason says so). For ``cheapest_with
 "best" is the best over all candidates, known cost or not: if nothing with a known cost is within
 eps of it, the best itself is chosen.
 
-Evaluation (:func:`benchroute.experiments.cost.cost_study`) sweeps lambda in leave-one-task-out and summarizes the
+Evaluation (:func:`benchroute.experiments.cost.cost_study`) sweeps lambda in leave-one-task-out and
+summarizes the
 accuracy-cost curve with RouterBench's AIQ (:func:`aiq`, Hu et al. 2024).
 """
 
@@ -40,8 +41,14 @@ from benchroute.errors import ConfigError
 from benchroute.method.scores import s3
 
 __all__ = [
-    "COST_UNITS", "Choice", "aiq", "cheapest_within_trusted", "choose",
-    "model_costs", "pareto_frontier", "prob_within_mc",
+    "COST_UNITS",
+    "Choice",
+    "aiq",
+    "cheapest_within_trusted",
+    "choose",
+    "model_costs",
+    "pareto_frontier",
+    "prob_within_mc",
 ]
 
 COST_UNITS = ("usd_per_mtok", "params_b")
@@ -170,7 +177,8 @@ def choose(
             cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
             raise ConfigError(
                 f"no candidate model costs <= {max_cost:g}",
-                f"the cheapest candidate with a known cost costs {cheapest:g}" if cheapest is not None
+                f"the cheapest candidate with a known cost costs {cheapest:g}"
+                if cheapest is not None
                 else "no candidate has a known cost",
             )
         cand = within
@@ -181,32 +189,52 @@ def choose(
     if cheapest_within is not None:
         pool = cand & known & (a >= a[best] - cheapest_within - 1e-12)
         if not pool.any():
-            return Choice(best, f"no model with a known cost is within {cheapest_within:g} of the best "
-                          f"({nm[best]}, {a[best]:.3f}); choosing it{budget_note}", frontier, "cheapest_within", best)
+            return Choice(
+                best,
+                f"no model with a known cost is within {cheapest_within:g} of the best "
+                f"({nm[best]}, {a[best]:.3f}); choosing it{budget_note}",
+                frontier,
+                "cheapest_within",
+                best,
+            )
         j = _cheapest(pool, a, c)
-        why = (f"{nm[j]} is the cheapest model{budget_note} whose predicted accuracy {a[j]:.3f} is within "
-               f"{cheapest_within:g} of the best ({nm[best]}, {a[best]:.3f})")
+        why = (
+            f"{nm[j]} is the cheapest model{budget_note} whose predicted accuracy {a[j]:.3f} is within "
+            f"{cheapest_within:g} of the best ({nm[best]}, {a[best]:.3f})"
+        )
         return Choice(j, why, frontier, "cheapest_within", best)
 
     if cost_weight > 0:
         pool = cand & known
         if not pool.any():
-            return Choice(best, f"no candidate has a known cost: highest predicted accuracy {nm[best]}",
-                          frontier, "cost_weight", best)
+            return Choice(
+                best,
+                f"no candidate has a known cost: highest predicted accuracy {nm[best]}",
+                frontier,
+                "cost_weight",
+                best,
+            )
         top = np.max(c[pool])
         norm = c / top if top > 0 else np.zeros(m)
         obj = np.where(pool, a - cost_weight * norm, -np.inf)
         ties = np.flatnonzero(obj >= obj.max() - 1e-12)
         j = int(ties[np.lexsort((ties, c[ties]))[0]])
-        why = (f"{nm[j]} maximizes predicted accuracy - {cost_weight:g} x cost / {top:g}{budget_note}: "
-               f"{a[j]:.3f} - {cost_weight:g} x {norm[j]:.3f} = {obj[j]:.3f}")
+        why = (
+            f"{nm[j]} maximizes predicted accuracy - {cost_weight:g} x cost / {top:g}{budget_note}: "
+            f"{a[j]:.3f} - {cost_weight:g} x {norm[j]:.3f} = {obj[j]:.3f}"
+        )
         if j != best:
             why += f" (most accurate: {nm[best]}, {a[best]:.3f})"
         return Choice(j, why, frontier, "cost_weight", best)
 
     mode = "max_cost" if max_cost is not None else "accuracy"
-    return Choice(best, f"{nm[best]} has the highest predicted accuracy ({a[best]:.3f}){budget_note}",
-                  frontier, mode, best)
+    return Choice(
+        best,
+        f"{nm[best]} has the highest predicted accuracy ({a[best]:.3f}){budget_note}",
+        frontier,
+        mode,
+        best,
+    )
 
 
 def _cheapest(pool: np.ndarray, a: np.ndarray, c: np.ndarray) -> int:
@@ -218,7 +246,9 @@ def _cheapest(pool: np.ndarray, a: np.ndarray, c: np.ndarray) -> int:
 # ----------------------------------------------------------------------- trusted cheapest-within
 
 
-def _accuracy_draws(n: int, pos: np.ndarray, p: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+def _accuracy_draws(
+    n: int, pos: np.ndarray, p: np.ndarray, draws: int, rng: np.random.Generator
+) -> np.ndarray:
     """draws x K samples of n * S~ for K models: Binomial(pos, p) + Binomial(n - pos, 1 - p).
 
     The correctness model of the trust rule (benchroute.method.scores), vectorized over models.
@@ -230,8 +260,14 @@ def _accuracy_draws(n: int, pos: np.ndarray, p: np.ndarray, draws: int, rng: np.
 
 
 def prob_within_mc(
-    n: int, pos: np.ndarray, p: np.ndarray, ref_pos: int, ref_p: float, margin: float = 0.0,
-    draws: int = 10_000, seed: int = 0,
+    n: int,
+    pos: np.ndarray,
+    p: np.ndarray,
+    ref_pos: int,
+    ref_p: float,
+    margin: float = 0.0,
+    draws: int = 10_000,
+    seed: int = 0,
 ) -> np.ndarray:
     """P(S~(m) >= S~(ref) - margin) for each model m (vectors ``pos``, ``p``), by Monte Carlo.
 
@@ -293,20 +329,34 @@ def cheapest_within_trusted(
     cheaper[best] = False
     idx = np.flatnonzero(cheaper)
     if not len(idx):
-        return Choice(best, f"no candidate is cheaper than the best ({nm[best]}); choosing it", frontier,
-                      "cheapest_within", best)
+        return Choice(
+            best,
+            f"no candidate is cheaper than the best ({nm[best]}); choosing it",
+            frontier,
+            "cheapest_within",
+            best,
+        )
     pos = np.rint(v2 * n).astype(np.int64)
     prob = prob_within_mc(n, pos[idx], pp[idx], int(pos[best]), float(pp[best]), eps, draws, seed)
     probs = {int(j): float(q) for j, q in zip(idx, prob, strict=True)}
     ok = np.zeros(m, bool)
     ok[idx[prob > eta]] = True
     if not ok.any():
-        return Choice(best, f"no cheaper model is within {eps:g} of {nm[best]} with probability > eta = {eta:g} "
-                      f"(highest: {max(probs.values()):.3f}); choosing the best", frontier, "cheapest_within",
-                      best, None, probs)
+        return Choice(
+            best,
+            f"no cheaper model is within {eps:g} of {nm[best]} with probability > eta = {eta:g} "
+            f"(highest: {max(probs.values()):.3f}); choosing the best",
+            frontier,
+            "cheapest_within",
+            best,
+            None,
+            probs,
+        )
     j = _cheapest(ok, sc, c)
-    why = (f"{nm[j]} is the cheapest model with P(its accuracy >= {nm[best]}'s - {eps:g}) = {probs[j]:.3f} "
-           f"> eta = {eta:g}")
+    why = (
+        f"{nm[j]} is the cheapest model with P(its accuracy >= {nm[best]}'s - {eps:g}) = {probs[j]:.3f} "
+        f"> eta = {eta:g}"
+    )
     return Choice(j, why, frontier, "cheapest_within", best, probs[j], probs)
 
 
@@ -334,8 +384,9 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return h[: top + 1]
 
 
-def aiq(points: Sequence[tuple[float, float]] | np.ndarray,
-        cost_range: tuple[float, float] | None = None) -> float:
+def aiq(
+    points: Sequence[tuple[float, float]] | np.ndarray, cost_range: tuple[float, float] | None = None
+) -> float:
     """RouterBench's AIQ (Hu et al. 2024): normalized area under the non-decreasing convex hull.
 
     Precisely, for points (cost_i, quality_i) (NaNs dropped):

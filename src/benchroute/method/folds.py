@@ -18,7 +18,21 @@ from benchroute.method.predictors import neighbor_mean
 
 #: The paper's 15 alpha values: the share of the held-out task's inputs moved into training.
 DEFAULT_ALPHAS: tuple[float, ...] = (
-    0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5,
+    0.0,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.5,
 )
 
 
@@ -116,7 +130,10 @@ class FoldEngine:
         """r x s local indices moved into training; they depend only on (seed, d, alpha, repeat)."""
         n = len(self.members[d])
         return np.stack(
-            [np.sort(np.random.default_rng([seed, d, a_i, rep]).choice(n, s, replace=False)) for rep in range(repeats)]
+            [
+                np.sort(np.random.default_rng([seed, d, a_i, rep]).choice(n, s, replace=False))
+                for rep in range(repeats)
+            ]
         )
 
     def _check_excluded(self, d: int, excluded: Sequence[int]) -> None:
@@ -125,14 +142,15 @@ class FoldEngine:
             # the neighbour lists are only deep enough to skip max_excluded tasks besides d's own;
             # excluding more would silently give wrong neighbours (and u = inf)
             raise ConfigError(
-                f"this FoldEngine was built for at most {self.max_excluded} excluded task(s), got {len(extra)}",
+                f"this FoldEngine was built for at most {self.max_excluded} excluded task(s), got "
+                f"{len(extra)}",
                 f"build it with max_excluded={len(extra)}",
             )
 
     def _merge(
         self, d: int, items: np.ndarray, moved: np.ndarray, excluded: Sequence[int], width: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``width`` training neighbours of task d's ``items`` (local, P) given per-item moved sets (P x s)."""
+        """Top ``width`` training neighbours of task d's ``items`` (local, P), with moved sets (P x s)."""
         width = width or self.need
         members = self.members[d]
         # the cross lists never hold task d itself, so only the other excluded tasks need filtering
@@ -239,14 +257,39 @@ class FoldEngine:
                 p_sum.extend(group_sum(correct, rep_of, reps))
                 if s == 0:
                     atc_base[d] = (np.maximum(g, 1.0 - g), correct)
-                self._corrections(d, items, item_moved, rep_of, reps, long_s, long_i, dist, correct, ytask,
-                                  wanted, z0, fix, atc_fix if s == 0 else None)
+                self._corrections(
+                    d,
+                    items,
+                    item_moved,
+                    rep_of,
+                    reps,
+                    long_s,
+                    long_i,
+                    dist,
+                    correct,
+                    ytask,
+                    wanted,
+                    z0,
+                    fix,
+                    atc_fix if s == 0 else None,
+                )
         return NestedPairs(folds, np.array(u_sum), np.array(p_sum, dtype=np.float64), fix, atc_base, atc_fix)
 
     def _corrections(
-        self, d: int, items: np.ndarray, item_moved: np.ndarray, rep_of: np.ndarray, reps: int,
-        long_s: np.ndarray, long_i: np.ndarray, dist: np.ndarray, correct: np.ndarray, ytask: np.ndarray,
-        wanted: set[int], z0: int, fix: dict[int, list[tuple[int, np.ndarray, np.ndarray]]],
+        self,
+        d: int,
+        items: np.ndarray,
+        item_moved: np.ndarray,
+        rep_of: np.ndarray,
+        reps: int,
+        long_s: np.ndarray,
+        long_i: np.ndarray,
+        dist: np.ndarray,
+        correct: np.ndarray,
+        ytask: np.ndarray,
+        wanted: set[int],
+        z0: int,
+        fix: dict[int, list[tuple[int, np.ndarray, np.ndarray]]],
         atc_fix: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] | None,
     ) -> None:
         """Per outer task x found in an item's first max(k, kappa) neighbours: that item without x.
@@ -276,7 +319,9 @@ class FoldEngine:
         g2, dist2 = self._predict(new_s, new_i)
         corr2 = (g2 > self.threshold) == ytask[items[pp]]
         key = xx * reps + rep_of[pp]
-        du = np.bincount(key, weights=dist2 - dist[pp], minlength=self.n_tasks * reps).reshape(self.n_tasks, reps)
+        du = np.bincount(key, weights=dist2 - dist[pp], minlength=self.n_tasks * reps).reshape(
+            self.n_tasks, reps
+        )
         dp = group_sum(corr2.astype(np.int8) - correct[pp].astype(np.int8), key, self.n_tasks * reps)
         dp = dp.reshape(self.n_tasks, reps, -1)
         for x in np.unique(xx):
@@ -325,8 +370,13 @@ class FoldEngine:
         for _ in range(repeats):
             moved = np.sort(rng.choice(n, s, replace=False))[None, :]
             rest = np.setdiff1d(np.arange(n), moved[0])
-            out.append((self.s1_curve(d, excluded, (k,), moved)[0], self.Y[self.members[d][moved[0]]],
-                        self.Y[self.members[d][rest]].mean(axis=0)))
+            out.append(
+                (
+                    self.s1_curve(d, excluded, (k,), moved)[0],
+                    self.Y[self.members[d][moved[0]]],
+                    self.Y[self.members[d][rest]].mean(axis=0),
+                )
+            )
         return out
 
     def test_fold(self, d: int, excluded: Sequence[int] = ()) -> tuple[np.ndarray, float]:
@@ -339,7 +389,9 @@ def group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarr
     """Row sums of ``values`` (P x M) per group id (P,) -> n_groups x M."""
     from scipy.sparse import csr_matrix
 
-    onehot = csr_matrix((np.ones(len(groups)), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups)))
+    onehot = csr_matrix(
+        (np.ones(len(groups)), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))
+    )
     return np.asarray(onehot @ values.astype(np.float64))
 
 
@@ -368,8 +420,11 @@ class NestedPairs:
         if not keep.any():
             raise ConfigError("no task left to train the confidence model on (need at least 2 tasks)")
         out = ConfidencePairs(
-            (u_sum / n_rem)[keep], (p_sum / n_rem[:, None])[keep], task[keep],
-            np.array([f[1] for f in self.folds])[keep], np.array([f[2] for f in self.folds])[keep],
+            (u_sum / n_rem)[keep],
+            (p_sum / n_rem[:, None])[keep],
+            task[keep],
+            np.array([f[1] for f in self.folds])[keep],
+            np.array([f[2] for f in self.folds])[keep],
         )
         if with_atc and self.atc_base:
             conf = {d: c.copy() for d, (c, _) in self.atc_base.items() if d != outer}

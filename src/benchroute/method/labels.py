@@ -58,8 +58,10 @@ class LabelMatrix:
     def _encode(self, Y: np.ndarray) -> tuple[str, np.ndarray]:
         binary = is_binary(Y)
         if self.requested in ("bits", "uint8") and not binary:
-            raise ConfigError(f"label encoding {self.requested!r} holds 0/1 labels only",
-                              "use encoding 'auto' or 'float32' for fractional labels")
+            raise ConfigError(
+                f"label encoding {self.requested!r} holds 0/1 labels only",
+                "use encoding 'auto' or 'float32' for fractional labels",
+            )
         if self.requested == "float32" or not binary:
             return "float32", np.ascontiguousarray(Y, dtype=np.float32)
         if self.requested == "uint8":

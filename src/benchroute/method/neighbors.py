@@ -31,6 +31,7 @@ APPROX_MIN_STORE = 100_000
 #: IVF codecs accepted (FAISS index_factory codes for the vectors inside the lists).
 _CODEC = re.compile(r"Flat|SQfp16|SQbf16|SQ8|SQ6|SQ4|PQ[1-9][0-9]{0,3}(x[4-8])?")
 
+
 def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length as float32 (zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
@@ -188,26 +189,42 @@ class NeighborIndex:
 
     def _check_params(self) -> None:
         if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown neighbour index {self.backend!r}", f"use one of {', '.join(BACKENDS)}")
+            raise ConfigError(
+                f"unknown neighbour index {self.backend!r}", f"use one of {', '.join(BACKENDS)}"
+            )
         if self.approx not in ("ivf", "hnsw"):
             raise ConfigError(f"approx must be 'ivf' or 'hnsw', got {self.approx!r}")
         limits = {"hnsw_m": 512, "ef_search": 1 << 16, "ef_construction": 1 << 16, "refine": 1024}
-        positive = {"flat_min": self.flat_min, "approx_min": self.approx_min, "nlist": self.nlist,
-                    "nprobe": self.nprobe, "refine": self.refine, "train_size": self.train_size,
-                    "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "ef_construction": self.ef_construction,
-                    "block_rows": self.block_rows}
+        positive = {
+            "flat_min": self.flat_min,
+            "approx_min": self.approx_min,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "refine": self.refine,
+            "train_size": self.train_size,
+            "hnsw_m": self.hnsw_m,
+            "ef_search": self.ef_search,
+            "ef_construction": self.ef_construction,
+            "block_rows": self.block_rows,
+        }
         optional = {"approx_min", "nlist", "nprobe", "train_size"}
         for name, value in positive.items():
             if value is None and name in optional:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name.endswith("_min") else 1):
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if name.endswith("_min") else 1)
+            ):
                 raise ConfigError(f"index parameter {name} must be a positive integer, got {value!r}")
             if value > limits.get(name, 1 << 62):
                 raise ConfigError(f"index parameter {name} = {value} is above its limit {limits[name]}")
         if not isinstance(self.ivf_codec, str) or not _CODEC.fullmatch(self.ivf_codec):
             # a closed list: the codec may come from a saved router's manifest, which is untrusted data
-            raise ConfigError(f"ivf_codec must be one FAISS code such as 'Flat', 'SQ8' or 'PQ64', got {self.ivf_codec!r}",
-                              "use Flat, SQfp16, SQbf16, SQ8, SQ6, SQ4 or PQ<m>[x<bits>]")
+            raise ConfigError(
+                f"ivf_codec must be one FAISS code such as 'Flat', 'SQ8' or 'PQ64', got {self.ivf_codec!r}",
+                "use Flat, SQfp16, SQbf16, SQ8, SQ6, SQ4 or PQ<m>[x<bits>]",
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
             raise ConfigError(f"seed must be an integer in [0, 2^31), got {self.seed!r}")
 
@@ -224,7 +241,9 @@ class NeighborIndex:
         """Index ``store`` (n x d). A ``np.memmap`` is kept mapped: nothing but blocks is read into RAM."""
         self._check_params()
         if getattr(store, "ndim", 0) != 2 or len(store) == 0:
-            raise ConfigError(f"expected a non-empty 2-d array of embeddings, got shape {getattr(store, 'shape', None)}")
+            raise ConfigError(
+                f"expected a non-empty 2-d array of embeddings, got shape {getattr(store, 'shape', None)}"
+            )
         self.mapped_ = isinstance(store, np.memmap)
         self.store_ = store if self.mapped_ else _unit_rows(store)
         n, dim = self.store_.shape
@@ -254,8 +273,10 @@ class NeighborIndex:
         try:
             index = faiss.index_factory(dim, f"IVF{self.nlist_},{self.ivf_codec}", faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
-            raise ConfigError(f"FAISS does not know the IVF codec {self.ivf_codec!r}",
-                              "use 'Flat', 'SQfp16', 'SQ8' or 'PQ<m>' with m dividing the dimension") from exc
+            raise ConfigError(
+                f"FAISS does not know the IVF codec {self.ivf_codec!r}",
+                "use 'Flat', 'SQfp16', 'SQ8' or 'PQ<m>' with m dividing the dimension",
+            ) from exc
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = self.seed
         ivf.nprobe = self.nprobe_
@@ -276,7 +297,9 @@ class NeighborIndex:
         for start in range(0, len(self.store_), self.block_rows):
             yield start, np.ascontiguousarray(normalize(self.store_[start : start + self.block_rows]))
 
-    def search(self, queries: np.ndarray, k: int, *, normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, normalized: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, indices), each n_queries x min(k, n_store), most similar first.
 
         ``normalized=True`` promises unit-length float32 queries (skips re-normalizing them).
@@ -329,9 +352,22 @@ class NeighborIndex:
 
 #: NeighborIndex's parameters, in constructor order (what ``index_params`` may set).
 INDEX_PARAMS: tuple[str, ...] = (
-    "backend", "flat_min", "approx_min", "approx", "nlist", "nprobe", "ivf_codec", "refine", "train_size",
-    "hnsw_m", "ef_search", "ef_construction", "block_rows", "seed",
+    "backend",
+    "flat_min",
+    "approx_min",
+    "approx",
+    "nlist",
+    "nprobe",
+    "ivf_codec",
+    "refine",
+    "train_size",
+    "hnsw_m",
+    "ef_search",
+    "ef_construction",
+    "block_rows",
+    "seed",
 )
+
 
 def cross_task_neighbors(
     emb: np.ndarray, task_index: np.ndarray, depth: int, rows: np.ndarray | None = None

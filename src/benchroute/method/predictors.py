@@ -26,9 +26,7 @@ from benchroute.method.neighbors import INDEX_PARAMS, NeighborIndex, normalize
 def check_is_fitted(est: Any, attr: str) -> None:
     """One helper for every estimator: a clear error instead of an AttributeError."""
     if not hasattr(est, attr):
-        raise NotFittedError(
-            f"this {type(est).__name__} is not fitted yet", "call fit(X, Y) before using it"
-        )
+        raise NotFittedError(f"this {type(est).__name__} is not fitted yet", "call fit(X, Y) before using it")
 
 
 def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +113,10 @@ def make_index(backend: str = "auto", index_params: dict[str, Any] | None = None
     params = dict(index_params or {})
     unknown = set(params) - set(INDEX_PARAMS) | ({"backend"} & set(params))
     if unknown:
-        raise ConfigError(f"unknown neighbour index parameters {sorted(unknown)}",
-                          f"use {', '.join(p for p in INDEX_PARAMS if p != 'backend')} (and backend on its own)")
+        raise ConfigError(
+            f"unknown neighbour index parameters {sorted(unknown)}",
+            f"use {', '.join(p for p in INDEX_PARAMS if p != 'backend')} (and backend on its own)",
+        )
     return NeighborIndex(backend=backend, **params)  # type: ignore[arg-type]
 
 
@@ -129,7 +129,9 @@ def neighbor_mean(
     "distance" weights each neighbour by its similarity (clipped at a small positive floor), so a
     near-duplicate training question counts more than a loosely related one.
     """
-    gathered = Y.take(idx) if isinstance(Y, LabelMatrix) else np.asarray(Y[idx], dtype=np.float32)  # n x k x M
+    gathered = (
+        Y.take(idx) if isinstance(Y, LabelMatrix) else np.asarray(Y[idx], dtype=np.float32)
+    )  # n x k x M
     if weights == "uniform":
         return gathered.mean(axis=1)
     w = np.maximum(sims, 1e-6)[:, :, None]

@@ -92,9 +92,8 @@ class TrustDecision:
             return f"trust rule off: routing to the top-scoring model {cand} (best on average: {fb})"
         verdict = "exceeds" if not self.fell_back else "does not exceed"
         action = f"routing to {cand}" if not self.fell_back else f"falling back to {fb}"
-        return (
-            f"P({cand} beats {fb} on this task) = {self.probability:.3f} {verdict} eta = {self.eta:g}; {action}"
-        )
+        p = f"P({cand} beats {fb} on this task) = {self.probability:.3f}"
+        return f"{p} {verdict} eta = {self.eta:g}; {action}"
 
 
 def trust_rule(
@@ -184,7 +183,9 @@ def select_blend(
     best: tuple[float, float, int, np.ndarray] | None = None
     for lam in sorted(lambdas, reverse=True):
         for j, k in enumerate(ks):
-            per_task = np.array([accuracy[d, int(np.argmax(blend(curves[d][j], priors[d], lam)))] for d in tasks])
+            per_task = np.array(
+                [accuracy[d, int(np.argmax(blend(curves[d][j], priors[d], lam)))] for d in tasks]
+            )
             if best is None or per_task.mean() > best[0] + 1e-12:
                 best = (float(per_task.mean()), lam, k, per_task)
     assert best is not None
@@ -194,8 +195,14 @@ def select_blend(
     gated = lam != 1.0 and 1.0 in lambdas and not diff.mean() > min_z * se
     if gated:
         acc, lam, k = float(bma_acc.mean()), 1.0, ks[0]
-    return BlendChoice(k=k, lam=lam, inner_accuracy=acc, bma_inner_accuracy=float(bma_acc.mean()),
-                       gain_se=se if np.isfinite(se) else None, gated=gated)
+    return BlendChoice(
+        k=k,
+        lam=lam,
+        inner_accuracy=acc,
+        bma_inner_accuracy=float(bma_acc.mean()),
+        gain_se=se if np.isfinite(se) else None,
+        gated=gated,
+    )
 
 
 #: How a few labeled samples of the new task may overrule the blend (chosen by leave-one-task-out):
@@ -237,7 +244,9 @@ def apply_label_rule(rule: str, score: np.ndarray, labeled: np.ndarray, bma: int
 
 
 def select_label_rule(
-    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], lam: float, rules: tuple[str, ...] = LABEL_RULES
+    draws: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    lam: float,
+    rules: tuple[str, ...] = LABEL_RULES,
 ) -> str:
     """The rule with the best mean accuracy over simulated labeled draws of held-out training tasks.
 
@@ -255,8 +264,14 @@ def select_label_rule(
 
 
 def label_rules_for(
-    engine: Any, tasks: list[int], excluded: list[int], choice: BlendChoice, task_accuracy: np.ndarray,
-    sizes: tuple[int, ...], seed: int, repeats: int = LABEL_REPEATS,
+    engine: Any,
+    tasks: list[int],
+    excluded: list[int],
+    choice: BlendChoice,
+    task_accuracy: np.ndarray,
+    sizes: tuple[int, ...],
+    seed: int,
+    repeats: int = LABEL_REPEATS,
 ) -> dict[int, str]:
     """The label rule per number of labeled samples, by leave-one-task-out over ``tasks``.
 
@@ -268,7 +283,10 @@ def label_rules_for(
     priors = {x: task_accuracy[[t for t in tasks if t != x]].mean(axis=0) for x in tasks}
     rules = {}
     for s in sizes:
-        draws = [(c, priors[x], lab, acc) for x in tasks
-                 for c, lab, acc in engine.labeled_draws(x, excluded, choice.k, s, repeats, seed)]
+        draws = [
+            (c, priors[x], lab, acc)
+            for x in tasks
+            for c, lab, acc in engine.labeled_draws(x, excluded, choice.k, s, repeats, seed)
+        ]
         rules[s] = select_label_rule(draws, choice.lam)
     return rules

@@ -45,7 +45,9 @@ def _normalize(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
-def disagreement(g: np.ndarray, top: int = 5, scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def disagreement(
+    g: np.ndarray, top: int = 5, scores: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(variance, mean binary entropy) per input of g over the ``top`` models ranked by ``scores``.
 
     ``scores`` defaults to S1 = mean_i g; ties in the ranking go to the lower model index.

@@ -138,7 +138,7 @@ class Router:
     draws : Monte Carlo draws of the trust rule.
     embedding_model : sentence-transformers model for inputs given as text.
     seed : every random draw (moved samples, Monte Carlo) derives from it.
-    blend_ks, blend_lambdas : the grid of the default blended score (see :func:`benchroute.method.scores.blend`).
+    blend_ks, blend_lambdas : the grid of the default blended score (:func:`benchroute.method.scores.blend`).
     blend_min_z : keep the best-on-average model unless the chosen blend's inner gain exceeds this many
         paired standard errors [0 = off; measured in docs/reproduction.md: 1.0 did not help].
     index, index_params : how the kNN predictor searches the stored questions ("auto": exact up to
@@ -226,7 +226,9 @@ class Router:
         if len(emb) != benchmark.n_items:
             raise ConfigError(f"got {len(emb)} embeddings for {benchmark.n_items} benchmark items")
         if benchmark.n_tasks < 2:
-            raise ConfigError("a router needs at least 2 benchmark tasks (the confidence model holds tasks out)")
+            raise ConfigError(
+                "a router needs at least 2 benchmark tasks (the confidence model holds tasks out)"
+            )
         Y = _compact_labels(benchmark.correct)
         self.tasks_ = list(benchmark.tasks)
         self.models_ = list(benchmark.models)
@@ -249,8 +251,16 @@ class Router:
     def _engine(self, max_k: int = 0) -> FoldEngine:
         k = getattr(self.predictor_, "k", self.k)
         weights = getattr(self.predictor_, "weights", "uniform")
-        return FoldEngine(self.X_, self.Y_, self.task_index_, k=k, kappa=self.kappa, threshold=self.t,
-                          weights=weights, max_k=max_k)
+        return FoldEngine(
+            self.X_,
+            self.Y_,
+            self.task_index_,
+            k=k,
+            kappa=self.kappa,
+            threshold=self.t,
+            weights=weights,
+            max_k=max_k,
+        )
 
     def _fit_blend(self) -> None:
         """Pick the blend's (k, lambda) by leave-one-task-out over the training tasks."""
@@ -258,11 +268,13 @@ class Router:
         D = len(self.tasks_)
         curves = {d: engine.s1_curve(d, (), self.blend_ks) for d in range(D)}
         priors = {d: np.delete(self.task_accuracy_, d, axis=0).mean(axis=0) for d in range(D)}
-        self.blend_ = select_blend(curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas,
-                                   self.blend_min_z)
+        self.blend_ = select_blend(
+            curves, priors, self.task_accuracy_, self.blend_ks, self.blend_lambdas, self.blend_min_z
+        )
         # how a few labels of a new task may overrule the blend, per number of labels (same protocol)
-        self.label_rules_ = label_rules_for(engine, list(range(D)), [], self.blend_, self.task_accuracy_,
-                                            LABEL_GRID, self.seed)
+        self.label_rules_ = label_rules_for(
+            engine, list(range(D)), [], self.blend_, self.task_accuracy_, LABEL_GRID, self.seed
+        )
 
     def _confidence_pairs(self, excluded: Sequence[int]) -> ConfidencePairs:
         if isinstance(self.predictor_, KNNCorrectness):
@@ -287,8 +299,13 @@ class Router:
             ts.append(d)
         z = len(us)
         return ConfidencePairs(
-            np.array(us), np.stack(ps), np.array(ts), np.zeros(z), np.zeros(z, dtype=int),
-            np.concatenate(confs), np.concatenate(corrs),
+            np.array(us),
+            np.stack(ps),
+            np.array(ts),
+            np.zeros(z),
+            np.zeros(z, dtype=int),
+            np.concatenate(confs),
+            np.concatenate(corrs),
         )
 
     def _fit_confidence(self, pairs: ConfidencePairs) -> None:
@@ -307,7 +324,9 @@ class Router:
         """Embeddings of ``inputs`` (texts are embedded with the router's model, through the cache)."""
         if isinstance(inputs, np.ndarray):
             if inputs.ndim != 2 or len(inputs) == 0:
-                raise ConfigError(f"no inputs given (embeddings of shape {inputs.shape})", "pass an n x d array, n >= 1")
+                raise ConfigError(
+                    f"no inputs given (embeddings of shape {inputs.shape})", "pass an n x d array, n >= 1"
+                )
             if hasattr(self, "X_") and inputs.shape[1] != self.X_.shape[1]:
                 raise ConfigError(
                     f"embeddings have {inputs.shape[1]} dimensions, the router's have {self.X_.shape[1]}",
@@ -387,31 +406,66 @@ class Router:
         sims, idx = self._store_search(X, width) if labeled is None else exact_search(X, store_X, width)
         u = float((1.0 - sims[:, : self.kappa]).mean())
         # float32 like the labels' former dtype: 0/1 sums are exact, so uint8 labels give the same means
-        s1k = store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1), dtype=np.float32) if self.score == "blend" else None
+        s1k = (
+            store_Y[idx[:, : self.blend_.k]].mean(axis=(0, 1), dtype=np.float32)
+            if self.score == "blend"
+            else None
+        )
         p = self.estimate_p(u, g)
         rec = self._decide(g, p, u, mask, n, n_labeled, few_shot, X, s1k, lab_Y)
         if cost_weight or max_cost is not None or cheapest_within is not None:
             self._apply_cost(rec, g, p, n, mask, cost_weight, max_cost, cheapest_within)
         return rec
 
-    def _apply_cost(self, rec: Recommendation, g: np.ndarray, p: np.ndarray, n: int, mask: np.ndarray,
-                    cost_weight: float, max_cost: float | None, cheapest_within: float | None) -> None:
+    def _apply_cost(
+        self,
+        rec: Recommendation,
+        g: np.ndarray,
+        p: np.ndarray,
+        n: int,
+        mask: np.ndarray,
+        cost_weight: float,
+        max_cost: float | None,
+        cheapest_within: float | None,
+    ) -> None:
         """Replace the accuracy-only choice by a cost-aware one (the ranking is unchanged)."""
         by_name = {r.model: r.predicted_accuracy for r in rec.ranking}
         pred = np.array([by_name.get(m, -np.inf) for m in self.models_])
         if cheapest_within is not None and self.score == "S3" and self.trust and max_cost is None:
-            choice = cheapest_within_trusted(s2(g, self.t), p, n, self.cost_, cheapest_within, self.eta,
-                                             self.draws, self.seed, mask=mask, names=self.models_)
+            choice = cheapest_within_trusted(
+                s2(g, self.t),
+                p,
+                n,
+                self.cost_,
+                cheapest_within,
+                self.eta,
+                self.draws,
+                self.seed,
+                mask=mask,
+                names=self.models_,
+            )
         else:
-            choice = choose(pred, self.cost_, cost_weight=cost_weight, max_cost=max_cost,
-                            cheapest_within=cheapest_within, mask=mask, names=self.models_)
+            choice = choose(
+                pred,
+                self.cost_,
+                cost_weight=cost_weight,
+                max_cost=max_cost,
+                cheapest_within=cheapest_within,
+                mask=mask,
+                names=self.models_,
+            )
         rec.chosen = self.models_[choice.index]
         rec.reason = choice.reason
         rec.fell_back = False
         rec.extra["cost"] = {
-            "unit": self.cost_unit_, "mode": choice.mode, "cost_weight": cost_weight, "max_cost": max_cost,
-            "cheapest_within": cheapest_within, "accuracy_choice": self.models_[choice.best],
-            "frontier": [self.models_[j] for j in choice.frontier], "probability": choice.probability,
+            "unit": self.cost_unit_,
+            "mode": choice.mode,
+            "cost_weight": cost_weight,
+            "max_cost": max_cost,
+            "cheapest_within": cheapest_within,
+            "accuracy_choice": self.models_[choice.best],
+            "frontier": [self.models_[j] for j in choice.frontier],
+            "probability": choice.probability,
         }
 
     def estimate_p(self, u: float, g: np.ndarray) -> np.ndarray:
@@ -440,10 +494,14 @@ class Router:
         extra: dict[str, Any] = {}
         if s1k is not None:
             scores["blend"] = blend(s1k, prior, self.blend_.lam)
-            extra["blend"] = {"k": self.blend_.k, "lambda": self.blend_.lam,
-                              "inner_accuracy": self.blend_.inner_accuracy,
-                              "bma_inner_accuracy": self.blend_.bma_inner_accuracy,
-                              "gain_se": self.blend_.gain_se, "gated": self.blend_.gated}
+            extra["blend"] = {
+                "k": self.blend_.k,
+                "lambda": self.blend_.lam,
+                "inner_accuracy": self.blend_.inner_accuracy,
+                "bma_inner_accuracy": self.blend_.bma_inner_accuracy,
+                "gain_se": self.blend_.gain_se,
+                "gated": self.blend_.gated,
+            }
         score = scores[self.score]
         masked = np.where(mask, score, -np.inf)
         bma = int(np.argmax(np.where(mask, prior, -np.inf)))
@@ -451,7 +509,9 @@ class Router:
             wide = int(np.argmax(np.where(mask, s1k, -np.inf)))
             extra["blend"]["knn_favourite"] = self.models_[wide]
             if self.trust:  # the paper's trust rule guards the blend's choice too (see docs/method.md)
-                decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
+                decision = trust_rule(
+                    v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed
+                )
             else:
                 cand = int(np.argmax(masked))
                 decision = TrustDecision(cand, cand, bma, None, self.eta, False)
@@ -472,9 +532,15 @@ class Router:
         order = np.argsort(-masked, kind="stable")
         ranking = [
             ModelScore(
-                model=self.models_[j], rank=r + 1, s1=float(v1[j]), s2=float(v2[j]), s3=float(v3[j]),
-                p=float(p[j]), predicted_accuracy=float(score[j]),
-                params_b=_opt(self.params_b_[j]), cost=_opt(self.cost_[j]),
+                model=self.models_[j],
+                rank=r + 1,
+                s1=float(v1[j]),
+                s2=float(v2[j]),
+                s3=float(v3[j]),
+                p=float(p[j]),
+                predicted_accuracy=float(score[j]),
+                params_b=_opt(self.params_b_[j]),
+                cost=_opt(self.cost_[j]),
             )
             for r, j in enumerate(order)
             if mask[j]
@@ -489,9 +555,13 @@ class Router:
             fell_back=decision.fell_back,
             probability=decision.probability,
             eta=self.eta,
-            reason=(self._labels_reason(decision, extra["labels"]) if "labels" in extra
-                    else self._blend_reason(decision, extra["blend"]["knn_favourite"]) if s1k is not None
-                    else decision.reason(self.models_)),
+            reason=(
+                self._labels_reason(decision, extra["labels"])
+                if "labels" in extra
+                else self._blend_reason(decision, extra["blend"]["knn_favourite"])
+                if s1k is not None
+                else decision.reason(self.models_)
+            ),
             score=self.score,
             n_inputs=n,
             n_labeled=n_labeled,
@@ -506,25 +576,36 @@ class Router:
 
     def _labels_reason(self, decision: TrustDecision, labels: dict[str, Any]) -> str:
         names, rule = self.models_, labels["rule"]
-        among = ("the blend's choice or the best-on-average model" if rule == "veto"
-                 else f"the blend's top {rule[3:]} and the best-on-average model")
-        return (f"{names[decision.chosen]}: the best on the {labels['n_labeled']} labeled samples among {among} "
-                f"(rule {rule!r}, chosen by leave-one-task-out for {labels['rule_for']} labels; "
-                f"the blend alone picks {names[decision.candidate]})")
+        among = (
+            "the blend's choice or the best-on-average model"
+            if rule == "veto"
+            else f"the blend's top {rule[3:]} and the best-on-average model"
+        )
+        return (
+            f"{names[decision.chosen]}: the best on the {labels['n_labeled']} labeled samples among {among} "
+            f"(rule {rule!r}, chosen by leave-one-task-out for {labels['rule_for']} labels; "
+            f"the blend alone picks {names[decision.candidate]})"
+        )
 
     def _blend_reason(self, decision: TrustDecision, favourite: str) -> str:
         names, b = self.models_, self.blend_
         if b.lam == 1.0:
-            return (f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
-                    "found no blend of kNN accuracy that beats it (lambda=1)")
+            return (
+                f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
+                "found no blend of kNN accuracy that beats it (lambda=1)"
+            )
         how = f"blend of kNN accuracy (k={b.k}) and the best-on-average prior (lambda={b.lam:g})"
         if decision.fell_back and decision.candidate != decision.fallback:
-            return (f"{how} favours {names[decision.candidate]}, but P(it beats {names[decision.fallback]} on "
-                    f"this task) = {decision.probability:.3f} does not exceed eta = {decision.eta:g}: falling "
-                    "back to the best-on-average model")
+            return (
+                f"{how} favours {names[decision.candidate]}, but P(it beats {names[decision.fallback]} on "
+                f"this task) = {decision.probability:.3f} does not exceed eta = {decision.eta:g}: falling "
+                "back to the best-on-average model"
+            )
         if decision.fell_back:
-            return (f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
-                    f"{favourite} is not far enough ahead")
+            return (
+                f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
+                f"{favourite} is not far enough ahead"
+            )
         if decision.chosen == decision.fallback:
             return f"{how}: the best-on-average model {names[decision.chosen]} also leads on this task"
         return f"{how} routes to {names[decision.chosen]} (best on average: {names[decision.fallback]})"
@@ -553,7 +634,9 @@ class Router:
             inputs, rows = [], []
             for i, rec in enumerate(labeled):
                 if not isinstance(rec, dict) or "input" not in rec or "correct" not in rec:
-                    raise ConfigError(f"labeled sample {i} must be {{'input': str, 'correct': {{model: 0/1}}}}")
+                    raise ConfigError(
+                        f"labeled sample {i} must be {{'input': str, 'correct': {{model: 0/1}}}}"
+                    )
                 row = np.full(len(self.models_), np.nan, dtype=np.float32)
                 for m, v in rec["correct"].items():
                     row[self.model_position(m)] = float(v)
@@ -590,9 +673,12 @@ class Router:
         for i in range(len(g)):
             tied = np.flatnonzero(gm[i] == best[i])
             j = bma if bma in tied else int(tied[0])
-            why = "highest predicted correctness" if len(tied) == 1 else (
-                f"{len(tied)} models tie at {best[i]:.2f}; " + (
-                    "the best-on-average model is among them" if j == bma else "first of the tied models"
+            why = (
+                "highest predicted correctness"
+                if len(tied) == 1
+                else (
+                    f"{len(tied)} models tie at {best[i]:.2f}; "
+                    + ("the best-on-average model is among them" if j == bma else "first of the tied models")
                 )
             )
             per = {self.models_[m]: float(g[i, m]) for m in np.flatnonzero(mask)}
@@ -600,8 +686,13 @@ class Router:
         return out
 
     # ------------------------------------------------------------------ models
-    def add_model(self, name: str, correct: np.ndarray | Sequence[float], params_b: float | None = None,
-                  cost: float | None = None) -> Router:
+    def add_model(
+        self,
+        name: str,
+        correct: np.ndarray | Sequence[float],
+        params_b: float | None = None,
+        cost: float | None = None,
+    ) -> Router:
         """Add an LLM from its 0/1 results on the stored questions (NaN = not run on that question).
 
         kNN gains a column without refitting the others. Questions the new model was not run on are
@@ -621,12 +712,24 @@ class Router:
             raise ConfigError("results must be 0/1 correctness (or NaN for not run)")
         y = np.where(known, y, y[known].mean()).astype(np.float32)
         if not isinstance(self.predictor_, KNNCorrectness):
-            raise ConfigError("add_model without refitting needs the kNN predictor", "refit the router instead")
+            raise ConfigError(
+                "add_model without refitting needs the kNN predictor", "refit the router instead"
+            )
         self.predictor_.add_output(y)
         self.Y_ = np.hstack([self.Y_, y[:, None]])
-        col = np.array([[y[(self.task_index_ == d) & known].mean(dtype=np.float64) if ((self.task_index_ == d) & known).any()
-                         else np.nan for d in range(len(self.tasks_))]]).T
-        self.task_accuracy_ = np.hstack([self.task_accuracy_, np.where(np.isnan(col), y.mean(dtype=np.float64), col)])
+        col = np.array(
+            [
+                [
+                    y[(self.task_index_ == d) & known].mean(dtype=np.float64)
+                    if ((self.task_index_ == d) & known).any()
+                    else np.nan
+                    for d in range(len(self.tasks_))
+                ]
+            ]
+        ).T
+        self.task_accuracy_ = np.hstack(
+            [self.task_accuracy_, np.where(np.isnan(col), y.mean(dtype=np.float64), col)]
+        )
         self.models_.append(name)
         self.params_b_ = np.append(self.params_b_, np.nan if params_b is None else params_b)
         self.cost_ = np.append(self.cost_, np.nan if cost is None else cost)
@@ -662,12 +765,25 @@ class Router:
     def get_params(self) -> dict[str, Any]:
         pred = self.predictor if isinstance(self.predictor, str) else _predictor_name(self.predictor)
         return {
-            "predictor": pred, "k": self.k, "score": self.score, "t": self.t, "kappa": self.kappa,
-            "sigma": self.sigma, "p_estimator": self.p_estimator, "eta": self.eta, "trust": self.trust,
-            "alphas": list(self.alphas), "repeats": self.repeats, "cap": self.cap, "draws": self.draws,
-            "embedding_model": self.embedding_model, "seed": self.seed,
-            "blend_ks": list(self.blend_ks), "blend_lambdas": list(self.blend_lambdas),
-            "blend_min_z": self.blend_min_z, "index": self.index,
+            "predictor": pred,
+            "k": self.k,
+            "score": self.score,
+            "t": self.t,
+            "kappa": self.kappa,
+            "sigma": self.sigma,
+            "p_estimator": self.p_estimator,
+            "eta": self.eta,
+            "trust": self.trust,
+            "alphas": list(self.alphas),
+            "repeats": self.repeats,
+            "cap": self.cap,
+            "draws": self.draws,
+            "embedding_model": self.embedding_model,
+            "seed": self.seed,
+            "blend_ks": list(self.blend_ks),
+            "blend_lambdas": list(self.blend_lambdas),
+            "blend_min_z": self.blend_min_z,
+            "index": self.index,
             "index_params": None if self.index_params is None else jsonable(dict(self.index_params)),
         }
 
@@ -707,7 +823,9 @@ class Router:
             "arrays_sha256": hashlib.sha256(blob).hexdigest(),
             "card_extra": jsonable(card_extra or {}),
             "blend": jsonable(vars(self.blend_)) if hasattr(self, "blend_") else None,
-            "label_rules": {str(k): v for k, v in self.label_rules_.items()} if hasattr(self, "label_rules_") else None,
+            "label_rules": {str(k): v for k, v in self.label_rules_.items()}
+            if hasattr(self, "label_rules_")
+            else None,
             "cost_unit": self.cost_unit_,
             "predictor_params": (
                 None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
@@ -717,11 +835,14 @@ class Router:
         doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
         # all three files change together (one directory swap), so a kill or a full disk mid-save
         # leaves the previous router whole; raises ConfigError if path is a file or holds other files
-        atomic_write_dir(path, {
-            "arrays.safetensors": blob,
-            "card.md": self.model_card(card_extra).encode("utf-8"),
-            "router.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"),
-        })
+        atomic_write_dir(
+            path,
+            {
+                "arrays.safetensors": blob,
+                "card.md": self.model_card(card_extra).encode("utf-8"),
+                "router.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"),
+            },
+        )
         return path
 
     @classmethod
@@ -736,16 +857,27 @@ class Router:
             payload = doc["payload"]
             ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["sha256"]
         except FileNotFoundError as exc:
-            raise IntegrityError(f"{manifest}: no saved router here", "pass a directory written by `benchroute fit`") from exc
+            raise IntegrityError(
+                f"{manifest}: no saved router here", "pass a directory written by `benchroute fit`"
+            ) from exc
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(f"{manifest}: not a valid router manifest ({exc})", "re-save the router") from exc
+            raise IntegrityError(
+                f"{manifest}: not a valid router manifest ({exc})", "re-save the router"
+            ) from exc
         if not ok:
-            raise IntegrityError(f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router")
-        if not isinstance(payload, dict) or payload.get("format") != "benchroute-router" or \
-                payload.get("format_version") not in READABLE_VERSIONS:
+            raise IntegrityError(
+                f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router"
+            )
+        if (
+            not isinstance(payload, dict)
+            or payload.get("format") != "benchroute-router"
+            or payload.get("format_version") not in READABLE_VERSIONS
+        ):
             version = payload.get("format_version") if isinstance(payload, dict) else None
-            raise IntegrityError(f"{manifest}: unsupported router format {version}",
-                                 f"this benchroute reads formats {READABLE_VERSIONS}: upgrade it, or re-save the router")
+            raise IntegrityError(
+                f"{manifest}: unsupported router format {version}",
+                f"this benchroute reads formats {READABLE_VERSIONS}: upgrade it, or re-save the router",
+            )
         if payload["format_version"] == 1 and isinstance(payload.get("params"), dict):
             # format 1 predates the index choice: those routers searched with the defaults
             payload["params"] = {"index": "auto", "index_params": None, **payload["params"]}
@@ -759,14 +891,16 @@ class Router:
         try:
             arrays = st_load(blob)
         except Exception as exc:  # safetensors raises its own SafetensorError on anything unparsable
-            raise IntegrityError(f"{path / 'arrays.safetensors'}: not a safetensors file ({exc})",
-                                 "re-save the router") from exc
+            raise IntegrityError(
+                f"{path / 'arrays.safetensors'}: not a safetensors file ({exc})", "re-save the router"
+            ) from exc
         _check_arrays(arrays, payload, path / "arrays.safetensors")
         try:
             return cls._from_saved(payload, arrays)
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ConfigError) as exc:
-            raise IntegrityError(f"{manifest}: inconsistent saved router ({type(exc).__name__}: {exc})",
-                                 "re-save the router") from exc
+            raise IntegrityError(
+                f"{manifest}: inconsistent saved router ({type(exc).__name__}: {exc})", "re-save the router"
+            ) from exc
 
     @classmethod
     def _from_saved(cls, payload: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
@@ -783,16 +917,24 @@ class Router:
         router.tasks_ = list(payload["tasks"])
         router.models_ = list(payload["models"])
         router.X_ = arrays["X"]
-        router.Y_ = (unpack_bits(arrays["Y_bits"], len(router.models_)) if "Y_bits" in arrays
-                     else _compact_labels(arrays["Y"]))
+        router.Y_ = (
+            unpack_bits(arrays["Y_bits"], len(router.models_))
+            if "Y_bits" in arrays
+            else _compact_labels(arrays["Y"])
+        )
         router.task_index_ = arrays["task_index"]
         router.task_accuracy_ = arrays["task_accuracy"]
         router.params_b_ = arrays["params_b"]
         router.cost_ = arrays["cost"]
         router.cost_unit_ = payload.get("cost_unit", "usd_per_mtok")
         pairs = ConfidencePairs(
-            arrays["pairs_u"], arrays["pairs_p"], arrays["pairs_task"], arrays["pairs_alpha"],
-            arrays["pairs_repeat"], arrays["atc_conf"].astype(np.float64), arrays["atc_correct"].astype(bool),
+            arrays["pairs_u"],
+            arrays["pairs_p"],
+            arrays["pairs_task"],
+            arrays["pairs_alpha"],
+            arrays["pairs_repeat"],
+            arrays["atc_conf"].astype(np.float64),
+            arrays["atc_correct"].astype(bool),
         )
         predictor = router._make_predictor()
         if isinstance(predictor, MLPCorrectness):
@@ -812,7 +954,8 @@ class Router:
         index = getattr(self.predictor_, "index_", None)
         if index is None:
             return []
-        line = f"- neighbour index: {jsonable(index.describe())} (index={self.index!r}, index_params={self.index_params})"
+        where = f"index={self.index!r}, index_params={self.index_params}"
+        line = f"- neighbour index: {jsonable(index.describe())} ({where})"
         return [line]
 
     def _blend_card_lines(self) -> list[str]:
@@ -820,9 +963,13 @@ class Router:
             return []
         b = self.blend_
         rules = ", ".join(f"{s} labels: {r}" for s, r in sorted(getattr(self, "label_rules_", {}).items()))
-        return [(f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
-                 f"{b.bma_inner_accuracy:.4f} for the best model on average)"),
-                f"- label rules (how a few labels may overrule the blend): {rules or 'none saved'}"]
+        return [
+            (
+                f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
+                f"{b.bma_inner_accuracy:.4f} for the best model on average)"
+            ),
+            f"- label rules (how a few labels may overrule the blend): {rules or 'none saved'}",
+        ]
 
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
         """A Markdown summary of what the router was trained on and how (saved as card.md)."""
@@ -835,9 +982,12 @@ class Router:
             f"- embedding model: `{self.embedding_model}` ({self.X_.shape[1]}-d)",
             f"- predictor: `{self.get_params()['predictor']}` (k={self.k}), score {self.score}, t={self.t}",
             *self._index_card_line(),
-            (f"- confidence: {self.p_estimator} (sigma={self.sigma}, kappa={self.kappa}), "
-            f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, {self.pairs_.u.max():.3f}], "
-            f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"),
+            (
+                f"- confidence: {self.p_estimator} (sigma={self.sigma}, kappa={self.kappa}), "
+                f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, "
+                f"{self.pairs_.u.max():.3f}], "
+                f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"
+            ),
             f"- trust rule: eta={self.eta}, {self.draws} Monte Carlo draws, seed {self.seed}",
             *self._blend_card_lines(),
             f"- best model on average: `{bma}` (macro accuracy {self.task_accuracy_.mean(axis=0).max():.4f})",
@@ -857,9 +1007,18 @@ class Router:
 
 
 _MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required except _OPTIONAL_KEYS
-    "format": str, "format_version": int, "benchroute_version": str, "params": dict, "tasks": list,
-    "models": list, "arrays_sha256": str, "card_extra": dict, "blend": (dict, type(None)),
-    "predictor_params": (dict, type(None)), "cost_unit": (str, type(None)), "label_rules": (dict, type(None)),
+    "format": str,
+    "format_version": int,
+    "benchroute_version": str,
+    "params": dict,
+    "tasks": list,
+    "models": list,
+    "arrays_sha256": str,
+    "card_extra": dict,
+    "blend": (dict, type(None)),
+    "predictor_params": (dict, type(None)),
+    "cost_unit": (str, type(None)),
+    "label_rules": (dict, type(None)),
 }
 _OPTIONAL_KEYS = {"cost_unit", "label_rules"}
 _POSITIVE_INTS = {"k": 10**6, "kappa": 10**6, "repeats": 10**6, "cap": 10**9, "draws": 10**7}
@@ -871,6 +1030,7 @@ def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
     The checksums only detect accidents; anyone can re-sign an edited manifest, so every field is
     checked here before it reaches a constructor (a router from an untrusted source is data).
     """
+
     def bad(what: str) -> IntegrityError:
         return IntegrityError(f"{manifest}: {what}", "re-save the router, or get it from its author")
 
@@ -894,17 +1054,27 @@ def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
         if key == "index":
             ok = value in BACKENDS
         elif key == "index_params":
-            ok = value is None or (isinstance(value, dict) and all(
-                k in INDEX_PARAMS and k != "backend" and (v is None or isinstance(v, int | float | str))
-                for k, v in value.items()))
+            ok = value is None or (
+                isinstance(value, dict)
+                and all(
+                    k in INDEX_PARAMS and k != "backend" and (v is None or isinstance(v, int | float | str))
+                    for k, v in value.items()
+                )
+            )
         elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and (
-                key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
+            ok = (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
+            )
         elif isinstance(default, float):
-            ok = _finite_number(value) and (
-                key != "sigma" or value > 0) and (key not in ("t", "eta") or 0 <= value <= 1)
+            ok = (
+                _finite_number(value)
+                and (key != "sigma" or value > 0)
+                and (key not in ("t", "eta") or 0 <= value <= 1)
+            )
         elif isinstance(default, tuple | list):
             ok = isinstance(value, list) and len(value) > 0 and all(_finite_number(v) for v in value)
         else:  # predictor, score, p_estimator, embedding_model: names
@@ -920,7 +1090,12 @@ def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
 
 def _finite_number(v: Any) -> bool:
     """A JSON number usable as a float parameter (no bool, no NaN, no 10**400 that overflows a float)."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e300 and bool(np.isfinite(float(v)))
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and abs(v) < 1e300
+        and bool(np.isfinite(float(v)))
+    )
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: Path) -> None:
@@ -932,33 +1107,54 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
     n = len(X)
     z = len(arrays.get("pairs_u", ()))
     _check_labels(arrays, n, m, payload["format_version"], file)
-    shapes = {"task_index": (n,), "task_accuracy": (t, m), "params_b": (m,), "cost": (m,),
-              "pairs_u": (z,), "pairs_p": (z, m), "pairs_task": (z,), "pairs_alpha": (z,), "pairs_repeat": (z,)}
+    shapes = {
+        "task_index": (n,),
+        "task_accuracy": (t, m),
+        "params_b": (m,),
+        "cost": (m,),
+        "pairs_u": (z,),
+        "pairs_p": (z, m),
+        "pairs_task": (z,),
+        "pairs_alpha": (z,),
+        "pairs_repeat": (z,),
+    }
     for name, shape in shapes.items():
         if name not in arrays or arrays[name].shape != shape:
             got = arrays[name].shape if name in arrays else "missing"
             raise IntegrityError(f"{file}: array {name} has shape {got}, expected {shape}")
-    if "atc_conf" not in arrays or "atc_correct" not in arrays or arrays["atc_conf"].shape != arrays["atc_correct"].shape:
+    if (
+        "atc_conf" not in arrays
+        or "atc_correct" not in arrays
+        or arrays["atc_conf"].shape != arrays["atc_correct"].shape
+    ):
         raise IntegrityError(f"{file}: atc_conf and atc_correct are missing or differ in shape")
     ti = arrays["task_index"]
     if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
         raise IntegrityError(f"{file}: task_index must index the {t} tasks")
     unknown = set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct"}
     if any(not k.startswith("mlp.") for k in unknown):
-        raise IntegrityError(f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}")
+        raise IntegrityError(
+            f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}"
+        )
 
 
 def _check_labels(arrays: dict[str, np.ndarray], n: int, m: int, version: int, file: Path) -> None:
     """Exactly one label array: Y_bits (n x ceil(m/8) uint8, zero padding), or Y (uint8 0/1 in format 1,
     float32 in [0, 1] for fractional labels in format 2)."""
     if ("Y" in arrays) == ("Y_bits" in arrays) or (version == 1 and "Y" not in arrays):
-        raise IntegrityError(f"{file}: expected exactly one label array ({'Y' if version == 1 else 'Y_bits or Y'})")
+        raise IntegrityError(
+            f"{file}: expected exactly one label array ({'Y' if version == 1 else 'Y_bits or Y'})"
+        )
     if "Y_bits" in arrays:
         bits = arrays["Y_bits"]
         if bits.dtype != np.uint8 or bits.shape != (n, -(-m // 8)):
-            raise IntegrityError(f"{file}: array Y_bits has {bits.dtype} shape {bits.shape}, expected uint8 {(n, -(-m // 8))}")
+            raise IntegrityError(
+                f"{file}: array Y_bits has {bits.dtype} shape {bits.shape}, expected uint8 {(n, -(-m // 8))}"
+            )
         if m % 8 and (bits[:, -1] & ((1 << (8 - m % 8)) - 1)).any():
-            raise IntegrityError(f"{file}: Y_bits has bits set past the {m} models (not written by benchroute)")
+            raise IntegrityError(
+                f"{file}: Y_bits has bits set past the {m} models (not written by benchroute)"
+            )
         return
     Y = arrays["Y"]
     if Y.shape != (n, m):
@@ -983,7 +1179,9 @@ def _opt(x: float) -> float | None:
 def _column(info: Any, col: str, models: list[str]) -> np.ndarray:
     if info is None or col not in getattr(info, "columns", []):
         return np.full(len(models), np.nan)
-    return np.array([float(info.loc[m, col]) if m in info.index else np.nan for m in models], dtype=np.float64)
+    return np.array(
+        [float(info.loc[m, col]) if m in info.index else np.nan for m in models], dtype=np.float64
+    )
 
 
 def _predictor_name(est: Any) -> str:

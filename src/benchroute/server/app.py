@@ -73,7 +73,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 KNOWN_PATHS = (
-    "/v1/route", "/v1/recommend", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics",
+    "/v1/route",
+    "/v1/recommend",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/healthz",
+    "/metrics",
 )
 OPEN_PATHS = ("/healthz",)
 ERROR_TYPES = {
@@ -99,8 +104,15 @@ ERROR_TYPES = {
 class ApiError(StarletteHTTPException):
     """An HTTP error with an OpenAI-style ``type`` (and optional ``param``/``code``)."""
 
-    def __init__(self, status: int, message: str, type_: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=status, detail=message, headers=headers)
         self.type = type_ or ERROR_TYPES.get(status, "error")
         self.param = param
@@ -127,10 +139,19 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": err}
 
 
-def error_response(status: int, message: str, type_: str | None = None, param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type_ or ERROR_TYPES.get(status, "error"), param, code),
-                        status_code=status, headers=headers)
+def error_response(
+    status: int,
+    message: str,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(message, type_ or ERROR_TYPES.get(status, "error"), param, code),
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _validation_message(errors: Sequence[dict[str, Any]], skip_body: bool = True) -> tuple[str, str | None]:
@@ -434,8 +455,10 @@ class GuardMiddleware:
                 acquired = await self._acquire()
                 if not acquired:
                     await error_response(
-                        503, f"server busy: {cfg.limits.max_concurrency} requests in flight, try again",
-                        "overloaded", headers={"Retry-After": "1"},
+                        503,
+                        f"server busy: {cfg.limits.max_concurrency} requests in flight, try again",
+                        "overloaded",
+                        headers={"Retry-After": "1"},
                     )(scope, receive, send_wrapper)
                     return
                 st.metrics.inc("benchroute_http_requests_in_flight")
@@ -445,8 +468,12 @@ class GuardMiddleware:
                 assert st.semaphore is not None
                 st.semaphore.release()
                 st.metrics.inc("benchroute_http_requests_in_flight", -1)
-            st.metrics.inc("benchroute_http_requests_total", path=label, method=scope["method"], status=str(status[0]))
-            st.metrics.observe("benchroute_http_request_duration_seconds", time.perf_counter() - start, path=label)
+            st.metrics.inc(
+                "benchroute_http_requests_total", path=label, method=scope["method"], status=str(status[0])
+            )
+            st.metrics.observe(
+                "benchroute_http_request_duration_seconds", time.perf_counter() - start, path=label
+            )
 
     def _check_auth(self, scope: Scope, path: str) -> JSONResponse | None:
         auth = self.state.config.auth
@@ -466,8 +493,13 @@ class GuardMiddleware:
         if ok:
             return None
         msg = "missing API key: send 'Authorization: Bearer <key>'" if not header else "invalid API key"
-        return error_response(401, msg, "authentication_error", code="invalid_api_key",
-                              headers={"WWW-Authenticate": 'Bearer realm="benchroute"'})
+        return error_response(
+            401,
+            msg,
+            "authentication_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="benchroute"'},
+        )
 
     def _check_length(self, scope: Scope) -> JSONResponse | None:
         limit = self.state.config.limits.max_body_bytes
@@ -478,8 +510,9 @@ class GuardMiddleware:
                 except ValueError:
                     return error_response(400, "bad Content-Length header")
                 if n > limit:
-                    return error_response(413, f"request body of {n} bytes exceeds the limit of {limit} bytes",
-                                          param="body")
+                    return error_response(
+                        413, f"request body of {n} bytes exceeds the limit of {limit} bytes", param="body"
+                    )
         return None
 
     async def _read_body(self, receive: Receive) -> bytes | JSONResponse | None:
@@ -501,13 +534,18 @@ class GuardMiddleware:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > lim.max_body_bytes:
-                        return error_response(413, f"request body exceeds {lim.max_body_bytes} bytes", param="body")
+                        return error_response(
+                            413, f"request body exceeds {lim.max_body_bytes} bytes", param="body"
+                        )
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         return b"".join(chunks)
         except TimeoutError:
-            return error_response(408, f"request body not received within {lim.request_timeout_s:g} s "
-                                  "(limits.request_timeout_s)", param="body")
+            return error_response(
+                408,
+                f"request body not received within {lim.request_timeout_s:g} s (limits.request_timeout_s)",
+                param="body",
+            )
 
     def _limited(self, receive: Receive) -> Receive:
         limit = self.state.config.limits.max_body_bytes
@@ -610,16 +648,24 @@ class ChatRequest(BaseModel):
 def _check_inputs(texts: Sequence[str], config: ServeConfig, what: str = "input") -> None:
     lim = config.limits
     if len(texts) > lim.max_inputs:
-        raise ApiError(413, f"{len(texts)} inputs exceed the limit of {lim.max_inputs} per request", param=what)
+        raise ApiError(
+            413, f"{len(texts)} inputs exceed the limit of {lim.max_inputs} per request", param=what
+        )
     for i, t in enumerate(texts):
         if not t.strip():
             raise ApiError(422, f"{what}[{i}] is empty: every input must be a non-empty string", param=what)
         if not _is_unicode(t):
-            raise ApiError(422, f"{what}[{i}] is not valid Unicode text: it holds a lone surrogate (e.g. \\ud800)",
-                           param=what)
+            raise ApiError(
+                422,
+                f"{what}[{i}] is not valid Unicode text: it holds a lone surrogate (e.g. \\ud800)",
+                param=what,
+            )
         if len(t) > lim.max_input_chars:
-            raise ApiError(413, f"{what}[{i}] has {len(t)} characters, over the limit of {lim.max_input_chars}",
-                           param=what)
+            raise ApiError(
+                413,
+                f"{what}[{i}] has {len(t)} characters, over the limit of {lim.max_input_chars}",
+                param=what,
+            )
 
 
 def _is_unicode(text: str) -> bool:
@@ -638,8 +684,11 @@ def _check_candidates(router: Any, candidates: list[str] | None) -> None:
         raise ApiError(422, "candidates is empty: name at least one model", param="candidates")
     for c in candidates:
         if c not in router.models_:
-            raise ApiError(422, f"unknown model {c!r} in candidates; known models: {', '.join(router.models_)}",
-                           param="candidates")
+            raise ApiError(
+                422,
+                f"unknown model {c!r} in candidates; known models: {', '.join(router.models_)}",
+                param="candidates",
+            )
 
 
 async def _deadline(state: AppState, coro: Awaitable[Any]) -> Any:
@@ -690,10 +739,17 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
     """
     resolved = resolve_config(config, router)
     metrics = _new_metrics()
-    embeddings = EmbeddingService(router.embedding_model, config.embedding.batch_size,
-                                  config.embedding.cache_size, metrics)
-    state = AppState(router=router, config=config, resolved=resolved, metrics=metrics, embeddings=embeddings,
-                     bma_scores=np.asarray(router.task_accuracy_, dtype=float).mean(axis=0))
+    embeddings = EmbeddingService(
+        router.embedding_model, config.embedding.batch_size, config.embedding.cache_size, metrics
+    )
+    state = AppState(
+        router=router,
+        config=config,
+        resolved=resolved,
+        metrics=metrics,
+        embeddings=embeddings,
+        bma_scores=np.asarray(router.task_accuracy_, dtype=float).mean(axis=0),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -701,14 +757,18 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
         state.semaphore = asyncio.Semaphore(lim.max_concurrency)
         state.client = httpx.AsyncClient(
             timeout=httpx.Timeout(lim.upstream_timeout_s, connect=min(10.0, lim.upstream_timeout_s)),
-            limits=httpx.Limits(max_connections=max(16, 2 * lim.max_concurrency), max_keepalive_connections=32),
+            limits=httpx.Limits(
+                max_connections=max(16, 2 * lim.max_concurrency), max_keepalive_connections=32
+            ),
             follow_redirects=False,
         )
         await embeddings.start()
         log.info(
             "benchroute serving %d router models (%d with an upstream), profiles: %s; fallback: %s; auth: %s",
-            len(router.models_), len(resolved.profiles["benchroute"].candidates),
-            ", ".join(resolved.profiles) or "-", resolved.fallback or "none",
+            len(router.models_),
+            len(resolved.profiles["benchroute"].candidates),
+            ", ".join(resolved.profiles) or "-",
+            resolved.fallback or "none",
             f"{len(config.auth.key_bytes)} key(s)" if config.auth.enabled else "OFF",
         )
         try:
@@ -717,8 +777,14 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
             await embeddings.stop()
             await state.client.aclose()
 
-    app = FastAPI(title="benchroute", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="benchroute",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.benchroute = state
     app.add_middleware(GuardMiddleware, state=state)
     _install_error_handlers(app)
@@ -734,16 +800,27 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         data = [
-            {"id": pid, "object": "model", "created": state.started, "owned_by": "benchroute",
-             "description": prof.description}
+            {
+                "id": pid,
+                "object": "model",
+                "created": state.started,
+                "owned_by": "benchroute",
+                "description": prof.description,
+            }
             for pid, prof in resolved.profiles.items()
         ]
         names = list(router.models_) + [m for m in config.models if m not in router.models_]
         for m in names:
-            data.append({
-                "id": m, "object": "model", "created": state.started, "owned_by": "benchroute",
-                "routable": m in router.models_, "upstream": m in config.models,
-            })
+            data.append(
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": state.started,
+                    "owned_by": "benchroute",
+                    "routable": m in router.models_,
+                    "upstream": m in config.models,
+                }
+            )
         return {"object": "list", "data": data}
 
     @app.post("/v1/route")
@@ -773,8 +850,11 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
         _check_candidates(router, body.candidates)
         labeled = body.labeled or []
         if len(labeled) > config.limits.max_labeled:
-            raise ApiError(413, f"{len(labeled)} labeled samples exceed the limit of {config.limits.max_labeled}",
-                           param="labeled")
+            raise ApiError(
+                413,
+                f"{len(labeled)} labeled samples exceed the limit of {config.limits.max_labeled}",
+                param="labeled",
+            )
         lab_texts = [s.input for s in labeled]
         _check_inputs(lab_texts, config, "labeled.input")
         Y = _labeled_matrix(router, labeled)
@@ -836,7 +916,9 @@ def _parse_json(raw: bytes) -> Any:
         value, level = stack.pop()
         if isinstance(value, dict | list):
             if level > MAX_JSON_DEPTH:
-                raise ApiError(422, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", param="body")
+                raise ApiError(
+                    422, f"request body is nested deeper than {MAX_JSON_DEPTH} levels", param="body"
+                )
             stack.extend((v, level + 1) for v in (value.values() if isinstance(value, dict) else value))
     return payload
 
@@ -855,12 +937,18 @@ def _labeled_matrix(router: Any, labeled: list[LabeledSample]) -> np.ndarray:
     for i, sample in enumerate(labeled):
         unknown = [m for m in sample.correct if m not in models]
         if unknown:
-            raise ApiError(422, f"labeled[{i}].correct: unknown model(s) {unknown}; known: {', '.join(models)}",
-                           param="labeled")
+            raise ApiError(
+                422,
+                f"labeled[{i}].correct: unknown model(s) {unknown}; known: {', '.join(models)}",
+                param="labeled",
+            )
         missing = [m for m in models if m not in sample.correct]
         if missing:
-            raise ApiError(422, f"labeled[{i}].correct lacks {missing}: give every model's 0/1 correctness",
-                           param="labeled")
+            raise ApiError(
+                422,
+                f"labeled[{i}].correct lacks {missing}: give every model's 0/1 correctness",
+                param="labeled",
+            )
         for m, v in sample.correct.items():
             if v not in (0, 1):
                 raise ApiError(422, f"labeled[{i}].correct.{m} must be 0 or 1, got {v}", param="labeled")
@@ -872,7 +960,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, ApiError):
-            return error_response(exc.status_code, str(exc.detail), exc.type, exc.param, exc.code, exc.headers)
+            return error_response(
+                exc.status_code, str(exc.detail), exc.type, exc.param, exc.code, exc.headers
+            )
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
@@ -916,13 +1006,21 @@ async def _choose(state: AppState, req: ChatRequest) -> Choice:
         if req.model in config.models:
             return Choice(req.model, False, "requested by name")
         available = ", ".join(list(resolved.profiles) + list(config.models))
-        raise ApiError(404, f"model {req.model!r} does not exist; available: {available}", param="model",
-                       code="model_not_found")
+        raise ApiError(
+            404,
+            f"model {req.model!r} does not exist; available: {available}",
+            param="model",
+            code="model_not_found",
+        )
     if prof.fixed is not None:
         return Choice(prof.fixed, True, f"profile {prof.name} fixes {prof.fixed}")
     if not prof.candidates:
-        raise ApiError(503, "no router model has an upstream: add them under models: in serve.yaml",
-                       "service_unavailable", param="model")
+        raise ApiError(
+            503,
+            "no router model has an upstream: add them under models: in serve.yaml",
+            "service_unavailable",
+            param="model",
+        )
     text = _last_user_text(req.messages).strip()
     if not text:
         bma = _best_on_average(state, prof.candidates)
@@ -949,17 +1047,31 @@ async def _proxy(state: AppState, choice: Choice, payload: dict[str, Any], strea
             try:
                 return await _forward(state, fallback, payload, stream, choice, fell_back_from=first)
             except UpstreamFailure as second:
-                log.warning("fallback upstream %s failed too (%s: %s)", second.model, second.kind, second.detail)
-                return error_response(
-                    502, f"upstream for {first.model!r} failed ({first.detail}); fallback {second.model!r} "
-                    f"failed too ({second.detail})", "upstream_error", code=second.kind,
+                log.warning(
+                    "fallback upstream %s failed too (%s: %s)", second.model, second.kind, second.detail
                 )
-        why = "no fallback model configured" if fallback is None else (
-            "the fallback is the model that failed" if fallback == choice.model else "no fallback for a "
-            "model requested by name"
+                return error_response(
+                    502,
+                    f"upstream for {first.model!r} failed ({first.detail}); fallback {second.model!r} "
+                    f"failed too ({second.detail})",
+                    "upstream_error",
+                    code=second.kind,
+                )
+        why = (
+            "no fallback model configured"
+            if fallback is None
+            else (
+                "the fallback is the model that failed"
+                if fallback == choice.model
+                else "no fallback for a model requested by name"
+            )
         )
-        return error_response(502, f"upstream for {first.model!r} failed ({first.detail}); {why}",
-                              "upstream_error", code=first.kind)
+        return error_response(
+            502,
+            f"upstream for {first.model!r} failed ({first.detail}); {why}",
+            "upstream_error",
+            code=first.kind,
+        )
 
 
 def _classify(model: str, exc: Exception) -> UpstreamFailure:
@@ -977,19 +1089,31 @@ def _response_headers(model: str, choice: Choice, fell_back_from: UpstreamFailur
     return headers
 
 
-async def _forward(state: AppState, model: str, payload: dict[str, Any], stream: bool, choice: Choice,
-                   fell_back_from: UpstreamFailure | None = None) -> Response:
+async def _forward(
+    state: AppState,
+    model: str,
+    payload: dict[str, Any],
+    stream: bool,
+    choice: Choice,
+    fell_back_from: UpstreamFailure | None = None,
+) -> Response:
     up = state.config.models[model]
     assert state.client is not None
     body = dict(payload)
     body["model"] = up.model or model
-    headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+    headers = {
+        "content-type": "application/json",
+        "accept": "text/event-stream" if stream else "application/json",
+    }
     if up.api_key:
         headers["authorization"] = f"Bearer {up.api_key}"
-    timeout = httpx.Timeout(up.timeout_s or state.config.limits.upstream_timeout_s,
-                            connect=min(10.0, up.timeout_s or state.config.limits.upstream_timeout_s))
-    req = state.client.build_request("POST", f"{up.base_url}/chat/completions", content=_json_bytes(body),
-                                     headers=headers, timeout=timeout)
+    timeout = httpx.Timeout(
+        up.timeout_s or state.config.limits.upstream_timeout_s,
+        connect=min(10.0, up.timeout_s or state.config.limits.upstream_timeout_s),
+    )
+    req = state.client.build_request(
+        "POST", f"{up.base_url}/chat/completions", content=_json_bytes(body), headers=headers, timeout=timeout
+    )
     try:
         resp = await state.client.send(req, stream=True)
     except httpx.HTTPError as exc:
@@ -1007,8 +1131,12 @@ async def _forward(state: AppState, model: str, payload: dict[str, Any], stream:
             state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="ok")
             relay = _relay_sse(state, resp, model)
             resp = None  # the relay owns (and closes) it now
-            return StreamingResponse(relay, status_code=200, media_type="text/event-stream",
-                                     headers={**out_headers, "cache-control": "no-cache"})
+            return StreamingResponse(
+                relay,
+                status_code=200,
+                media_type="text/event-stream",
+                headers={**out_headers, "cache-control": "no-cache"},
+            )
         raw = await resp.aread()
     except httpx.HTTPError as exc:
         state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="error")
@@ -1044,14 +1172,16 @@ async def _relay_sse(state: AppState, resp: httpx.Response, model: str) -> Async
                 cut, sep = _event_end(buf)
                 if cut < 0:
                     break
-                event, buf = buf[:cut], buf[cut + sep:]
+                event, buf = buf[:cut], buf[cut + sep :]
                 yield _rewrite_event(event, model) + b"\n\n"
         if buf.strip():
             yield _rewrite_event(buf, model) + b"\n\n"
     except httpx.HTTPError as exc:
         state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="stream_interrupted")
         log.warning("upstream %s stream interrupted (%s)", model, type(exc).__name__)
-        err = error_body(f"upstream stream from {model!r} interrupted ({type(exc).__name__})", "upstream_error")
+        err = error_body(
+            f"upstream stream from {model!r} interrupted ({type(exc).__name__})", "upstream_error"
+        )
         yield b"data: " + json.dumps(err).encode() + b"\n\n"
     finally:
         await resp.aclose()
@@ -1099,8 +1229,13 @@ def tune_for_serving() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def serve(router_dir: Path, config_path: Path | None, host: str = "127.0.0.1", port: int = 8000,
-          log_level: str = "info") -> None:
+def serve(
+    router_dir: Path,
+    config_path: Path | None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
     """Load the router and serve.yaml, validate both, and run uvicorn until interrupted.
 
     Raises :class:`ConfigError` / :class:`IntegrityError` before listening if anything is wrong.
@@ -1116,10 +1251,19 @@ def serve(router_dir: Path, config_path: Path | None, host: str = "127.0.0.1", p
 
     import uvicorn
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, proxy_headers=False,
-                timeout_graceful_shutdown=10)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 __all__ = ["Metrics", "ServeConfig", "create_app", "load_config", "serve", "tune_for_serving"]

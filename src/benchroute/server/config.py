@@ -138,7 +138,9 @@ class ServeConfig(_Strict):
     def _profile_names(cls, v: dict[str, Profile]) -> dict[str, Profile]:
         for name in v:
             if not name or "/" in name or name != name.strip():
-                raise ValueError(f"profile name {name!r} must be non-empty, without '/' or surrounding spaces")
+                raise ValueError(
+                    f"profile name {name!r} must be non-empty, without '/' or surrounding spaces"
+                )
         return v
 
     @property
@@ -158,8 +160,12 @@ def _fail(source: str, field: str, message: str, hint: str | None = None) -> Con
 def _read_env_secret(source: str, field: str, var: str) -> str:
     value = os.environ.get(var)
     if value is None or not value.strip():
-        raise _fail(source, field, f"environment variable {var} is not set (or empty)",
-                    f"export {var}=... before starting the server")
+        raise _fail(
+            source,
+            field,
+            f"environment variable {var} is not set (or empty)",
+            f"export {var}=... before starting the server",
+        )
     return value.strip()
 
 
@@ -199,12 +205,15 @@ def parse_config(data: Any, source: str = "serve.yaml") -> ServeConfig:
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
             lines.append(f"{_field(err['loc'])}: {msg}")
-        raise ConfigError(f"{source}: " + "; ".join(lines),
-                          "see docs/server.md for the serve.yaml schema") from None
+        raise ConfigError(
+            f"{source}: " + "; ".join(lines), "see docs/server.md for the serve.yaml schema"
+        ) from None
     cfg._source = source
     for name, up in cfg.models.items():
         if not name or name != name.strip() or name.startswith("benchroute"):
-            raise _fail(source, f"models.{name}", "model names must be non-empty and must not start with 'benchroute'")
+            raise _fail(
+                source, f"models.{name}", "model names must be non-empty and must not start with 'benchroute'"
+            )
         if up.api_key_env:
             up._api_key = SecretStr(_read_env_secret(source, f"models.{name}.api_key_env", up.api_key_env))
     keys: list[str] = []
@@ -218,8 +227,12 @@ def parse_config(data: Any, source: str = "serve.yaml") -> ServeConfig:
         keys += file_keys
     short = [k for k in keys if len(k) < 16]
     if short:
-        raise _fail(source, "auth", f"{len(short)} API key(s) shorter than 16 characters",
-                    "use long random keys, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        raise _fail(
+            source,
+            "auth",
+            f"{len(short)} API key(s) shorter than 16 characters",
+            "use long random keys, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
     cfg.auth._keys = [SecretStr(k) for k in dict.fromkeys(keys)]
     return cfg
 
@@ -295,8 +308,12 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
     known = ", ".join(models)
     for name, up in config.models.items():
         if name not in models and not up.passthrough:
-            raise _fail(src, f"models.{name}", f"unknown model {name!r}: the router knows {known}",
-                        "fix the name, or set passthrough: true to serve it by name only (never routed to)")
+            raise _fail(
+                src,
+                f"models.{name}",
+                f"unknown model {name!r}: the router knows {known}",
+                "fix the name, or set passthrough: true to serve it by name only (never routed to)",
+            )
     upstream = [m for m in models if m in config.models]
     cost = np.asarray(getattr(router, "cost_", np.full(len(models), np.nan)), dtype=float)
     params = np.asarray(getattr(router, "params_b_", np.full(len(models), np.nan)), dtype=float)
@@ -308,8 +325,12 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
             if prof.candidates or prof.max_cost is not None or prof.max_params_b is not None:
                 raise _fail(src, field, "a profile fixes a model OR restricts candidates/cost/size, not both")
             if prof.model not in config.models:
-                raise _fail(src, f"{field}.model", f"unknown model {prof.model!r}: not under models:",
-                            f"configured upstream models: {', '.join(config.models) or '(none)'}")
+                raise _fail(
+                    src,
+                    f"{field}.model",
+                    f"unknown model {prof.model!r}: not under models:",
+                    f"configured upstream models: {', '.join(config.models) or '(none)'}",
+                )
             profiles[f"benchroute/{pname}"] = ResolvedProfile(
                 f"benchroute/{pname}", prof.model, (), prof.description or f"always {prof.model}"
             )
@@ -323,15 +344,24 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
                     raise _fail(src, f"{field}.candidates", f"model {c!r} has no upstream under models:")
             cands = [m for m in upstream if m in prof.candidates]
         if prof.max_cost is not None:
-            cands = [m for m in cands if math.isfinite(cost[models.index(m)]) and cost[models.index(m)] <= prof.max_cost]
+            cands = [
+                m
+                for m in cands
+                if math.isfinite(cost[models.index(m)]) and cost[models.index(m)] <= prof.max_cost
+            ]
         if prof.max_params_b is not None:
             cands = [
-                m for m in cands
+                m
+                for m in cands
                 if math.isfinite(params[models.index(m)]) and params[models.index(m)] <= prof.max_params_b
             ]
         if not cands:
-            raise _fail(src, field, "no model is left to route to (candidates with an upstream, within max_cost "
-                        "/ max_params_b; models of unknown cost or size are excluded)")
+            raise _fail(
+                src,
+                field,
+                "no model is left to route to (candidates with an upstream, within max_cost "
+                "/ max_params_b; models of unknown cost or size are excluded)",
+            )
         profiles[f"benchroute/{pname}"] = ResolvedProfile(
             f"benchroute/{pname}", None, tuple(cands), prof.description or f"routing among {', '.join(cands)}"
         )
@@ -340,8 +370,12 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
         fallback = None
     elif config.fallback_model is not None:
         if config.fallback_model not in config.models:
-            raise _fail(src, "fallback_model", f"unknown model {config.fallback_model!r}: not under models:",
-                        f"configured upstream models: {', '.join(config.models) or '(none)'}")
+            raise _fail(
+                src,
+                "fallback_model",
+                f"unknown model {config.fallback_model!r}: not under models:",
+                f"configured upstream models: {', '.join(config.models) or '(none)'}",
+            )
         fallback = config.fallback_model
     else:
         bma = models[int(router.best_on_average_)]
@@ -350,6 +384,16 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
 
 
 __all__ = [
-    "AuthConfig", "EmbeddingConfig", "Limits", "Profile", "ResolvedConfig", "ResolvedProfile", "ServeConfig",
-    "UpstreamModel", "check_exposure", "load_config", "parse_config", "resolve_config",
+    "AuthConfig",
+    "EmbeddingConfig",
+    "Limits",
+    "Profile",
+    "ResolvedConfig",
+    "ResolvedProfile",
+    "ServeConfig",
+    "UpstreamModel",
+    "check_exposure",
+    "load_config",
+    "parse_config",
+    "resolve_config",
 ]

@@ -152,7 +152,7 @@ class ImportedBenchmark:
         """Counts, output path, thresholds eta_d and every drop, for the CLI to print."""
         thresholds = {
             str(t): (None if pd.isna(v) else float(v))
-            for t, v in zip(self.tasks["task"], self.tasks["threshold"])
+            for t, v in zip(self.tasks["task"], self.tasks["threshold"], strict=False)
         }
         return {
             "tasks": len(self.tasks),
@@ -176,7 +176,7 @@ def _drop_uncovered(long: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """
     skipped: list[str] = []
     while True:
-        present = set(zip(long["task"], long["model"]))
+        present = set(zip(long["task"], long["model"], strict=False))
         tasks = sorted(set(long["task"]))
         models = sorted(set(long["model"]))
         if len(present) == len(tasks) * len(models):
@@ -264,7 +264,8 @@ def build_benchmark(
         names = ", ".join(sorted(set(long.loc[long["task"] == task, "model"])))
         raise DataError(
             f"task '{task}': no item was scored by every model ({names})",
-            hint="the runs cover disjoint items (different splits or instance samples?); import them separately",
+            hint="the runs cover disjoint items (different splits or instance samples?); "
+            "import them separately",
         )
     long = long[complete]
     firsts = long.drop_duplicates(["task", "item_id"])
@@ -385,7 +386,8 @@ def table_to_benchmark(
     if bad.any():
         first = int(bad.idxmax())
         raise DataError(
-            f"score is not a finite number ({raw_score.iloc[first]!r}); bad rows: {_bad_rows(bad, row_offset)}",
+            f"score is not a finite number ({raw_score.iloc[first]!r}); "
+            f"bad rows: {_bad_rows(bad, row_offset)}",
             file=str(file),
             row=first + row_offset,
             column=score_col,
