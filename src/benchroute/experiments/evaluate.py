@@ -25,7 +25,7 @@ from benchroute.method.confidence import (
     p_from_accuracy,
 )
 from benchroute.method.decision import Decision, decide
-from benchroute.method.folds import FoldEngine, NestedPairs, n_moved
+from benchroute.method.folds import FoldEngine, NestedPairs, n_moved, task_key
 from benchroute.method.scores import (
     BlendChoice,
     blend,
@@ -128,6 +128,7 @@ class LOTOEvaluator:
             kappa=r.kappa,
             threshold=r.t,
             max_k=max(r.blend_ks) if r.score == "blend" else 0,
+            task_keys=[task_key(name) for name in benchmark.tasks],
         )
         # S1 neighbourhood sizes of the nested curves (the blend's; for another score, those within the
         # engine's depth, which is all the accuracy-based p needs)
@@ -288,7 +289,9 @@ class LOTOEvaluator:
         if not s:
             return None
         return np.sort(
-            np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat]).choice(n, s, replace=False)
+            np.random.default_rng([r.seed, 7919, self.engine.task_keys[d], int(alpha * 1e4), repeat]).choice(
+                n, s, replace=False
+            )
         )[None, :]
 
     def evaluate_task(

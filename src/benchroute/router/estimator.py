@@ -21,7 +21,7 @@ from benchroute.errors import ConfigError, NotFittedError
 from benchroute.method.confidence import ATCEstimator, KernelSmoother, dataset_distance
 from benchroute.method.cost import cheapest_within_trusted, choose, info_column, model_costs
 from benchroute.method.decision import decide, explain
-from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine
+from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine, task_key
 from benchroute.method.labels import compact_labels
 from benchroute.method.neighbors import exact_search, normalize
 from benchroute.method.predictors import KNNCorrectness, make_predictor
@@ -227,6 +227,7 @@ class Router:
             threshold=self.t,
             weights=weights,
             max_k=max_k,
+            task_keys=[task_key(name) for name in self.tasks_],
         )
 
     def _fit_blend(self) -> None:
