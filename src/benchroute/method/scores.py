@@ -136,6 +136,9 @@ def blend(s1_at_k: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
     S1 from a wide neighbourhood estimates each model's accuracy on the new task, but noisily; the
     prior (each model's mean accuracy over the benchmark tasks) is stable but ignores the task.
     lambda = 1 is the best-on-average model itself, so the blend can never be forced to route.
+
+    >>> blend(np.array([0.9, 0.5]), np.array([0.6, 0.7]), lam=0.5).tolist()
+    [0.75, 0.6]
     """
     return (1.0 - lam) * np.asarray(s1_at_k, dtype=np.float64) + lam * np.asarray(prior, dtype=np.float64)
 

@@ -124,7 +124,13 @@ class Router:
         return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters (with ``deep``, also ``predictor__<name>`` of a predictor instance)."""
+        """The constructor parameters (with ``deep``, also ``predictor__<name>`` of a predictor instance).
+
+        >>> Router(k=7).get_params()["k"]
+        7
+        >>> Router(k=7, eta=0.7)
+        Router(k=7, eta=0.7)
+        """
         out = {name: getattr(self, name) for name in self._param_names()}
         if deep and hasattr(self.predictor, "get_params"):
             out.update({f"predictor__{k}": v for k, v in self.predictor.get_params(deep=True).items()})
