@@ -65,6 +65,7 @@ __all__ = [
     "GRID",
     "RULES",
     "SESSION_GRID",
+    "SMALL_GRID",
     "KnobSelection",
     "PerQueryKnobs",
     "PerQueryStats",
@@ -149,6 +150,14 @@ GRID: dict[str, Sequence[float]] = {
     "s_task": (0.3, 0.5, 0.7, 0.9),
     "s_item": (0.5, 0.7, 0.9, 1.0),
     "lam": (0.5, 0.25, 0.0),  # listed safest first: ties keep the earlier (more shrunk) setting
+}
+#: A 108-setting grid (k, tau, s_task, s_item, lam): 2 x 2 x 3 x 3 x 3.
+SMALL_GRID: dict[str, Sequence[float]] = {
+    "k": (20, 50),
+    "tau": (0.1, 0.2),
+    "s_task": (0.5, 0.7, 0.9),
+    "s_item": (0.7, 0.9, 1.0),
+    "lam": (0.5, 0.25, 0.0),
 }
 #: Selection grid of :func:`select_session_knobs` (n0, lam_s).
 SESSION_GRID: dict[str, Sequence[float]] = {
@@ -666,6 +675,8 @@ class KnobSelection:
     gain_loo: float
     objective: str
     table: list[tuple[PerQueryKnobs, float, float]] = field(default_factory=list, repr=False)
+    gain_se: float | None = None
+    gated: bool = False
 
 
 def _grid_knobs(
@@ -699,6 +710,7 @@ def select_knobs(
     objective: str = "safe",
     rows: np.ndarray | None = None,
     calibrate: bool = True,
+    min_z: float | None = None,
 ) -> KnobSelection:
     """Choose the HKS knobs by two inner protocols on the training store only.
 
@@ -718,6 +730,10 @@ def select_knobs(
         Membership relative to each task's tightness (:func:`task_tightness`, from ``loo``).
     rows : optional
         Route only these items as inner queries (all stored items stay neighbours); for speed.
+    min_z : optional
+        Gate: unless the chosen setting's inner gain over BMA (per inner task, the mean of the two
+        regimes for "safe"/"both") exceeds ``min_z`` paired standard errors over the inner tasks, the
+        setting is replaced by lam = 1 (the best-on-average model for every query), ``gated`` = True.
 
     Notes
     -----
@@ -777,22 +793,35 @@ def select_knobs(
                 mu_num = mu_num + W[ar, rt][:, None] * corr
             parts[name] = (se, ey, mu_num, W.sum(axis=1))
         for s_task, s_item, lam in rest:
-            gains = []
+            gains, picks = [], []
             for name, prior, base in (("loto", pr_loto, bma_loto), ("loo", P_all, bma_loo)):
                 se, ey, mu_num, sm = parts[name]
                 q = hks_scores(se, ey, mu_num, prior, k, tau, s_task, s_item, lam, se_member=sm)
                 assert isinstance(q, np.ndarray)
                 pr = prior if np.ndim(prior) == 2 else np.broadcast_to(prior, q.shape)
                 q = q + 1e-9 * pr  # ties to the prior's favourite (fast form of pick)
-                gains.append(task_mean(Yr[ar, q.argmax(axis=1)]) - base)
+                picks.append(q.argmax(axis=1))
+                gains.append(task_mean(Yr[ar, picks[-1]]) - base)
             kn = PerQueryKnobs(k, tau, float(s_task), float(s_item), float(lam), calibrate)
             table.append((kn, gains[0], gains[1]))
             val = _objective(gains[0], gains[1], objective)
             if best is None or val > best[0] + 1e-12:
                 best = (val, len(table) - 1)
+                best_picks = picks
     assert best is not None
     kn, gl, gi = table[best[1]]
-    return KnobSelection(kn, gl, gi, objective, table)
+    # paired per-task gains of the chosen setting (both regimes' mean, or the objective's regime)
+    row_gain = {
+        "loto": Yr[ar, best_picks[0]] - Yr[ar, bma_t[rt]],
+        "loo": Yr[ar, best_picks[1]] - Yr[:, bma_all],
+    }
+    g = row_gain[objective] if objective in row_gain else 0.5 * (row_gain["loto"] + row_gain["loo"])
+    inner = np.unique(rt)
+    per_task = np.array([g[rt == t].mean() for t in inner])
+    g_se = float(per_task.std(ddof=1) / np.sqrt(len(per_task))) if len(per_task) > 1 else float("inf")
+    if min_z is not None and not per_task.mean() > min_z * g_se and kn.lam < 1.0:
+        return KnobSelection(replace(kn, lam=1.0), 0.0, 0.0, objective, table, gain_se=g_se, gated=True)
+    return KnobSelection(kn, gl, gi, objective, table, gain_se=g_se)
 
 
 def select_session_knobs(
@@ -881,6 +910,8 @@ def fit(
     session_grid: dict[str, Sequence[float]] | None = None,
     seed: int = 0,
     neighbors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    max_rows_per_task: int | None = 150,
+    min_z: float | None = None,
 ) -> PerQueryStats:
     """Everything a Router needs at fit time, from the store alone: statistics, knobs, session knobs.
 
@@ -889,7 +920,9 @@ def fit(
     by the folds of an experiment), per-task accuracy and tightness, selects the HKS knobs
     (:func:`select_knobs`), the "knn_shrunk" lam (:func:`select_shrink_lam`) and the session knobs
     (:func:`select_session_knobs`, replaying each training task as a session against the other tasks).
-    With fewer than 3 tasks the defaults are kept.
+    With fewer than 3 tasks the defaults are kept. ``max_rows_per_task``: the HKS knob selection routes
+    at most this many items per task as inner queries (a fixed random subset, ``seed``; every item stays
+    a neighbour); its objective is task-averaged, so this trades little precision for speed.
     """
     grid = dict(GRID if grid is None else grid)
     sgrid = {**SESSION_GRID, **(session_grid or {})}
@@ -907,7 +940,20 @@ def fit(
     present = np.bincount(item_task, minlength=T) > 0
     if present.sum() < 3 or kmax < depth or min(nb["cross"][1].shape[1], nb["loo"][1].shape[1]) < depth:
         return stats
-    sel = select_knobs(labels, item_task, nb["cross"], nb["loo"], grid=grid, objective=objective)
+    rows = None
+    if max_rows_per_task is not None:
+        rng = np.random.default_rng([seed, 29])
+        rows = np.sort(
+            np.concatenate(
+                [
+                    rng.permutation(np.flatnonzero(item_task == t))[:max_rows_per_task]
+                    for t in np.flatnonzero(present)
+                ]
+            )
+        )
+    sel = select_knobs(
+        labels, item_task, nb["cross"], nb["loo"], grid=grid, objective=objective, rows=rows, min_z=min_z
+    )
     kn = sel.knobs
     A = stats.task_acc
     P_wo = (A[present].sum(axis=0)[None, :] - A) / (present.sum() - 1)
