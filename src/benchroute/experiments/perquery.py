@@ -67,7 +67,23 @@ RULE_LABELS: dict[str, str] = {
     "task_vote": "nearest-task vote",
     "hks": "HKS (default)",
 }
-COST_WEIGHTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 20.0, 100.0)
+COST_WEIGHTS: tuple[float, ...] = (
+    0.0,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    20.0,
+    100.0,
+)
 
 Progress = Callable[[int], Any]
 
