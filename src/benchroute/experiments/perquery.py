@@ -270,7 +270,6 @@ def _loto(
         for name in (*sess_rules, "HKS, no session", "task-level blend, whole task (reference)", "BMA")
     }
     cost_pts: dict[str, list[np.ndarray]] = {"weight": [], "budget": []}
-    budgets = None if cost is None else np.unique(cost[np.isfinite(cost)])
     knobs, fit_s, route_s = [], 0.0, 0.0
     for d in range(T):
         store = np.flatnonzero(task != d)
@@ -328,17 +327,9 @@ def _loto(
                 rec.setdefault(str(w), []).append(float(a[w]) if w < n else float("nan"))
             rec.setdefault("whole", []).append(float(a.mean()))
         # ------------------------------------------------------------------ cost curve
-        if cost is not None and budgets is not None:
-            row = []
-            for cw in COST_WEIGHTS:
-                ch = decide_queries(s, i, stats, cost=cost, cost_weight=cw).chosen
-                row.append((float(cost[ch].mean()), float(Yq[ar, ch].mean())))
-            cost_pts["weight"].append(np.array(row))
-            row = []
-            for b in budgets:
-                ch = decide_queries(s, i, stats, cost=cost, max_cost=float(b)).chosen
-                row.append((float(cost[ch].mean()), float(Yq[ar, ch].mean())))
-            cost_pts["budget"].append(np.array(row))
+        if cost is not None:
+            for key, val in _cost_sweep(stats, s, i, Yq, cost, [np.ones(len(queries), bool)]).items():
+                cost_pts[key].append(val)
         if progress is not None:
             progress(1)
     ys = np.vstack(calib_y)
@@ -365,6 +356,27 @@ def _loto(
     return out
 
 
+def _cost_sweep(
+    stats: PerQueryStats, s: np.ndarray, i: np.ndarray, Yq: np.ndarray, cost: np.ndarray, groups: list
+) -> dict[str, np.ndarray]:
+    """(cost, quality) per cost weight and per budget, each the mean over ``groups`` (tasks) of the
+    group's mean cost and quality; rows of ``s, i`` are the queries of ``Yq``."""
+    ar = np.arange(len(Yq))
+    out = {}
+    settings: dict[str, list[tuple[float, float | None]]] = {
+        "weight": [(w, None) for w in COST_WEIGHTS],
+        "budget": [(0.0, float(b)) for b in np.unique(cost[np.isfinite(cost)])],
+    }
+    for key, pairs in settings.items():
+        row = []
+        for cw, budget in pairs:
+            ch = decide_queries(s, i, stats, cost=cost, cost_weight=cw, max_cost=budget).chosen
+            c, q = cost[ch], Yq[ar, ch]
+            row.append((np.mean([c[g].mean() for g in groups]), np.mean([q[g].mean() for g in groups])))
+        out[key] = np.array(row)
+    return out
+
+
 def _session_rows(sess: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
     rows = []
     base = sess["BMA"]
@@ -385,7 +397,13 @@ def _session_rows(sess: dict[str, dict[str, list[float]]]) -> list[dict[str, Any
 
 
 def _split(
-    data: _Data, nb: NeighbourPass, test: np.ndarray, fit_kw: dict[str, Any], by_task: bool
+    data: _Data,
+    nb: NeighbourPass,
+    test: np.ndarray,
+    fit_kw: dict[str, Any],
+    by_task: bool,
+    cost: np.ndarray | None = None,
+    cost_out: list | None = None,
 ) -> dict[str, list[float]]:
     store, queries = np.flatnonzero(~test), np.flatnonzero(test)
     stats, _ = _fit_fold(nb, data, store, fit_kw)
@@ -408,6 +426,8 @@ def _split(
     res["per-query oracle"] = [float(Yq[g].max(axis=1).mean()) for g in groups]
     res["per-task oracle"] = [float(Yq[g].mean(axis=0).max()) for g in groups]
     res["random"] = [float(Yq[g].mean()) for g in groups]
+    if cost is not None and cost_out is not None:
+        cost_out.append(_cost_sweep(stats, s, i, Yq, cost, [g for g in groups if g.any()]))
     return res
 
 
@@ -418,8 +438,11 @@ def _indist(
     seeds: Sequence[int],
     test_fraction: float,
     progress: Progress | None,
+    cost: np.ndarray | None = None,
+    unit: str = "",
 ) -> dict[str, Any]:
     runs = []
+    pts: list[dict[str, np.ndarray]] = []
     for seed in seeds:
         rng = np.random.default_rng([23, seed])
         test = np.zeros(len(data.Y), bool)
@@ -427,11 +450,15 @@ def _indist(
             m = np.flatnonzero(data.task == t)
             if len(m) > 1:
                 test[rng.choice(m, max(1, round(test_fraction * len(m))), replace=False)] = True
-        runs.append(_split(data, nb, test, fit_kw, by_task=True))
+        runs.append(_split(data, nb, test, fit_kw, by_task=True, cost=cost, cost_out=pts))
         if progress is not None:
             progress(1)
     per_task = {k: list(np.nanmean([r[k] for r in runs], axis=0)) for k in runs[0]}
-    return {"rows": paired_rows(per_task), "seeds": list(seeds), "test_fraction": test_fraction}
+    out = {"rows": paired_rows(per_task), "seeds": list(seeds), "test_fraction": test_fraction}
+    if cost is not None and pts:
+        mean_pts = {k: np.mean([p[k] for p in pts], axis=0).tolist() for k in ("weight", "budget")}
+        out["cost"] = _cost_section(data, cost, unit, mean_pts)
+    return out
 
 
 def _instance(
@@ -555,7 +582,7 @@ def perquery_study(
         out["session"] = lo["session"]
         out["knobs"] = lo["knobs"]
         out["cost"] = (
-            _cost_section(data, cost, unit, pts)
+            {"protocol": "loto", **_cost_section(data, cost, unit, pts)}
             if pts is not None
             else {"skipped": "fewer than 2 models with a known cost"}
         )
@@ -564,7 +591,9 @@ def perquery_study(
         out["seconds"]["loto_route"] = lo["route_seconds"]
     if "indist" in parts:
         t0 = time.perf_counter()
-        out["indist"] = _indist(data, nb, fit_kw, seeds, test_fraction, progress)
+        out["indist"] = _indist(
+            data, nb, fit_kw, seeds, test_fraction, progress, cost if use_cost else None, unit
+        )
         out["seconds"]["indist"] = time.perf_counter() - t0
     if "instance" in parts:
         t0 = time.perf_counter()
