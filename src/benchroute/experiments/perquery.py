@@ -269,7 +269,7 @@ def _loto(
         name: {}
         for name in (*sess_rules, "HKS, no session", "task-level blend, whole task (reference)", "BMA")
     }
-    cost_pts: dict[str, list[np.ndarray]] = {"weight": [], "budget": []}
+    cost_pts: dict[str, list[np.ndarray]] = {"weight": [], "budget": [], "single": []}
     knobs, fit_s, route_s = [], 0.0, 0.0
     for d in range(T):
         store = np.flatnonzero(task != d)
@@ -374,6 +374,7 @@ def _cost_sweep(
             c, q = cost[ch], Yq[ar, ch]
             row.append((np.mean([c[g].mean() for g in groups]), np.mean([q[g].mean() for g in groups])))
         out[key] = np.array(row)
+    out["single"] = np.mean([Yq[g].mean(axis=0) for g in groups], axis=0)  # same queries, same averaging
     return out
 
 
@@ -456,7 +457,7 @@ def _indist(
     per_task = {k: list(np.nanmean([r[k] for r in runs], axis=0)) for k in runs[0]}
     out = {"rows": paired_rows(per_task), "seeds": list(seeds), "test_fraction": test_fraction}
     if cost is not None and pts:
-        mean_pts = {k: np.mean([p[k] for p in pts], axis=0).tolist() for k in ("weight", "budget")}
+        mean_pts = {k: np.mean([p[k] for p in pts], axis=0).tolist() for k in ("weight", "budget", "single")}
         out["cost"] = _cost_section(data, cost, unit, mean_pts)
     return out
 
@@ -492,10 +493,10 @@ def _instance(
 def _cost_section(
     data: _Data, cost: np.ndarray, unit: str, pts: dict[str, list[list[float]]]
 ) -> dict[str, Any]:
-    """Quality-cost curve metrics against the single models (task-averaged LOTO quality)."""
+    """Quality-cost curve metrics against the single models, all measured on the same queries and
+    averaged the same way (mean over tasks of the per-task means)."""
     cand = np.isfinite(cost)
-    acc = np.array([[data.Y[data.task == t, j].mean() for j in range(len(cost))] for t in range(data.T)])
-    mean_acc = acc.mean(axis=0)
+    mean_acc = np.asarray(pts["single"], dtype=np.float64)
     single = np.column_stack([cost[cand], mean_acc[cand]])
     names = [data.models[j] for j in np.flatnonzero(cand)]
     cheapest = int(np.lexsort((-single[:, 1], single[:, 0]))[0])

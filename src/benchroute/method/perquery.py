@@ -743,7 +743,7 @@ def select_knobs(
     P is the mean of A (y_i's 1 / (n_t T) share in P is kept: negligible). Ties in the objective keep
     the earlier grid entry (larger lam first), i.e. the setting closer to the prior.
     """
-    grid = dict(GRID if grid is None else grid)
+    grid = dict(SMALL_GRID if grid is None else grid)
     labels = np.asarray(labels, dtype=np.float32)
     item_task = np.asarray(item_task, dtype=np.int64)
     T = int(item_task.max()) + 1
@@ -910,8 +910,8 @@ def fit(
     session_grid: dict[str, Sequence[float]] | None = None,
     seed: int = 0,
     neighbors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    max_rows_per_task: int | None = 150,
-    min_z: float | None = None,
+    max_rows_per_task: int | None = 60,
+    min_z: float | None = 1.0,
 ) -> PerQueryStats:
     """Everything a Router needs at fit time, from the store alone: statistics, knobs, session knobs.
 
@@ -920,11 +920,15 @@ def fit(
     by the folds of an experiment), per-task accuracy and tightness, selects the HKS knobs
     (:func:`select_knobs`), the "knn_shrunk" lam (:func:`select_shrink_lam`) and the session knobs
     (:func:`select_session_knobs`, replaying each training task as a session against the other tasks).
-    With fewer than 3 tasks the defaults are kept. ``max_rows_per_task``: the HKS knob selection routes
+    With fewer than 3 tasks the defaults are kept. Defaults chosen by the nested protocol (docs/
+    reproduction.md, per-query section): the 108-setting :data:`SMALL_GRID` (the 576-setting
+    :data:`GRID` selects no better and costs 5x), the gate ``min_z`` = 1 (keep BMA unless the chosen
+    setting's inner gain exceeds one paired standard error), 60 inner queries per task.
+    ``max_rows_per_task``: the HKS knob selection routes
     at most this many items per task as inner queries (a fixed random subset, ``seed``; every item stays
     a neighbour); its objective is task-averaged, so this trades little precision for speed.
     """
-    grid = dict(GRID if grid is None else grid)
+    grid = dict(SMALL_GRID if grid is None else grid)
     sgrid = {**SESSION_GRID, **(session_grid or {})}
     item_task = np.asarray(item_task, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.float32)
@@ -989,6 +993,6 @@ def fit_depth(
     grid: dict[str, Sequence[float]] | None = None, session_grid: dict[str, Sequence[float]] | None = None
 ) -> int:
     """Neighbours per stored item :func:`fit` needs (largest k of the grids and of the shrunk rule)."""
-    grid = dict(GRID if grid is None else grid)
+    grid = dict(SMALL_GRID if grid is None else grid)
     sgrid = {**SESSION_GRID, **(session_grid or {})}
     return int(max(max(grid["k"]), max(sgrid["k"]), DEFAULT_KNOBS.shrink_k))
