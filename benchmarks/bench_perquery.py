@@ -62,14 +62,14 @@ def main() -> None:
     t_search_k = _best(lambda: exact_search(emb[q], emb[store], K), 3)
     t_search_5 = _best(lambda: exact_search(emb[q], emb[store], 5), 3)
     rows = {
-        "today (knn, k=5)": _best(lambda: decide_queries(s5, i5, stats, rule="knn"), a.repeats),
+        "current rule (knn, k=5)": _best(lambda: decide_queries(s5, i5, stats, rule="knn"), a.repeats),
         "hks (default)": _best(lambda: decide_queries(s, i, stats), a.repeats),
         "hks + session": _best(lambda: decide_queries(s, i, stats, session=SessionState()), a.repeats),
         "hks + cost weight": _best(
             lambda: decide_queries(s, i, stats, cost=cost, cost_weight=0.2), a.repeats
         ),
     }
-    base = rows["today (knn, k=5)"]
+    base = rows["current rule (knn, k=5)"]
     print(f"store {name}: {len(store)} questions, {y.shape[1]} models; {a.queries} queries; K = {K}")
     print(f"exact search: K={K} {t_search_k * 1e3:.1f} ms, k=5 {t_search_5 * 1e3:.1f} ms")
     for k, v in rows.items():

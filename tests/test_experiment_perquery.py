@@ -53,7 +53,7 @@ def test_study_rows_oracles_and_paired_differences(study):
         assert rows["BMA"]["diff_vs_bma"] == 0.0
         assert rows["per-query oracle"]["acc"] >= max(r["acc"] for r in rows.values()) - 1e-12
         assert rows["random"]["acc"] < rows["per-query oracle"]["acc"]
-        assert {"HKS (default)", "kNN k=5 argmax (today's rule)"} <= set(rows)
+        assert {"HKS (default)", "kNN k=5 argmax (current rule)"} <= set(rows)
     loto = {r["method"]: r for r in res["loto"]["rows"]}
     # cheap specialists beat the large generalist on their group's tasks: the default finds them
     assert loto["HKS (default)"]["diff_vs_bma"] > 0.03

@@ -62,7 +62,7 @@ __all__ = [
 #: Session positions reported: the query after w earlier ones.
 POSITIONS: tuple[int, ...] = (0, 1, 5, 10, 25, 50)
 RULE_LABELS: dict[str, str] = {
-    "knn": "kNN k=5 argmax (today's rule)",
+    "knn": "kNN k=5 argmax (current rule)",
     "knn_shrunk": "kNN k=100 shrunk toward BMA",
     "task_vote": "nearest-task vote",
     "hks": "HKS (default)",

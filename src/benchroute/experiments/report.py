@@ -1299,11 +1299,24 @@ def _perquery_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
             ),
         ]
     blocks += _images(figures, "pq_reliability", "pq_traffic")
-    cost = _dict(pq.get("cost"))
+    for cost, protocol in (
+        (_dict(pq.get("cost")), "LOTO"),
+        (_dict(_dict(pq.get("indist")).get("cost")), "in-distribution"),
+    ):
+        blocks += _pq_cost_blocks(cost, protocol)
+    blocks += _images(figures, "pq_cost")
+    secs = _dict(pq.get("seconds"))
+    if secs:
+        blocks.append(Paragraph("Seconds: " + ", ".join(f"{k} {fmt(_num(v), 1)}" for k, v in secs.items())))
+    return blocks
+
+
+def _pq_cost_blocks(cost: Mapping[str, Any], protocol: str) -> list[Block]:
+    blocks: list[Block] = []
     if cost.get("routellm"):
         rl, aq = _dict(cost.get("routellm")), _dict(cost.get("aiq"))
         blocks += [
-            Heading("Per-query quality-cost curve (LOTO)", level=3),
+            Heading(f"Per-query quality-cost curve ({protocol})", level=3),
             Paragraph(
                 f"Weak (cheapest) model {fmt(_dict(cost.get('weak')).get('model'))}, strong (best) "
                 f"model {fmt(_dict(cost.get('strong')).get('model'))}. APGR {fmt(_num(rl.get('apgr')))}; "
@@ -1325,10 +1338,6 @@ def _perquery_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
                 [True, True, True],
             ),
         ]
-    blocks += _images(figures, "pq_cost")
-    secs = _dict(pq.get("seconds"))
-    if secs:
-        blocks.append(Paragraph("Seconds: " + ", ".join(f"{k} {fmt(_num(v), 1)}" for k, v in secs.items())))
     return blocks
 
 
