@@ -667,7 +667,7 @@ def _experiment(
         bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None
         inst = (
             load_with_embeddings(instance_data, model, cache, use_ray=use_ray)
-            if kind in ("instance", "all")
+            if kind in ("instance", "all", "perquery")
             else None
         )
         results = run_experiments(
@@ -777,6 +777,11 @@ for _kind, _doc in (
     (
         "instance",
         "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study.",
+    ),
+    (
+        "perquery",
+        "Per-query routing: LOTO, in-distribution split, per-instance protocol, session replay, calibration, "
+        "traffic and the per-query quality-cost curve, every rule through the product's decide_queries.",
     ),
     (
         "all",

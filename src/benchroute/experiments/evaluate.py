@@ -722,7 +722,7 @@ def instance_study(
 
 ProgressFactory = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
 
-EXPERIMENTS = ("loto", "sweep", "instance", "all")
+EXPERIMENTS = ("loto", "sweep", "instance", "perquery", "all")
 
 
 def run_experiments(
@@ -827,6 +827,14 @@ def run_experiments(
         inst = instance_benchmark if instance_benchmark is not None else benchmark
         with bar(f"per-instance routing on {inst.name}", 5) as advance:
             results["instance"] = instance_study(inst, k=router.k, seed=router.seed, progress=advance)
+    if kind in ("perquery", "all"):
+        from benchroute.experiments.perquery import perquery_study
+
+        # per-instance protocol on the instance benchmark when given (alpacaeval2), else on this one
+        with bar(f"per-query routing on {benchmark.name}", benchmark.n_tasks + 3 + 5) as advance:
+            results["perquery"] = perquery_study(
+                benchmark, instance_bench=instance_benchmark, seed=router.seed, progress=advance
+            )
     results["config"]["seconds"] = round(time.time() - t0, 1)
     return results
 
