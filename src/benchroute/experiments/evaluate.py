@@ -349,7 +349,7 @@ class LOTOEvaluator:
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle
-        if s:
+        if moved is not None:
             few = self.Y[members[moved[0]]].mean(axis=0)
             choice["Few-shot"] = int(
                 np.argmax(np.where(mask, few + 1e-9 * (np.arange(len(few)) == bma), -np.inf))
@@ -479,7 +479,7 @@ class LOTOEvaluator:
         return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean over tasks (and repeats) per method: the Table-1 line of each method."""
     import pandas as pd
 
@@ -506,11 +506,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ]
     df[cols] = df[cols].astype(float)
     per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for method, grp in per_task.groupby(level=0, sort=False):
         means = grp.mean()
-        entry = {("pct_bma" if c == "is_bma" else c): _clean(means[c]) for c in cols}
-        entry["pct_bma"] = None if entry.get("pct_bma") is None else 100.0 * entry["pct_bma"]
+        entry: dict[str, float | None] = {("pct_bma" if c == "is_bma" else c): _clean(means[c]) for c in cols}
+        pct = entry.get("pct_bma")
+        entry["pct_bma"] = None if pct is None else 100.0 * pct
         entry["n_tasks"] = len(grp)
         out[str(method)] = entry
     return out
@@ -547,7 +548,8 @@ def sweep_summary(
     out: dict[str, Any] = {"alphas": list(alphas), "methods": {}}
 
     def curve(frame: pd.DataFrame, col: str) -> tuple[list[float | None], list[float | None]]:
-        means, stds = [], []
+        means: list[float | None] = []
+        stds: list[float | None] = []
         for a in alphas:
             sub = frame[np.isclose(frame["alpha"], a)]
             if sub.empty or col not in sub or sub[col].isna().all():
@@ -881,7 +883,7 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
         pool = np.isin(ev.ti, train_tasks)
         prior = ev.task_acc[train_tasks].mean(axis=0)
         bma = int(np.argmax(prior))
-        accs = {"Blend": [], "BMA": [], "Oracle": []}
+        accs: dict[str, list[float]] = {"Blend": [], "BMA": [], "Oracle": []}
         for d in held:
             curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
             accs["Blend"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])

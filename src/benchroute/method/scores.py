@@ -16,6 +16,7 @@ m3 = argmax S3 only if P(S~(m3) > S~(m*)) > eta, where m* is the best model on a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,8 +164,8 @@ def select_blend(
     curves: dict[int, np.ndarray],
     priors: dict[int, np.ndarray],
     accuracy: np.ndarray,
-    ks: tuple[int, ...] = BLEND_KS,
-    lambdas: tuple[float, ...] = BLEND_LAMBDAS,
+    ks: Sequence[int] = BLEND_KS,
+    lambdas: Sequence[float] = BLEND_LAMBDAS,
     min_z: float = 0.0,
 ) -> BlendChoice:
     """Pick (k, lambda) maximizing the mean accuracy of the chosen model over held-out training tasks.
