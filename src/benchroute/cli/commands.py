@@ -697,7 +697,10 @@ def _print_summary(results: dict[str, Any]) -> None:
     table.add_column("method")
     for c in cols:
         table.add_column(c, justify="right")
-    for method, row in summary.items():
+    from benchroute.experiments.evaluate import ROWS
+
+    for method in sorted(summary, key=lambda m: list(ROWS).index(m) if m in ROWS else len(ROWS)):
+        row = summary[method]
         table.add_row(method, *("—" if row.get(c) is None else f"{row[c]:.3f}" for c in cols))
     console.print(table)
     for name, diff in results.get("paired", {}).items():

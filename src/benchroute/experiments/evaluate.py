@@ -39,23 +39,26 @@ from benchroute.method.scores import (
 from benchroute.router.estimator import SCORES, Router
 from benchroute.router.persistence import params_json
 
-#: Methods of the LOTO table, in display order.
-METHODS = (
-    "S1",
-    "S2",
-    "S3",
-    "S3_trust",
-    "S3_true_p",
-    "S3_atc",
-    "Router",
-    "BMA",
-    "Oracle",
-    "Random",
-    "MoE",
-    "Few-shot",
-    "LL",
-)
-SCORE_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router")
+#: The leave-one-task-out rows ("method" in results.json), in display order: name -> (label, what it
+#: is). The one registry the harness, the report, the CLI summary and the research scripts use.
+ROWS: dict[str, tuple[str, str]] = {
+    "Router": ("Router", "the evaluated Router's decision: its score through the decision chain"),
+    "Blend": ("Blend (no trust rule)", "argmax of the blend at its nested (k, lambda), ungated"),
+    "S1": ("S1", "argmax of the mean predicted correctness"),
+    "S2": ("S2", "argmax of the share of inputs predicted correct"),
+    "S3": ("S3", "argmax of S3 with the kernel smoother's p"),
+    "S3_trust": ("S3 + trust rule", "the paper's router: S3 (kernel p) through the decision chain"),
+    "S3_true_p": ("S3 (true p)", "S3 with the held-out task's own p (oracle diagnostic)"),
+    "S3_atc": ("S3 (ATC p)", "S3 with ATC's p"),
+    "S3_cal": ("S3 (calibrated p)", "S3 with the isotonic calibrator's p"),
+    "S3_acc": ("S3 (accuracy-based p)", "S3 with the accuracy-based p"),
+    "MoE": ("MoE", "each input routed to its argmax of the predicted correctness (k = 5)"),
+    "LL": ("LL", "argmax of the mean log-likelihood (when the benchmark has it)"),
+    "Few-shot": ("Few-shot", "argmax of the accuracy on the labeled samples (alpha > 0)"),
+    "BMA": ("BMA", "the best model on average over the training tasks"),
+    "Random": ("Random", "the mean accuracy of the candidates"),
+    "Oracle": ("Oracle", "the best model on the held-out task"),
+}
 #: p estimators the harness can measure: the Router's two, two evaluation variants, and "true" (the
 #: held-out task's own p: an oracle diagnostic of the trust gate, not a method).
 P_ESTIMATORS = ("kernel", "atc", "calibrated", "accuracy", "true")

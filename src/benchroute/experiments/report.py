@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchroute.experiments.evaluate import ROWS
 from benchroute.files import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -44,24 +45,7 @@ __all__ = [
 NULL = "—"
 """What a missing / null / non-finite value renders as."""
 
-SUMMARY_METHOD_ORDER: tuple[str, ...] = (
-    "Router",
-    "Blend",
-    "S1",
-    "S2",
-    "S3",
-    "S3_trust",
-    "S3_true_p",
-    "S3_atc",
-    "S3_cal",
-    "S3_acc",
-    "MoE",
-    "LL",
-    "Few-shot",
-    "BMA",
-    "Random",
-    "Oracle",
-)
+SUMMARY_METHOD_ORDER: tuple[str, ...] = tuple(ROWS)
 """Row order of the Table-1-style summary (methods first, baselines after, Oracle last)."""
 
 SWEEP_METHOD_ORDER: tuple[str, ...] = (
@@ -139,14 +123,7 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "from); mean accuracy over the group's tasks.",
 }
 
-PRETTY_METHOD: dict[str, str] = {
-    "S3_true_p": "S3 (true p)",
-    "S3_trust": "S3 + trust rule",
-    "S3_atc": "S3 (ATC p)",
-    "S3_cal": "S3 (calibrated p)",
-    "S3_acc": "S3 (accuracy-based p)",
-    "Blend": "Blend (no trust rule)",
-}
+PRETTY_METHOD: dict[str, str] = {name: label for name, (label, _) in ROWS.items() if label != name}
 
 
 # ============================================================================ small value helpers

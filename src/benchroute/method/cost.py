@@ -174,16 +174,7 @@ def choose(
     known = np.isfinite(c)
     budget_note = ""
     if max_cost is not None:
-        within = cand & known & (c <= max_cost)
-        if not within.any():
-            cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
-            raise ConfigError(
-                f"no candidate model costs <= {max_cost:g}",
-                f"the cheapest candidate with a known cost costs {cheapest:g}"
-                if cheapest is not None
-                else "no candidate has a known cost",
-            )
-        cand = within
+        cand = _within_budget(cand, c, max_cost)
         budget_note = f" within the budget {max_cost:g}"
     frontier = pareto_frontier(a, c, cand)
     best = int(np.argmax(np.where(cand, a, -np.inf)))
@@ -237,6 +228,21 @@ def choose(
         mode,
         best,
     )
+
+
+def _within_budget(cand: np.ndarray, c: np.ndarray, max_cost: float) -> np.ndarray:
+    """The candidates with a known cost <= ``max_cost`` (a ConfigError naming the cheapest if none)."""
+    known = np.isfinite(c)
+    within = cand & known & (c <= max_cost)
+    if not within.any():
+        cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
+        raise ConfigError(
+            f"no candidate model costs <= {max_cost:g}",
+            f"the cheapest candidate with a known cost costs {cheapest:g}"
+            if cheapest is not None
+            else "no candidate has a known cost",
+        )
+    return within
 
 
 def _cheapest(pool: np.ndarray, a: np.ndarray, c: np.ndarray) -> int:
@@ -460,16 +466,7 @@ def cost_adjustment(
     known = np.isfinite(c)
     penalty = np.zeros(m)
     if max_cost is not None:
-        within = cand & known & (c <= max_cost)
-        if not within.any():
-            cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
-            raise ConfigError(
-                f"no candidate model costs <= {max_cost:g}",
-                f"the cheapest candidate with a known cost costs {cheapest:g}"
-                if cheapest is not None
-                else "no candidate has a known cost",
-            )
-        cand = within
+        cand = _within_budget(cand, c, max_cost)
     if cost_weight > 0 and (cand & known).any():
         cand = cand & known
         top = float(np.max(c[cand]))
