@@ -853,12 +853,3 @@ def import_bundled_packs(embedder: Embedder) -> int:
     if embedder._cache is None:
         return 0
     return sum(import_pack(embedder._cache, p, embedder.model_id) for p in bundled_packs(embedder.model_id))
-
-
-def pack_info(path: str | os.PathLike[str]) -> dict[str, str]:
-    meta, _, _ = read_pack(path)
-    return meta
-
-
-def dumps_meta(meta: dict[str, str]) -> str:
-    return json.dumps(meta, indent=2, sort_keys=True)

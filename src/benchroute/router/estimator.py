@@ -359,7 +359,7 @@ class Router:
 
         ``labeled``: optional few labeled samples of the new task, ``(inputs, Y)`` with Y an
         n_l x M 0/1 matrix in the router's model order, or a list of
-        ``{"input": str, "correct": {model: 0/1}}``; they join the training data (SPEC section 6).
+        ``{"input": str, "correct": {model: 0/1}}``; they join the training data (docs/method.md, section 6).
         ``candidates`` restricts the choice to a subset of models.
 
         Cost-aware choice (costs in ``cost_unit_``: USD per million tokens, or billions of parameters
