@@ -304,3 +304,17 @@ def test_decide_queries_session_in_order_and_serializable(bench):
     assert not np.allclose(batch.scores[5:], decide_queries(s[5:], i[5:], stats).scores)
     with pytest.raises(ConfigError):
         decide_queries(s, i, stats, session=SessionState(1.0, np.zeros(3)))
+
+
+def test_a_store_smaller_than_k_routes_with_every_stored_question() -> None:
+    """A router fitted on fewer questions than the per-query k still routes (k shrinks to the store)."""
+    rng = np.random.default_rng(0)
+    emb = normalize(rng.normal(size=(12, 8)))
+    labels = rng.integers(0, 2, size=(12, 3)).astype(np.float32)
+    stats = fit_stats(labels, np.repeat([0, 1, 2], 4))
+    assert stats.knobs.k > 12
+    sims, idx = exact_search(emb[:2], emb, 12)
+    chosen = decide_queries(sims, idx, stats).chosen
+    assert chosen.shape == (2,) and set(chosen.tolist()) <= {0, 1, 2}
+    with pytest.raises(ConfigError, match="neighbours per query"):
+        decide_queries(sims[:, :5], idx[:, :5], stats)  # fewer than k while the store has more

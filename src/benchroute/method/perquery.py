@@ -347,8 +347,11 @@ def query_scores(
     q : (n, M) scores, q = (1 - lam) g + lam P; route with ``pick(q, stats.prior)``.
     """
     kn = stats.knobs if knobs is None else knobs
-    if np.asarray(idx).shape[1] < kn.k:
-        raise ConfigError(f"need at least k = {kn.k} neighbours per query, got {np.asarray(idx).shape[1]}")
+    width = np.asarray(idx).shape[1]
+    if width < kn.k:
+        if width < len(stats.labels):
+            raise ConfigError(f"need at least k = {kn.k} neighbours per query, got {width}")
+        kn = replace(kn, k=width)  # a store smaller than k: every stored question is a neighbour
     tight = stats.tightness if kn.calibrate else None
     se, ey, W = hks_parts(sims, idx, stats.labels, stats.item_task, len(stats.task_acc), kn.k, kn.tau, tight)
     return hks_scores(
