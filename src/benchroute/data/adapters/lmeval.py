@@ -43,7 +43,9 @@ from benchroute.data.adapters.table import (
     read_jsonl,
     require,
 )
+from benchroute.data.benchmark import BENCHMARK_FILES
 from benchroute.errors import DataError
+from benchroute.files import check_output_dir
 
 _SAMPLES_NAME = re.compile(
     r"^samples_(?P<task>.+?)(?:_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?))?\.jsonl(?:\.gz)?$"
@@ -241,7 +243,12 @@ def lmeval_to_benchmark(
 
 
 def import_lmeval(
-    dir: str | Path, out_dir: str | Path, *, metric: str | None = None, filter: str | None = None
+    dir: str | Path,
+    out_dir: str | Path,
+    *,
+    metric: str | None = None,
+    filter: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Import lm-evaluation-harness ``--log_samples`` output (one folder per model run).
 
@@ -249,5 +256,7 @@ def import_lmeval(
     ``filter`` choose what to score with, for the tasks that log them (see the module docstring
     for the defaults). Models are merged per task on ``doc_id``, keeping the documents every model
     was evaluated on (``--limit`` runs of different sizes); the summary says how many were dropped.
+    ``force`` replaces a non-empty ``out_dir`` as a whole; it may never hold the source.
     """
-    return lmeval_to_benchmark(dir, metric=metric, filter=filter).write(out_dir)
+    check_output_dir(out_dir, option="-o", replaceable=BENCHMARK_FILES, force=force, protect=[dir])
+    return lmeval_to_benchmark(dir, metric=metric, filter=filter).write(out_dir, force=force, protect=[dir])
