@@ -94,6 +94,7 @@ def test_trust_gate_only_ever_falls_back_to_bma() -> None:
     routed = {r["task"]: r for r in gated if r["method"] == "Router"}
     for task, row in routed.items():
         assert row["model"] in (free[task], bma[task])
+        assert "fell_back" in row and "trust_probability" in row  # the trust rule ran on every task
         if row["fell_back"]:  # a fallback means the blend wanted another model and the rule said no
             assert row["model"] == bma[task] != free[task]
             assert row["trust_probability"] <= 0.6

@@ -745,9 +745,7 @@ def _experiment(
     from benchroute.router.estimator import Router
 
     check_output_dir(out, option="--out")
-    router = Router(
-        k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator
-    )
+    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score)
     with ray_or_local(use_ray, address):
         runner = None
         if use_ray:
@@ -769,6 +767,7 @@ def _experiment(
             mlp_tasks=mlp_tasks,
             progress=progress_bar,
             runner=runner,
+            p_estimator=p_estimator,
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)
