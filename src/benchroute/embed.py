@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -212,9 +213,24 @@ class EmbeddingCache:
             raise ConfigError(f"embedding cache {self.path} is not a regular file", "give a file path")
         with writing(self.path.parent, "create the cache folder"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        for where in (self.path, self.path.parent):  # marked read-only: refused whatever our privileges
+            if where.exists() and (not where.stat().st_mode & stat.S_IWUSR or not os.access(where, os.W_OK)):
+                raise ConfigError(
+                    f"embedding cache {self.path} is read-only ({where} is not writable)",
+                    "give a writable --cache path (or BENCHROUTE_CACHE), or make it writable",
+                )
         with self._guard("open"):
             self._conn = sqlite3.connect(str(self.path), timeout=60)
         with self._guard("open"):
+            # the layout is checked before anything is written, so a foreign database stays untouched
+            columns = [(r[1], str(r[2]).upper()) for r in self._conn.execute("PRAGMA table_info(vectors)")]
+            if columns and columns != _SCHEMA:
+                self._conn.close()
+                raise IntegrityError(
+                    f"embedding cache {self.path} has a 'vectors' table of another layout ({columns})",
+                    "give another --cache file, or delete this one if it is an old cache "
+                    "(it is only a cache)",
+                )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(
@@ -222,13 +238,6 @@ class EmbeddingCache:
                 "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
             )
             self._conn.commit()
-            columns = [(r[1], str(r[2]).upper()) for r in self._conn.execute("PRAGMA table_info(vectors)")]
-        if columns != _SCHEMA:
-            self._conn.close()
-            raise IntegrityError(
-                f"embedding cache {self.path} has a 'vectors' table of another layout ({columns})",
-                "give another --cache file, or delete this one if it is an old cache (it is only a cache)",
-            )
 
     @contextlib.contextmanager
     def _guard(self, action: str) -> Iterator[None]:

@@ -277,7 +277,7 @@ def data_info(
     for kind, f in info["figures"].items():
         label = "correctness (0/1)" if kind == "correct" else "raw scores"
         figs.add_row(label, f"{f['bma_loto']:.4f}", f"{f['task_oracle']:.4f}", f"{f['instance_oracle']:.4f}")
-    console.print(figs)
+    print_table(figs, {"scores": ["correctness (0/1)"]})
     tasks = Table(title="Tasks")
     for col in (
         "task",
@@ -883,16 +883,33 @@ for _kind, _doc in (
 def main() -> None:
     """Console-script entry point: user errors exit 2 with one line, never a traceback.
 
-    Usage errors (unknown command or option), --help and Ctrl-C are click's own standalone handling
-    (whichever click the installed Typer uses); our errors are caught here.
+    Click's usage errors (an unknown command or option, a value that does not parse) are also one
+    line here, naming the option; --help, no arguments (the help) and Ctrl-C behave as usual.
     """
+    import importlib
+
+    # whichever click Typer uses (its own vendored copy in recent versions, else click itself)
+    click_errors = importlib.import_module(typer.BadParameter.__module__)
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except click_errors.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            print(exc.ctx.get_help())
+            sys.exit(2)
+        command = exc.ctx.command_path if exc.ctx is not None else "benchroute"
+        _fail(f"{exc.format_message()} (fix: see `{command} --help`)")
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("Aborted!")
+        sys.exit(1)
+    except click_errors.ClickException as exc:
+        _fail(exc.format_message())
     except BenchrouteError as exc:
         _fail(str(exc))
     except OSError as exc:  # backstop: the file boundaries turn these into BenchrouteErrors already
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where} (fix: check the path, its permissions and the free disk space)")
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _fail(message: str) -> None:

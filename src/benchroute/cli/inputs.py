@@ -89,7 +89,7 @@ def _jsonl_records(file: Path, raw: IO[bytes], hint: str) -> Iterator[tuple[int,
 
 def _csv_inputs(file: Path, raw: IO[bytes]) -> Iterator[str]:
     text = (line + "\n" for _, line in _lines(file, raw))
-    reader = csv.reader(text)
+    reader = csv.reader(text, strict=True)
     try:
         header = next(reader, None)
         if header is None:
