@@ -905,3 +905,58 @@ def test_many_inputs_show_progress_and_keep_memory_flat(
     assert re.search(r"\d:\d\d:\d\d\s*$", err.strip()), err  # elapsed and remaining time
     result = n * 384 * 4  # the query matrix itself; Router.recommend holds about two more copies
     assert peak < 4 * result, (peak, result)
+
+
+# --------------------------------------------------------------------- re-signed routers
+
+
+def _blend(k: Any) -> dict[str, Any]:
+    return {"k": k, "lam": 0.5, "inner_accuracy": 0.5, "bma_inner_accuracy": 0.5}
+
+
+MANIFEST_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "blend.k a string": lambda p: p.__setitem__("blend", _blend("50")),
+    "blend.k 2.5": lambda p: p.__setitem__("blend", _blend(2.5)),
+    "blend.lam NaN-like": lambda p: p.__setitem__("blend", {**_blend(5), "lam": 1e309}),
+    "blend with an unknown field": lambda p: p.__setitem__("blend", {**_blend(5), "x": 1}),
+    "predictor mlp on kNN arrays": lambda p: p["params"].__setitem__("predictor", "mlp"),
+    "mlp hidden 10**9": lambda p: (
+        p["params"].__setitem__("predictor", "mlp"),
+        p.__setitem__("predictor_params", {"hidden": [10**9]}),
+    ),
+    "knn k a string": lambda p: p.__setitem__("predictor_params", {"k": "5"}),
+}
+
+
+@pytest.mark.parametrize("case", [*sorted(MANIFEST_EDITS), "deeply nested JSON", "card.md edited"])
+@pytest.mark.parametrize("command", ["recommend", "route"])
+def test_resigned_routers_are_refused_on_load(
+    case: str, command: str, world: dict[str, Path], env: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A re-signed router with bad field types or ranges is refused when it is loaded (so the server
+    refuses it at startup), never a TypeError on the first query."""
+    import shutil
+
+    router = env / "router"
+    shutil.copytree(world["router"], router)
+    manifest = router / "router.json"
+    if case == "deeply nested JSON":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "card.md edited":
+        (router / "card.md").write_text("# a different card\n")
+    else:
+        payload = json.loads(manifest.read_text())["payload"]
+        MANIFEST_EDITS[case](payload)
+        text = json.dumps(payload, sort_keys=True)
+        manifest.write_text(
+            json.dumps({"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()})
+        )
+    inputs = env / "in.txt"
+    inputs.write_text("What is 1 + 1?\n")
+    args = (
+        ["recommend", router, "--inputs", inputs] if command == "recommend" else ["route", router, "a query"]
+    )
+    before = tree(router)
+    code, err = run(monkeypatch, capsys, *args)
+    assert_refused(code, err, str(router))
+    assert tree(router) == before

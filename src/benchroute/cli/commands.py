@@ -356,8 +356,8 @@ def embed(
     if import_ is not None:
         n = import_pack(store, import_)
         console.print(f"imported {n} vectors from {import_} into {store.path}")
-        if path is None:
-            return
+    if path is None:
+        return
     bench = load_benchmark(path)
     embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every, fast=fast)
     with ray_or_local(use_ray, address, needed=bool(embedder.missing(bench.inputs))):

@@ -417,7 +417,7 @@ class Benchmark:
             items=self.items.iloc[rows].reset_index(drop=True),
             models=[self.models[m] for m in m_idx],
             model_info=self.model_info.iloc[m_idx],
-            scores=take(self.scores),
+            scores=self.scores[rows][:, cols],
             thresholds={t: self.thresholds[t] for t in kept},
             task_info=self.task_info.iloc[t_idx],
             loglik=take(self.loglik),
@@ -511,7 +511,7 @@ def _positions(names: list[str], wanted: Iterable[str] | None, kind: str) -> np.
     if wanted is None:
         return np.arange(len(names))
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-    pos = pd.Index(names).get_indexer(wanted)
+    pos = pd.Index(names).get_indexer(pd.Index(wanted))
     if len(pos) == 0 or (pos < 0).any():
         unknown = [w for w, p in zip(wanted, pos, strict=True) if p < 0]
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
@@ -734,7 +734,7 @@ def load_benchmark(
 
     items, tasks, item_rows = _items(items_table)
     task_info = _task_info(tasks_table, tasks, items_table.file)
-    thresholds = {t: None if np.isnan(v) else float(v) for t, v in task_info["threshold"].items()}
+    thresholds = {str(t): None if np.isnan(v) else float(v) for t, v in task_info["threshold"].items()}
 
     sc = scores_table.frame
     keys = pd.MultiIndex.from_frame(items[["task", "item_id"]])

@@ -93,7 +93,7 @@ def _run_info(run_dir: Path) -> tuple[str, dict[str, str]]:
     name = results.get("model_name")
     if isinstance(name, str) and name:
         return name, groups
-    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    config = results["config"] if isinstance(results.get("config"), dict) else {}
     args = _model_args(config.get("model_args"))
     for key in ("pretrained", "model", "path"):
         if isinstance(args.get(key), str) and args[key]:
@@ -153,7 +153,7 @@ def _read_task_samples(
     for lineno, sample in samples:
         if str(sample.get("filter", "none")) != chosen_filter:
             continue
-        item_id = str(require(sample, "doc_id", int | str, file=path, row=lineno))
+        item_id = str(require(sample, "doc_id", (int, str), file=path, row=lineno))
         if item_id in line_of:
             raise DataError(
                 f"doc_id {item_id} repeated (first on line {line_of[item_id]}) for filter '{chosen_filter}'",

@@ -24,8 +24,9 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from benchroute.data.benchmark import BENCHMARK_FILES, write_benchmark
@@ -320,7 +321,7 @@ def _read_table(path: Path, sep: str | None) -> tuple[pd.DataFrame, int]:
     through the read guard (a regular, readable file, else one DataError saying why).
     """
     name = path.name.lower()
-    compression = "gzip" if name.endswith(".gz") else None
+    compression: Literal["gzip"] | None = "gzip" if name.endswith(".gz") else None
     with open_regular(path, "data") as handle:
         try:
             if name.endswith((".parquet", ".pq")):
@@ -373,7 +374,7 @@ def _text_column(df: pd.DataFrame, col: str, *, file: Path, offset: int) -> pd.S
         raise DataError(
             f"empty value in rows {_bad_rows(empty, offset)}",
             file=str(file),
-            row=int(empty.idxmax()) + offset,
+            row=int(np.argmax(empty.to_numpy())) + offset,
             column=col,
         )
     return values.astype(str)
@@ -421,19 +422,22 @@ def table_to_benchmark(
     score = pd.to_numeric(text_score, errors="coerce").astype(float)
     bad = ~score.map(math.isfinite)
     if bad.any():
-        first = int(bad.idxmax())
+        bad_row = int(np.argmax(bad.to_numpy()))
         raise DataError(
-            f"score is not a finite number ({raw_score.iloc[first]!r}); "
+            f"score is not a finite number ({raw_score.iloc[bad_row]!r}); "
             f"bad rows: {_bad_rows(bad, row_offset)}",
             file=str(file),
-            row=first + row_offset,
+            row=bad_row + row_offset,
             column=score_col,
             hint="drop or fill rows without a result before importing",
         )
     models = text[model_col]
-    first = models.drop_duplicates()
+    first_seen = models.drop_duplicates()
     check_distinct_names(
-        first.tolist(), file=str(file), rows=[int(i) + row_offset for i in first.index], column=model_col
+        first_seen.tolist(),
+        file=str(file),
+        rows=[int(i) + row_offset for i in first_seen.index],
+        column=model_col,
     )
     if item_col is not None:
         item_id = _text_column(df, item_col, file=file, offset=row_offset)
