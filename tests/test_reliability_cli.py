@@ -32,16 +32,10 @@ import pytest
 
 SMALL_MODEL = "all-MiniLM-L6-v2"
 LONG_MODEL = "an-organisation-with-a-long-name/SuperModel-70B-Instruct-v2.1-preview"
-TASKS = {
-    "arith": ["What is 2 + 3?", "Add 7 and 5.", "Compute 9 minus 4.", "What is 6 times 7?", "Half of 18?"],
-    "capitals": [
-        "Capital of France?",
-        "Capital of Japan?",
-        "Which city is Italy's capital?",
-        "Capital of Peru?",
-        "Name the capital of Kenya.",
-    ],
-    "verbs": ["Past tense of go?", "Past tense of eat?", "Past of run?", "Past of swim?", "Past of fly?"],
+TASKS = {  # 3 tasks x 20 short questions: enough neighbours for task-aware per-query routing (k = 50)
+    "arith": [f"What is {i} + {i + 3}?" for i in range(20)],
+    "capitals": [f"Name the capital of country number {i}." for i in range(20)],
+    "verbs": [f"Give the past tense of verb {i}." for i in range(20)],
 }
 MODELS = ["m-small", "m-large", LONG_MODEL]
 
@@ -245,7 +239,7 @@ def test_failed_import_keeps_the_earlier_benchmark(
     monkeypatch.setattr(os, "fdopen", real)
     assert_refused(code, err, str(out), "No space left on device")
     assert tree(out) == before
-    assert load_benchmark(out).n_items == 15
+    assert load_benchmark(out).n_items == 60
     assert [p.name for p in env.iterdir() if p.name.startswith(".bench")] == []
 
 

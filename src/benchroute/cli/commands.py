@@ -755,7 +755,7 @@ def _experiment(
         bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None
         inst = (
             load_with_embeddings(instance_data, model, cache, use_ray=use_ray)
-            if kind in ("instance", "all")
+            if kind in ("instance", "all", "perquery")
             else None
         )
         results = run_experiments(
@@ -785,7 +785,10 @@ def _print_summary(results: dict[str, Any]) -> None:
     table.add_column("method")
     for c in cols:
         table.add_column(c, justify="right")
-    for method, row in summary.items():
+    from benchroute.experiments.evaluate import ROWS
+
+    for method in sorted(summary, key=lambda m: list(ROWS).index(m) if m in ROWS else len(ROWS)):
+        row = summary[method]
         table.add_row(escape(method), *("—" if row.get(c) is None else f"{row[c]:.3f}" for c in cols))
     print_table(table, {"method": list(summary)})
     for name, diff in results.get("paired", {}).items():
@@ -871,6 +874,11 @@ for _kind, _doc in (
     (
         "instance",
         "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study.",
+    ),
+    (
+        "perquery",
+        "Per-query routing: LOTO, in-distribution split, per-instance protocol, session replay, calibration, "
+        "traffic and the per-query quality-cost curve, every rule through the product's decide_queries.",
     ),
     (
         "all",

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from benchroute.files import atomic_write_dir, jsonable, read_bytes
 from benchroute.method.folds import ConfidencePairs
 from benchroute.method.labels import compact_labels, is_binary, pack_bits, unpack_bits
 from benchroute.method.neighbors import BACKENDS, INDEX_PARAMS
+from benchroute.method.perquery import PerQueryKnobs, SessionKnobs, fit_stats
 from benchroute.method.predictors import KNNCorrectness, MLPCorrectness
 from benchroute.method.scores import LABEL_GRID, LABEL_RULES, BlendChoice
 
@@ -63,6 +65,11 @@ def save_router(
         "pairs_repeat": router.pairs_.repeat.astype(np.int32),
         "atc_conf": router.pairs_.atc_conf.astype(np.float32),
         "atc_correct": router.pairs_.atc_correct.astype(np.uint8),
+        **(
+            {"perquery_tightness": router.perquery_.tightness.astype(np.float64)}
+            if router.perquery_.tightness is not None
+            else {}
+        ),
     }
     if isinstance(router.predictor_, MLPCorrectness):
         for key, val in router.predictor_.net_.state_dict().items():
@@ -84,6 +91,7 @@ def save_router(
         if hasattr(router, "label_rules_")
         else None,
         "cost_unit": router.cost_unit_,
+        "perquery": {"knobs": asdict(router.perquery_.knobs), "session": asdict(router.perquery_.session)},
         "predictor_params": (
             None if isinstance(router.predictor, str) else jsonable(router.predictor.get_params(deep=False))
         ),
@@ -212,6 +220,15 @@ def _from_saved(cls: type[Router], payload: dict[str, Any], arrays: dict[str, np
         predictor = predictor.fit(router.X_, router.Y_)
     router.predictor_ = predictor
     router._fit_confidence(pairs)
+    pq = payload.get("perquery") or {}  # routers saved before per-query knobs route with the defaults
+    router.perquery_ = fit_stats(
+        router.Y_,
+        router.task_index_,
+        PerQueryKnobs(**pq.get("knobs", {})),
+        SessionKnobs(**pq.get("session", {})),
+        n_tasks=len(router.tasks_),
+    )
+    router.perquery_.tightness = arrays.get("perquery_tightness")
     if payload.get("blend") is not None:
         router.blend_ = BlendChoice(**payload["blend"])
         # routers saved before label rules existed keep the blend's choice whatever the labels say
@@ -292,8 +309,9 @@ _MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required
     "predictor_params": (dict, type(None)),
     "cost_unit": (str, type(None)),
     "label_rules": (dict, type(None)),
+    "perquery": dict,
 }
-_OPTIONAL_KEYS = {"cost_unit", "label_rules", "card_sha256"}
+_OPTIONAL_KEYS = {"cost_unit", "label_rules", "perquery", "card_sha256"}
 _BLEND_FIELDS = {"k", "lam", "inner_accuracy", "bma_inner_accuracy", "gain_se", "gated"}
 #: predictor_params a manifest may carry, each with its check (type and range): an MLP with
 #: hidden=[10**9] would exhaust memory, a string k would crash the first query.
@@ -399,6 +417,12 @@ def _check_manifest(payload: dict[str, Any], manifest: Path, cls: type[Router]) 
             raise bad(f"router parameter {key} = {value!r} is not valid")
     if payload["params"]["embedding_model"] in ("", ".", ".."):
         raise bad("embedding_model is not valid")
+    pq = payload.get("perquery", {})
+    if set(pq) - {"knobs", "session"} or not all(
+        _valid_knobs(pq.get(key, {}), cls_)
+        for key, cls_ in (("knobs", PerQueryKnobs), ("session", SessionKnobs))
+    ):
+        raise bad(f"perquery must hold valid knobs and session knobs, got {pq!r}")
     rules = payload.get("label_rules") or {}
     if not all(k.isdigit() and int(k) in LABEL_GRID and v in LABEL_RULES for k, v in rules.items()):
         raise bad(f"label_rules must map sizes {LABEL_GRID} to rules {LABEL_RULES}")
@@ -415,6 +439,29 @@ def _check_manifest(payload: dict[str, Any], manifest: Path, cls: type[Router]) 
         wrong = [k for k, v in custom.items() if k not in checks or not checks[k](v)]
         if wrong:
             raise bad(f"predictor_params {wrong[0]} = {custom.get(wrong[0])!r} is not valid")
+
+
+def _valid_knobs(values: Any, cls: type) -> bool:
+    """A JSON object whose fields are those of the knobs dataclass ``cls``, each of its default's type
+    (bool, int, or a finite number for a float) and accepted by its range checks."""
+    defaults = {f.name: f.default for f in fields(cls)}
+    if not isinstance(values, dict) or set(values) - set(defaults):
+        return False
+    for key, value in values.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10**6
+        else:
+            ok = _finite_number(value)
+        if not ok:
+            return False
+    try:
+        cls(**values)
+    except ConfigError:
+        return False
+    return True
 
 
 def _finite_number(v: Any) -> bool:
@@ -460,7 +507,12 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
     ti = arrays["task_index"]
     if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
         raise IntegrityError(f"{file}: task_index must index the {t} tasks")
-    unknown = set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct"}
+    tight = arrays.get("perquery_tightness")
+    if tight is not None and (tight.shape != (t,) or not np.isfinite(tight).all()):
+        raise IntegrityError(f"{file}: perquery_tightness must hold {t} finite values")
+    unknown = (
+        set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct", "perquery_tightness"}
+    )
     mlp = any(k.startswith("mlp.") for k in arrays)
     if mlp != (payload["params"]["predictor"] == "mlp"):
         raise IntegrityError(

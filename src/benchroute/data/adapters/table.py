@@ -2,7 +2,7 @@
 
 Every leaderboard export, whatever its shape, comes down to a *long table*: one row per
 (task, item, model) with the prompt text and the metric value. This module turns such a table into
-the four tables of a benchmark directory (SPEC section 1) in :func:`build_benchmark`, and reads the
+the four tables of a benchmark directory (docs/data-format.md) in :func:`build_benchmark`, and reads the
 JSON/JSONL files the other adapters parse with :func:`read_json` / :func:`read_jsonl`, so that a
 malformed file always becomes one :class:`~benchroute.errors.DataError` naming the file and line.
 
