@@ -146,8 +146,8 @@ def test_user_errors_exit_2_with_one_line(
     for argv, start in (
         (["data", "info", str(tmp_path / "missing")], "error:"),
         (["recommend", str(tmp_path / "no_router"), "--inputs", str(tmp_path / "x.txt")], "error:"),
-        (["no-such-command"], "Usage:"),
-        (["fit", "--no-such-option"], "Usage:"),
+        (["no-such-command"], "error:"),  # click's usage errors are one line too
+        (["fit", "--no-such-option"], "error:"),
     ):
         monkeypatch.setattr("sys.argv", ["benchroute", *argv])
         with pytest.raises(SystemExit) as exc:
@@ -155,7 +155,7 @@ def test_user_errors_exit_2_with_one_line(
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith(start) and "Traceback" not in err, err
-        assert start == "error:" or "No such" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_fit_with_a_chosen_index_saves_it_and_routes_the_same(
