@@ -58,6 +58,12 @@ def test_fit_recommend_route_round_trip(bench_dir: Path, tmp_path: Path, held_ou
     assert "chosen:" in table and "nearest benchmark tasks" in table
     routed = json.loads(_ok(["route", str(out), held_out[0][0], "--json"]))
     assert len(routed) == 1 and routed[0]["model"] in train_bench.models
+    assert routed[0]["reason"].startswith("hks:")  # the task-aware rule by default
+    stream = json.loads(_ok(["route", str(out), *held_out[0][:3], "--session", "--rule", "knn", "--json"]))
+    assert [r["reason"].startswith("knn:") for r in stream] == [True] * 3
+    assert "2 earlier queries of the session" in stream[2]["reason"]
+    cheap = json.loads(_ok(["route", str(out), held_out[0][0], "--cost-weight", "5", "--json"]))
+    assert "cost" in cheap[0]["reason"]
     picks = json.loads(_ok(["suggest-labels", str(out), "--inputs", str(inputs), "--budget", "3", "--json"]))
     assert len({p["index"] for p in picks}) == 3
     # the suggested inputs labeled and passed back: they join the data (few-shot accuracy reported)

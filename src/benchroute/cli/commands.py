@@ -548,6 +548,18 @@ def _split_csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+CostWeightOpt = Annotated[
+    float,
+    typer.Option(
+        help="Maximize score - w * cost / max cost (0 = accuracy only).", callback=non_negative_float
+    ),
+]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(help="Best model costing at most this (USD/Mtok or B params).", callback=non_negative_float),
+]
+
+
 @app.command()
 def recommend(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
@@ -556,18 +568,8 @@ def recommend(
     candidates: Annotated[
         str | None, typer.Option(help="Comma-separated subset of models to choose from.")
     ] = None,
-    cost_weight: Annotated[
-        float,
-        typer.Option(
-            help="Maximize score - w * cost / max cost (0 = accuracy only).", callback=non_negative_float
-        ),
-    ] = 0.0,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(
-            help="Best model costing at most this (USD/Mtok or B params).", callback=non_negative_float
-        ),
-    ] = None,
+    cost_weight: CostWeightOpt = 0.0,
+    max_cost: MaxCostOpt = None,
     cheapest_within: Annotated[
         float | None,
         typer.Option(help="Cheapest model within this of the best accuracy.", callback=non_negative_float),
@@ -676,6 +678,22 @@ def route(
     candidates: Annotated[
         str | None, typer.Option(help="Comma-separated subset of models to choose from.")
     ] = None,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="Per-query rule: hks (task-aware, the default), knn (the former k=5 argmax), "
+            "knn_shrunk, task_vote."
+        ),
+    ] = "hks",
+    cost_weight: CostWeightOpt = 0.0,
+    max_cost: MaxCostOpt = None,
+    session: Annotated[
+        bool,
+        typer.Option(
+            "--session",
+            help="The queries are one stream of one application, in order: each also uses the earlier ones.",
+        ),
+    ] = False,
 ) -> None:
     """Route single queries: the model most likely to answer each correctly."""
     from dataclasses import asdict
@@ -691,10 +709,15 @@ def route(
         )
     queries = list(texts) if texts else read_inputs(inputs)  # type: ignore[arg-type]
     router = Router.load(router_dir)
-    if inputs is not None:
-        decisions = router.route(embed_inputs(router.embedder, queries), candidates=_split_csv(candidates))
-    else:
-        decisions = router.route(queries, candidates=_split_csv(candidates))
+    options: dict[str, Any] = {
+        "candidates": _split_csv(candidates),
+        "rule": rule,
+        "cost_weight": cost_weight,
+        "max_cost": max_cost,
+        "session": router.new_session() if session else None,
+    }
+    batch = embed_inputs(router.embedder, queries) if inputs is not None else queries
+    decisions = router.route(batch, **options)
     if as_json:
         print(json.dumps([asdict(d) for d in decisions], indent=2))
         return
