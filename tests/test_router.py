@@ -606,3 +606,19 @@ def test_router_follows_the_scikit_learn_estimator_contract() -> None:
     assert fitted.set_params(score="S3").fit(bench) is fitted
     assert not hasattr(fitted, "blend_") and not hasattr(fitted, "label_rules_")
     assert not hasattr(clone(fitted), "predictor_")  # clone copies parameters, never learned state
+
+
+def test_labeled_matrix_is_the_one_validation_of_labeled_samples(fitted_router) -> None:  # type: ignore[no-untyped-def]
+    models = fitted_router.models_
+    row = dict.fromkeys(models, 0) | {models[1]: 1}
+    Y = fitted_router.labeled_matrix([row, dict.fromkeys(models, 1)])
+    assert Y.shape == (2, len(models)) and Y[0].tolist() == [float(m == models[1]) for m in models]
+    for bad, match in (
+        ({**row, "gpt-17": 1}, "unknown model"),
+        ({m: 0 for m in models[1:]}, "lacks results"),
+        ({**row, models[0]: "yes"}, "must be 0 or 1"),
+        ({**row, models[0]: True}, "must be 0 or 1"),
+        ("not a dict", "must map every model"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            fitted_router.labeled_matrix([row, bad])

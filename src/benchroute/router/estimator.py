@@ -574,29 +574,44 @@ class Router:
             return index.search(X, k, normalized=True)
         return exact_search(X, self.X_, k)
 
+    def labeled_matrix(self, correct: Sequence[Any]) -> np.ndarray:
+        """The n x M 0/1 matrix of labeled samples given as ``{model: 0/1}`` per sample, in the router's
+        model order; every model must be given, each value 0 or 1 (a ConfigError names the sample and
+        the model). The one validation of labeled samples (the CLI and the server call it too)."""
+        Y = np.zeros((len(correct), len(self.models_)), dtype=np.float32)
+        for i, row in enumerate(correct):
+            if not isinstance(row, dict):
+                raise ConfigError(f"labeled sample {i}: correct must map every model to 0 or 1")
+            unknown = [m for m in row if m not in self.models_]
+            if unknown:
+                raise ConfigError(
+                    f"labeled sample {i}: unknown model(s) {unknown}",
+                    f"known models: {', '.join(self.models_)}",
+                )
+            missing = [m for m in self.models_ if m not in row]
+            if missing:
+                raise ConfigError(
+                    f"labeled sample {i} lacks results for {missing[:3]}{'...' if len(missing) > 3 else ''}",
+                    "give every model's 0/1 correctness on each labeled input",
+                )
+            for m, v in row.items():
+                if isinstance(v, bool) or v not in (0, 1):
+                    raise ConfigError(f"labeled sample {i}: correctness of {m} must be 0 or 1, got {v!r}")
+                Y[i, self.models_.index(m)] = v
+        return Y
+
     def _labeled(self, labeled: Any) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(labeled, tuple) and len(labeled) == 2:
             inputs, Y = labeled
             Y = np.asarray(Y, dtype=np.float32)
         else:
-            inputs, rows = [], []
             for i, rec in enumerate(labeled):
                 if not isinstance(rec, dict) or "input" not in rec or "correct" not in rec:
                     raise ConfigError(
                         f"labeled sample {i} must be {{'input': str, 'correct': {{model: 0/1}}}}"
                     )
-                row = np.full(len(self.models_), np.nan, dtype=np.float32)
-                for m, v in rec["correct"].items():
-                    row[self.model_position(m)] = float(v)
-                if np.isnan(row).any():
-                    missing = [self.models_[j] for j in np.flatnonzero(np.isnan(row))][:3]
-                    raise ConfigError(
-                        f"labeled sample {i} lacks results for {missing}...",
-                        "give every model's 0/1 correctness on each labeled input",
-                    )
-                inputs.append(rec["input"])
-                rows.append(row)
-            Y = np.stack(rows) if rows else np.zeros((0, len(self.models_)), np.float32)
+            inputs = [rec["input"] for rec in labeled]
+            Y = self.labeled_matrix([rec["correct"] for rec in labeled])
         if Y.ndim != 2 or Y.shape[1] != len(self.models_) or len(Y) != len(inputs):
             raise ConfigError(f"labeled Y must be n x {len(self.models_)} (one column per model)")
         if not np.isin(Y, (0.0, 1.0)).all():
