@@ -27,6 +27,14 @@ import pytest
 #: full suite (CI, scripts/test.sh) runs them all.
 SLOW_TESTS: frozenset[str] = frozenset(
     {
+        "tests/test_reliability_cli.py::test_many_inputs_show_progress_and_keep_memory_flat",
+        "tests/test_reliability_cli.py::test_fit_keeps_a_router_folders_mode",
+        "tests/test_reliability_cli.py::test_import_never_replaces_its_source_or_a_non_empty_folder",
+        "tests/test_reliability_cli.py::test_full_disk_in_the_cache_is_one_line",
+        "tests/test_reliability_cli.py::test_recommend_table_shows_whole_long_names",
+        "tests/test_reliability_cli.py::test_full_disk_while_writing_is_one_line",
+        "tests/test_report.py::test_pngs_are_valid_and_non_trivial",
+        "tests/test_scale.py::test_auto_switches_at_the_thresholds",
         "tests/test_active.py::test_active_study_shapes_and_values",
         "tests/test_adapters.py::test_helm_fixture_imports_one_task_and_matches_helm_aggregate",
         "tests/test_adapters.py::test_helm_merges_models_on_shared_instances",
@@ -90,9 +98,14 @@ SLOW_TESTS: frozenset[str] = frozenset(
 )
 
 
+#: Modules whose shared fixtures fit routers or run the CLI end to end: every test in them is slow.
+SLOW_MODULES: frozenset[str] = frozenset({"tests/test_cli.py", "tests/test_reliability_faults.py"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.nodeid in SLOW_TESTS or item.nodeid.split("[")[0] in SLOW_TESTS:
+        node = item.nodeid.split("[")[0]
+        if item.nodeid in SLOW_TESTS or node in SLOW_TESTS or node.split("::")[0] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
 
 
