@@ -148,6 +148,12 @@ class ServerThread:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("server did not start")
             time.sleep(0.02)
+        if hasattr(self.server.config.app, "state") and hasattr(self.server.config.app.state, "benchroute"):
+            # benchroute answers at once and loads its embedding model in the background
+            while httpx.get(f"{self.url}/readyz", timeout=10).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not get ready")
+                time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:

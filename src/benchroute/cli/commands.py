@@ -629,7 +629,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
     """Serve the routing API and an OpenAI-compatible routing proxy (docs/server.md)."""
-    from benchroute.server.app import serve as run_server
+    from benchroute.server.run import serve as run_server
 
     run_server(router_dir, config, host=host, port=port)
 

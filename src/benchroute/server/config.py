@@ -182,7 +182,7 @@ def _read_keys_file(source: str, path: Path) -> list[str]:
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             import logging
 
-            logging.getLogger("benchroute.server.app").warning(
+            logging.getLogger("benchroute.server").warning(
                 "auth.keys_file %s is readable by other users; chmod 600 it", path
             )
     except OSError:

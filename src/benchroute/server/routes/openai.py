@@ -1,0 +1,108 @@
+"""The OpenAI-compatible proxy: ``POST /v1/chat/completions`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from benchroute.server.config import ResolvedProfile
+from benchroute.server.deps import ChatBody, State, is_unicode, require_api_key, within_deadline
+from benchroute.server.errors import ApiError
+from benchroute.server.proxy import Choice, proxy
+from benchroute.server.schemas import ChatMessage, ChatRequest
+from benchroute.server.state import AppState
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@router.get("/models")
+async def list_models(state: State) -> dict[str, Any]:
+    data: list[dict[str, Any]] = [
+        {
+            "id": pid,
+            "object": "model",
+            "created": state.started,
+            "owned_by": "benchroute",
+            "description": prof.description,
+        }
+        for pid, prof in state.resolved.profiles.items()
+    ]
+    router_models = list(state.router.models_)
+    names = router_models + [m for m in state.config.models if m not in router_models]
+    for m in names:
+        data.append(
+            {
+                "id": m,
+                "object": "model",
+                "created": state.started,
+                "owned_by": "benchroute",
+                "routable": m in router_models,
+                "upstream": m in state.config.models,
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+def last_user_text(messages: list[ChatMessage]) -> str:
+    """The text routed on: the last user message, its text parts joined."""
+    for msg in reversed(messages):
+        if msg.role != "user":
+            continue
+        if isinstance(msg.content, str):
+            return msg.content
+        if isinstance(msg.content, list):
+            parts = [p.get("text") for p in msg.content if isinstance(p, dict) and p.get("type") == "text"]
+            return "\n".join(p for p in parts if isinstance(p, str))
+        return ""
+    return ""
+
+
+async def choose(state: AppState, req: ChatRequest) -> Choice:
+    """Which configured model answers this chat request."""
+    resolved, config = state.resolved, state.config
+    prof: ResolvedProfile | None = resolved.profiles.get(req.model)
+    if prof is None:
+        if req.model in config.models:
+            return Choice(req.model, False, "requested by name")
+        available = ", ".join(list(resolved.profiles) + list(config.models))
+        raise ApiError(
+            404,
+            f"model {req.model!r} does not exist; available: {available}",
+            param="model",
+            code="model_not_found",
+        )
+    if prof.fixed is not None:
+        return Choice(prof.fixed, True, f"profile {prof.name} fixes {prof.fixed}")
+    if not prof.candidates:
+        raise ApiError(
+            503,
+            "no router model has an upstream: add them under models: in serve.yaml",
+            "service_unavailable",
+            param="model",
+        )
+    text = last_user_text(req.messages).strip()
+    if not text:
+        bma = state.best_on_average(prof.candidates)
+        return Choice(bma, True, "no text in the last user message: best-on-average model")
+    text = text[: config.limits.max_input_chars]
+    if not is_unicode(text):  # route on what can be embedded; the upstream still gets the message as sent
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    X = await state.embeddings.embed([text])
+    decision = (await run_in_threadpool(state.router.route, X, list(prof.candidates)))[0]
+    return Choice(decision.model, True, decision.reason, decision.probability)
+
+
+async def _complete(state: AppState, req: ChatRequest, payload: dict[str, Any]) -> Response:
+    # one deadline for routing + the upstream call(s); a stream's body is bounded by the upstream
+    # read timeout between chunks instead
+    choice = await choose(state, req)
+    state.metrics.inc("benchroute_routed_total", endpoint="chat", model=choice.model)
+    return await proxy(state, choice, payload, stream=req.stream)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatBody, request: Request, state: State) -> Response:
+    return await within_deadline(state, _complete(state, body, request.state.payload))
