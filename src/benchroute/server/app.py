@@ -87,7 +87,11 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
         resolved=resolved,
         metrics=metrics,
         embeddings=EmbeddingService(
-            router.embedding_model, config.embedding.batch_size, config.embedding.cache_size, metrics
+            router.embedding_model,
+            config.embedding.batch_size,
+            config.embedding.cache_size,
+            metrics,
+            bulk_batch_size=config.embedding.bulk_batch_size,
         ),
         bma_scores=np.asarray(router.task_accuracy_, dtype=float).mean(axis=0),
     )

@@ -115,10 +115,22 @@ class Limits(_Strict):
 
 class EmbeddingConfig(_Strict):
     """Query embedding: micro-batched on one worker thread, with an in-memory LRU cache (queries are
-    never written to the on-disk embedding cache)."""
+    never written to the on-disk embedding cache). Routing queries are embedded before bulk work
+    (/v1/recommend, multi-query /v1/route), which runs in batches of ``bulk_batch_size``."""
 
     batch_size: int = Field(default=64, gt=0)
+    bulk_batch_size: int = Field(default=4, gt=0)
     cache_size: int = Field(default=10_000, ge=0)
+
+
+class RoutingConfig(_Strict):
+    """The routing budget of a chat request: past it, the profile's fallback (best-on-average) answers.
+
+    ``budget_ms`` bounds the time the query waits in the embedding queue, ``timeout_ms`` the whole
+    routing step (queue, embedding, kNN)."""
+
+    budget_ms: float = Field(default=50.0, ge=0)
+    timeout_ms: float = Field(default=1000.0, gt=0)
 
 
 class ServeConfig(_Strict):
@@ -130,6 +142,7 @@ class ServeConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: Limits = Field(default_factory=Limits)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     _source: str = PrivateAttr(default="serve.yaml")
 
@@ -390,6 +403,7 @@ __all__ = [
     "Profile",
     "ResolvedConfig",
     "ResolvedProfile",
+    "RoutingConfig",
     "ServeConfig",
     "UpstreamModel",
     "check_exposure",

@@ -103,6 +103,7 @@ def new_metrics() -> Metrics:
     m = Metrics()
     m.counter("benchroute_http_requests_total", "HTTP requests by path, method and status code.")
     m.histogram("benchroute_http_request_duration_seconds", "Time to the end of the response, by path.")
+    m.counter("benchroute_http_cancelled_total", "Requests whose client left first (their work cancelled).")
     m.gauge("benchroute_http_requests_in_flight", "Requests being served now (limited by max_concurrency).")
     m.counter("benchroute_routed_total", "Models chosen, by endpoint (route, chat, recommend) and model.")
     m.counter("benchroute_upstream_requests_total", "Upstream chat calls by model and outcome.")
@@ -110,6 +111,13 @@ def new_metrics() -> Metrics:
     m.counter("benchroute_embedding_batches_total", "Forward passes of the embedding model.")
     m.counter("benchroute_embedded_texts_total", "Texts embedded (LRU misses).")
     m.counter("benchroute_embedding_cache_hits_total", "Texts served from the in-memory embedding LRU.")
+    m.counter(
+        "benchroute_embedding_dropped_total", "Queued texts dropped before embedding: every waiter left."
+    )
+    m.counter(
+        "benchroute_routing_fallbacks_total",
+        "Chat requests sent to the profile's fallback because routing did not fit its budget, by reason.",
+    )
     return m
 
 

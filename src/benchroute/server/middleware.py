@@ -8,6 +8,7 @@ concurrency slot until the stream ends. Auth is a dependency of the routes (``de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -75,7 +76,6 @@ class GuardMiddleware:
                 if not isinstance(body, bytes):
                     await body(scope, receive, send_wrapper)
                     return
-                receive = _replay(body, receive)
                 acquired = await self._acquire()
                 if not acquired:
                     await error_response(
@@ -86,6 +86,10 @@ class GuardMiddleware:
                     )(scope, receive, send_wrapper)
                     return
                 st.metrics.inc("benchroute_http_requests_in_flight")
+                if await self._serve_until_disconnect(scope, body, receive, send_wrapper):
+                    status[0] = 499  # the client left: its work was cancelled
+                    st.metrics.inc("benchroute_http_cancelled_total", path=label)
+                return
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
             if acquired:
@@ -98,6 +102,52 @@ class GuardMiddleware:
             st.metrics.observe(
                 "benchroute_http_request_duration_seconds", time.perf_counter() - start, path=label
             )
+
+    async def _serve_until_disconnect(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+        """Run the app on an already read body; cancel it if the client disconnects before the
+        response is complete, so abandoned work (queued embeddings, upstream calls) stops. True if
+        it was cancelled."""
+        disconnected = asyncio.Event()
+        complete = False
+        delivered = False
+
+        async def app_receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        app_task = asyncio.create_task(self.app(scope, app_receive, tracking_send))
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.wait((app_task, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not app_task.done() and not complete:
+                app_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await app_task
+                return True
+            await app_task
+            return False
+        except asyncio.CancelledError:  # the server is shutting down: stop the app too
+            app_task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     def _check_length(self, scope: Scope) -> JSONResponse | None:
         limit = self.state.config.limits.max_body_bytes
@@ -175,20 +225,6 @@ class GuardMiddleware:
             return True
         except TimeoutError:
             return False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that hands out an already read body once, then waits for the disconnect as usual."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 __all__ = ["KNOWN_PATHS", "GuardMiddleware", "path_label"]

@@ -24,6 +24,7 @@ class Choice:
     routed: bool  # chosen by the router (so a failure may fall back)
     reason: str
     probability: float | None = None
+    routing_fallback: str | None = None  # why routing gave way to the best-on-average model
 
 
 class UpstreamFailure(Exception):
@@ -90,6 +91,8 @@ def _classify(model: str, exc: Exception) -> UpstreamFailure:
 
 def _response_headers(model: str, choice: Choice, fell_back_from: UpstreamFailure | None) -> dict[str, str]:
     headers = {"x-benchroute-model": model, "x-benchroute-routed-model": choice.model}
+    if choice.routing_fallback is not None:
+        headers["x-benchroute-routing-fallback"] = choice.routing_fallback
     if fell_back_from is not None:
         headers["x-benchroute-fallback-reason"] = f"{fell_back_from.model}: {fell_back_from.kind}"
     return headers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -10,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from benchroute.server.config import ResolvedProfile
 from benchroute.server.deps import ChatBody, State, is_unicode, require_api_key, within_deadline
+from benchroute.server.embedding import BudgetExceeded
 from benchroute.server.errors import ApiError
 from benchroute.server.proxy import Choice, proxy
 from benchroute.server.schemas import ChatMessage, ChatRequest
@@ -90,9 +92,21 @@ async def choose(state: AppState, req: ChatRequest) -> Choice:
     text = text[: config.limits.max_input_chars]
     if not is_unicode(text):  # route on what can be embedded; the upstream still gets the message as sent
         text = text.encode("utf-8", "replace").decode("utf-8")
-    X = await state.embeddings.embed([text])
-    decision = (await run_in_threadpool(state.router.route, X, list(prof.candidates)))[0]
-    return Choice(decision.model, True, decision.reason, decision.probability)
+    routing = config.routing
+    try:
+        async with asyncio.timeout(routing.timeout_ms / 1000):
+            X = await state.embeddings.embed([text], "routing", budget_s=routing.budget_ms / 1000)
+            decision = (await run_in_threadpool(state.router.route, X, list(prof.candidates)))[0]
+    except BudgetExceeded as exc:
+        why = exc.reason
+    except TimeoutError:
+        why = "routing_timeout"
+    else:
+        return Choice(decision.model, True, decision.reason, decision.probability)
+    # never slower than calling the best model: past the budget, the best-on-average candidate answers
+    state.metrics.inc("benchroute_routing_fallbacks_total", reason=why)
+    bma = state.best_on_average(prof.candidates)
+    return Choice(bma, True, f"routing fallback ({why}): best-on-average model", routing_fallback=why)
 
 
 async def _complete(state: AppState, req: ChatRequest, payload: dict[str, Any]) -> Response:

@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
 async def _route(state: AppState, texts: list[str], candidates: list[str] | None) -> list[Any]:
-    X = await state.embeddings.embed(texts)
+    X = await state.embeddings.embed(texts, "routing" if len(texts) == 1 else "bulk")
     decisions: list[Any] = await run_in_threadpool(state.router.route, X, candidates)
     return decisions
 
@@ -78,7 +78,7 @@ def labeled_matrix(router: Any, labeled: list[LabeledSample]) -> np.ndarray:
 async def _recommend(
     state: AppState, inputs: list[str], lab_texts: list[str], Y: np.ndarray, candidates: list[str] | None
 ) -> Any:
-    X = await state.embeddings.embed(inputs + lab_texts)
+    X = await state.embeddings.embed(inputs + lab_texts, "bulk")
     n = len(inputs)
     lab = (X[n:], Y) if lab_texts else None
     return await run_in_threadpool(state.router.recommend, X[:n], lab, candidates)
