@@ -654,6 +654,7 @@ def test_no_endpoint_takes_a_file_path(server: ServerThread, http: httpx.Client)
         ("/readyz", "GET"),
         ("/metrics", "GET"),
         ("/v1/models", "GET"),
+        ("/v1/models/{model_id}", "GET"),
         ("/v1/route", "POST"),
         ("/v1/recommend", "POST"),
         ("/v1/chat/completions", "POST"),

@@ -280,11 +280,11 @@ def test_config_errors_name_the_field(env: None, tmp_path: Path, router: Any) ->
     assert resolved.fallback == router.models_[router.best_on_average_] == "math-llm"
     assert resolve_config(parse_config({**base, "fallback_model": None}), router).fallback is None
 
-    # no auth: fine on loopback, refused on a public address unless allowed explicitly
+    # no auth: refused everywhere (loopback too: a reverse proxy in front makes it public) unless allowed
     open_cfg = parse_config(base)
-    check_exposure(open_cfg, "127.0.0.1")
-    with pytest.raises(ConfigError, match="auth"):
-        check_exposure(open_cfg, "0.0.0.0")
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with pytest.raises(ConfigError, match="auth"):
+            check_exposure(open_cfg, host)
     check_exposure(parse_config({**base, "auth": {"allow_anonymous": True}}), "0.0.0.0")
 
 
@@ -295,7 +295,11 @@ def test_short_keys_and_serve_fails_before_listening(
     with pytest.raises(ConfigError, match="shorter than 16"):
         parse_config({"auth": {"keys_env": "BR_SHORT_KEYS"}})
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text(yaml.safe_dump({"models": {"nope": {"base_url": "http://127.0.0.1:9/v1"}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"models": {"nope": {"base_url": "http://127.0.0.1:9/v1"}}, "auth": {"keys_env": "BR_TEST_KEYS"}}
+        )
+    )
     router_dir = tmp_path / "r"
     router.save(router_dir)
     with pytest.raises(ConfigError, match="unknown model 'nope'"):

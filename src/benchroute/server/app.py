@@ -32,8 +32,10 @@ from typing import Any
 import httpx
 import numpy as np
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from benchroute import __version__
+from benchroute.server.breaker import CircuitBreaker
 from benchroute.server.config import ServeConfig, load_config, resolve_config
 from benchroute.server.embedding import EmbeddingService
 from benchroute.server.errors import install_error_handlers
@@ -41,9 +43,19 @@ from benchroute.server.metrics import Metrics, new_metrics
 from benchroute.server.middleware import GuardMiddleware
 from benchroute.server.routes import openai, ops, routing
 from benchroute.server.run import serve, tune_for_serving
-from benchroute.server.state import AppState
+from benchroute.server.state import AppState, model_prices
 
 log = logging.getLogger("benchroute.server")
+
+#: Response headers a browser client may read (CORS).
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-benchroute-model",
+    "x-benchroute-routed-model",
+    "x-benchroute-fallback-reason",
+    "x-benchroute-routing-fallback",
+    "retry-after",
+)
 
 
 @contextlib.asynccontextmanager
@@ -67,6 +79,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved.fallback or "none",
         f"{len(auth.key_bytes)} key(s)" if auth.enabled else "OFF",
     )
+    if not auth.enabled:
+        log.warning("auth is OFF: anyone who can reach this server (or its reverse proxy) can use it")
     try:
         yield
     finally:
@@ -94,6 +108,11 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
             bulk_batch_size=config.embedding.bulk_batch_size,
         ),
         bma_scores=np.asarray(router.task_accuracy_, dtype=float).mean(axis=0),
+        breakers={
+            m: CircuitBreaker(config.circuit_breaker.failures, config.circuit_breaker.cooldown_s)
+            for m in config.models
+        },
+        prices=model_prices(router, config),
     )
     app = FastAPI(
         title="benchroute",
@@ -106,6 +125,17 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
     )
     app.state.benchroute = state
     app.add_middleware(GuardMiddleware, state=state)
+    cors = config.cors
+    if cors.allow_origins:  # outermost: a preflight is answered before auth and the limits
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=cors.allow_methods,
+            allow_headers=cors.allow_headers,
+            allow_credentials=cors.allow_credentials and "*" not in cors.allow_origins,
+            expose_headers=[*EXPOSED_HEADERS],
+            max_age=cors.max_age,
+        )
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(routing.router)

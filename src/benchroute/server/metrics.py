@@ -106,7 +106,25 @@ def new_metrics() -> Metrics:
     m.counter("benchroute_http_cancelled_total", "Requests whose client left first (their work cancelled).")
     m.gauge("benchroute_http_requests_in_flight", "Requests being served now (limited by max_concurrency).")
     m.counter("benchroute_routed_total", "Models chosen, by endpoint (route, chat, recommend) and model.")
-    m.counter("benchroute_upstream_requests_total", "Upstream chat calls by model and outcome.")
+    m.counter(
+        "benchroute_upstream_requests_total", "Upstream chat calls by model and outcome (ok or the error)."
+    )
+    m.histogram(
+        "benchroute_routing_duration_seconds", "Routing a chat request (embedding + kNN), by outcome."
+    )
+    m.histogram("benchroute_upstream_duration_seconds", "Upstream calls, to the end of the answer, by model.")
+    m.histogram(
+        "benchroute_time_to_first_byte_seconds", "From the request to the first byte of the answer, by path."
+    )
+    m.counter(
+        "benchroute_tokens_total", "Tokens the upstreams reported, by model and kind (prompt, completion)."
+    )
+    m.counter(
+        "benchroute_cost_usd_total", "Cost in USD of the answered tokens (serve.yaml or models.csv prices)."
+    )
+    m.gauge(
+        "benchroute_upstream_circuit_open", "1 while the circuit breaker of the model's upstream is open."
+    )
     m.counter("benchroute_upstream_fallbacks_total", "Upstream failures retried on the fallback model.")
     m.counter("benchroute_embedding_batches_total", "Forward passes of the embedding model.")
     m.counter("benchroute_embedded_texts_total", "Texts embedded (LRU misses).")

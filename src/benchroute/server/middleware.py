@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from benchroute.server.access import REQUEST_ID_HEADER, RequestRecord, access_log, request_id
 from benchroute.server.errors import BodyTooLarge, error_response
 from benchroute.server.state import AppState
 
@@ -55,10 +57,19 @@ class GuardMiddleware:
         label = path_label(path)
         start = time.perf_counter()
         status = [500]
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        record = RequestRecord(
+            request_id(given.decode("latin-1") if given is not None else None), scope["method"], path
+        )
+        scope.setdefault("state", {})["record"] = record
+        rid_header = (REQUEST_ID_HEADER.encode(), record.request_id.encode())
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            elif message["type"] == "http.response.body" and record.ttfb_ms is None and message.get("body"):
+                record.ttfb_ms = (time.perf_counter() - start) * 1000
             await send(message)
 
         acquired = False
@@ -96,12 +107,16 @@ class GuardMiddleware:
                 assert st.semaphore is not None
                 st.semaphore.release()
                 st.metrics.inc("benchroute_http_requests_in_flight", -1)
+            elapsed = time.perf_counter() - start
             st.metrics.inc(
                 "benchroute_http_requests_total", path=label, method=scope["method"], status=str(status[0])
             )
-            st.metrics.observe(
-                "benchroute_http_request_duration_seconds", time.perf_counter() - start, path=label
-            )
+            st.metrics.observe("benchroute_http_request_duration_seconds", elapsed, path=label)
+            if record.ttfb_ms is not None:
+                st.metrics.observe("benchroute_time_to_first_byte_seconds", record.ttfb_ms / 1000, path=label)
+            record.status, record.duration_ms = status[0], elapsed * 1000
+            # one line per API request; the probes (/healthz, /readyz, /metrics) only at debug level
+            access_log.log(logging.INFO if path.startswith("/v1/") else logging.DEBUG, "%s", record.line())
 
     async def _serve_until_disconnect(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         """Run the app on an already read body; cancel it if the client disconnects before the

@@ -1,10 +1,15 @@
-"""Forwarding a chat completion to its upstream: one call, the fallback after a failure, and the SSE
-relay (event by event, ``model`` renamed to the benchroute model that answered)."""
+"""Forwarding a chat completion to its upstream: one call, the fallback after a failure, the circuit
+breaker, and the SSE relay (event by event, ``model`` renamed to the benchroute model that answered).
+
+Every answer carries the ``x-benchroute-*`` headers (502s too). A 429 from a model called by name is
+passed through with its ``Retry-After``; a routed request whose model answers 429 goes to the fallback.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +17,7 @@ from typing import Any
 import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from benchroute.server.access import REQUEST_ID_HEADER, RequestRecord
 from benchroute.server.errors import error_body, error_response
 from benchroute.server.state import AppState
 
@@ -28,11 +34,17 @@ class Choice:
 
 
 class UpstreamFailure(Exception):
-    def __init__(self, model: str, kind: str, detail: str) -> None:
+    """An upstream call that failed in a way another model may fix (``kind`` is the error code)."""
+
+    def __init__(
+        self, model: str, kind: str, detail: str, status: int | None = None, response: Response | None = None
+    ) -> None:
         super().__init__(f"{model}: {detail}")
         self.model = model
         self.kind = kind
         self.detail = detail
+        self.status = status
+        self.response = response  # a 429 answer, to pass through when no other model may answer
 
 
 def json_bytes(body: Any) -> bytes:
@@ -43,27 +55,34 @@ def json_bytes(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
-async def proxy(state: AppState, choice: Choice, payload: dict[str, Any], stream: bool) -> Response:
+async def proxy(
+    state: AppState, choice: Choice, payload: dict[str, Any], stream: bool, record: RequestRecord
+) -> Response:
     fallback = state.resolved.fallback
     try:
-        return await forward(state, choice.model, payload, stream, choice)
+        return await forward(state, choice.model, payload, stream, choice, record)
     except UpstreamFailure as first:
         log.warning("upstream %s failed (%s: %s)", first.model, first.kind, first.detail)
         if choice.routed and fallback is not None and fallback != choice.model:
             state.metrics.inc("benchroute_upstream_fallbacks_total", **{"from": choice.model, "to": fallback})
             try:
-                return await forward(state, fallback, payload, stream, choice, fell_back_from=first)
+                return await forward(state, fallback, payload, stream, choice, record, fell_back_from=first)
             except UpstreamFailure as second:
                 log.warning(
                     "fallback upstream %s failed too (%s: %s)", second.model, second.kind, second.detail
                 )
+                if second.response is not None:
+                    return second.response
                 return error_response(
                     502,
                     f"upstream for {first.model!r} failed ({first.detail}); fallback {second.model!r} "
                     f"failed too ({second.detail})",
                     "upstream_error",
                     code=second.kind,
+                    headers=_response_headers(second.model, choice, first),
                 )
+        if first.response is not None:  # 429 and no other model may answer: the client should back off
+            return first.response
         why = (
             "no fallback model configured"
             if fallback is None
@@ -78,6 +97,7 @@ async def proxy(state: AppState, choice: Choice, payload: dict[str, Any], stream
             f"upstream for {first.model!r} failed ({first.detail}); {why}",
             "upstream_error",
             code=first.kind,
+            headers=_response_headers(first.model, choice, None),
         )
 
 
@@ -98,21 +118,61 @@ def _response_headers(model: str, choice: Choice, fell_back_from: UpstreamFailur
     return headers
 
 
+def _failed(state: AppState, model: str, outcome: str, trips_breaker: bool = True) -> None:
+    state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome=outcome)
+    if trips_breaker and state.breakers[model].record_failure():
+        state.metrics.set("benchroute_upstream_circuit_open", 1, model=model)
+        log.warning(
+            "circuit of upstream %s opened after %d failures", model, state.breakers[model].consecutive
+        )
+
+
+def _succeeded(state: AppState, model: str) -> None:
+    state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="ok")
+    breaker = state.breakers[model]
+    if breaker.opened_at is not None:
+        state.metrics.set("benchroute_upstream_circuit_open", 0, model=model)
+        log.info("circuit of upstream %s closed", model)
+    breaker.record_success()
+
+
+def count_usage(state: AppState, record: RequestRecord, model: str, usage: Any) -> None:
+    """Tokens (and their cost) from an OpenAI ``usage`` object, into the record and the metrics."""
+    if not isinstance(usage, dict):
+        return
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not (isinstance(p, int) and isinstance(c, int)) or p < 0 or c < 0:
+        return
+    record.prompt_tokens, record.completion_tokens = p, c
+    state.metrics.inc("benchroute_tokens_total", p, model=model, kind="prompt")
+    state.metrics.inc("benchroute_tokens_total", c, model=model, kind="completion")
+    cost = state.cost_usd(model, p, c)
+    if cost is not None:
+        record.cost_usd = cost
+        state.metrics.inc("benchroute_cost_usd_total", cost, model=model)
+
+
 async def forward(
     state: AppState,
     model: str,
     payload: dict[str, Any],
     stream: bool,
     choice: Choice,
+    record: RequestRecord,
     fell_back_from: UpstreamFailure | None = None,
 ) -> Response:
     up = state.config.models[model]
     assert state.client is not None
+    out_headers = _response_headers(model, choice, fell_back_from)
+    if not state.breakers[model].allow():
+        state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="circuit_open")
+        raise UpstreamFailure(model, "circuit_open", "circuit open after repeated failures")
     body = dict(payload)
     body["model"] = up.model or model
     headers = {
         "content-type": "application/json",
         "accept": "text/event-stream" if stream else "application/json",
+        REQUEST_ID_HEADER: record.request_id,
     }
     if up.api_key:
         headers["authorization"] = f"Bearer {up.api_key}"
@@ -123,23 +183,33 @@ async def forward(
     req = state.client.build_request(
         "POST", f"{up.base_url}/chat/completions", content=json_bytes(body), headers=headers, timeout=timeout
     )
+    start = time.perf_counter()
     resp: httpx.Response | None
     try:
         resp = await state.client.send(req, stream=True)
     except httpx.HTTPError as exc:
-        state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="error")
+        _failed(state, model, "error")
         raise _classify(model, exc) from None
-    out_headers = _response_headers(model, choice, fell_back_from)
     status = resp.status_code
     try:
-        if status >= 500 or status == 429:
+        if status == 429:  # alive but rate limited: no breaker trip
+            raw = await resp.aread()
+            _failed(state, model, "http_429", trips_breaker=False)
+            retry = {k: v for k, v in resp.headers.items() if k.lower() in ("retry-after", "retry-after-ms")}
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                data = error_body(f"upstream {model!r} is rate limited", "rate_limit_error")
+            passthrough = JSONResponse(data, status_code=429, headers={**out_headers, **retry})
+            raise UpstreamFailure(model, "upstream_rate_limited", "HTTP 429", 429, passthrough)
+        if status >= 500:
             await resp.aread()
-            state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome=f"http_{status}")
-            raise UpstreamFailure(model, "upstream_error", f"HTTP {status}")
+            _failed(state, model, f"http_{status}")
+            raise UpstreamFailure(model, "upstream_error", f"HTTP {status}", status)
         ctype = resp.headers.get("content-type", "")
         if stream and status < 300 and ctype.startswith("text/event-stream"):
-            state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="ok")
-            relay = relay_sse(state, resp, model)
+            _succeeded(state, model)
+            relay = relay_sse(state, resp, model, record, start)
             resp = None  # the relay owns (and closes) it now
             return StreamingResponse(
                 relay,
@@ -149,15 +219,17 @@ async def forward(
             )
         raw = await resp.aread()
     except httpx.HTTPError as exc:
-        state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="error")
+        _failed(state, model, "error")
         raise _classify(model, exc) from None
     finally:
         if resp is not None:
             await resp.aclose()
+    record.upstream_ms = (time.perf_counter() - start) * 1000
+    state.metrics.observe("benchroute_upstream_duration_seconds", record.upstream_ms / 1000, model=model)
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="bad_response")
+        _failed(state, model, "bad_response")
         raise UpstreamFailure(model, "upstream_error", f"HTTP {status} with a non-JSON body") from None
     if status >= 300:
         # the upstream rejected the request itself (4xx): the client's problem, passed through as is
@@ -166,15 +238,20 @@ async def forward(
     if stream:
         # asked to stream but the upstream answered in one piece: pass the JSON through
         log.info("upstream %s ignored stream=true", model)
-    state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="ok")
-    if isinstance(data, dict) and "model" in data:
-        data["model"] = model
+    _succeeded(state, model)
+    if isinstance(data, dict):
+        count_usage(state, record, model, data.get("usage"))
+        if "model" in data:
+            data["model"] = model
     return JSONResponse(data, status_code=200, headers=out_headers)
 
 
-async def relay_sse(state: AppState, resp: httpx.Response, model: str) -> AsyncIterator[bytes]:
+async def relay_sse(
+    state: AppState, resp: httpx.Response, model: str, record: RequestRecord, start: float
+) -> AsyncIterator[bytes]:
     """Relay an upstream SSE stream event by event, renaming ``model`` in each JSON chunk."""
     buf = b""
+    usage: list[Any] = []
     try:
         async for chunk in resp.aiter_bytes():
             buf += chunk
@@ -183,11 +260,11 @@ async def relay_sse(state: AppState, resp: httpx.Response, model: str) -> AsyncI
                 if cut < 0:
                     break
                 event, buf = buf[:cut], buf[cut + sep :]
-                yield _rewrite_event(event, model) + b"\n\n"
+                yield _rewrite_event(event, model, usage) + b"\n\n"
         if buf.strip():
-            yield _rewrite_event(buf, model) + b"\n\n"
+            yield _rewrite_event(buf, model, usage) + b"\n\n"
     except httpx.HTTPError as exc:
-        state.metrics.inc("benchroute_upstream_requests_total", model=model, outcome="stream_interrupted")
+        _failed(state, model, "stream_interrupted")
         log.warning("upstream %s stream interrupted (%s)", model, type(exc).__name__)
         err = error_body(
             f"upstream stream from {model!r} interrupted ({type(exc).__name__})", "upstream_error"
@@ -195,6 +272,10 @@ async def relay_sse(state: AppState, resp: httpx.Response, model: str) -> AsyncI
         yield b"data: " + json.dumps(err).encode() + b"\n\n"
     finally:
         await resp.aclose()
+        record.upstream_ms = (time.perf_counter() - start) * 1000
+        state.metrics.observe("benchroute_upstream_duration_seconds", record.upstream_ms / 1000, model=model)
+        if usage:
+            count_usage(state, record, model, usage[-1])
 
 
 def _event_end(buf: bytes) -> tuple[int, int]:
@@ -207,7 +288,8 @@ def _event_end(buf: bytes) -> tuple[int, int]:
     return best, size
 
 
-def _rewrite_event(event: bytes, model: str) -> bytes:
+def _rewrite_event(event: bytes, model: str, usage: list[Any]) -> bytes:
+    """One SSE event with ``model`` renamed in its JSON data; a ``usage`` object is appended to ``usage``."""
     lines = event.replace(b"\r\n", b"\n").split(b"\n")
     out = []
     for line in lines:
@@ -218,11 +300,14 @@ def _rewrite_event(event: bytes, model: str) -> bytes:
                     obj = json.loads(data)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     obj = None
-                if isinstance(obj, dict) and "model" in obj:
-                    obj["model"] = model
-                    line = b"data: " + json.dumps(obj, separators=(",", ":")).encode()
+                if isinstance(obj, dict):
+                    if obj.get("usage"):
+                        usage.append(obj["usage"])
+                    if "model" in obj:
+                        obj["model"] = model
+                        line = b"data: " + json.dumps(obj, separators=(",", ":")).encode()
         out.append(line)
     return b"\n".join(out)
 
 
-__all__ = ["Choice", "UpstreamFailure", "forward", "json_bytes", "proxy", "relay_sse"]
+__all__ = ["Choice", "UpstreamFailure", "count_usage", "forward", "json_bytes", "proxy", "relay_sse"]

@@ -57,6 +57,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        access_log=False,  # benchroute.server.access writes one richer line per request
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from benchroute.server.errors import ApiError, validation_message
 
@@ -60,7 +60,7 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool | None = None  # a JSON boolean (or null), never "true" or 1
 
 
 def _no_constant(name: str) -> Any:

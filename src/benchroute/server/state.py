@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchroute.server.breaker import CircuitBreaker
 from benchroute.server.config import ResolvedConfig, ServeConfig
 from benchroute.server.embedding import EmbeddingService
 from benchroute.server.metrics import Metrics
@@ -28,6 +29,14 @@ class AppState:
     client: httpx.AsyncClient | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     bma_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)  # per configured model
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # USD per Mtok in, out
+
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
 
     def best_on_average(self, candidates: Sequence[str]) -> str:
         """The candidate with the highest mean accuracy over the benchmark's tasks."""
@@ -36,4 +45,20 @@ class AppState:
         return str(models[idx[int(np.argmax(self.bma_scores[idx]))]])
 
 
-__all__ = ["AppState"]
+def model_prices(router: Any, config: ServeConfig) -> dict[str, tuple[float, float]]:
+    """USD per million tokens (in, out) of each configured model: serve.yaml's ``usd_per_mtok_in`` /
+    ``usd_per_mtok_out``, else the router's price from models.csv (the mean of its in and out price,
+    for both). Models without a known price are left out (no cost is reported for them)."""
+    out: dict[str, tuple[float, float]] = {}
+    per_mtok = getattr(router, "cost_unit_", None) == "usd_per_mtok"
+    models = list(router.models_)
+    for name, up in config.models.items():
+        known = float(router.cost_[models.index(name)]) if per_mtok and name in models else float("nan")
+        p_in = up.usd_per_mtok_in if up.usd_per_mtok_in is not None else known
+        p_out = up.usd_per_mtok_out if up.usd_per_mtok_out is not None else known
+        if np.isfinite(p_in) and np.isfinite(p_out):
+            out[name] = (p_in, p_out)
+    return out
+
+
+__all__ = ["AppState", "model_prices"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from benchroute.server.access import RequestRecord
 from benchroute.server.config import ResolvedProfile
 from benchroute.server.deps import ChatBody, State, is_unicode, require_api_key, within_deadline
 from benchroute.server.embedding import BudgetExceeded
@@ -20,9 +22,11 @@ from benchroute.server.state import AppState
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
-@router.get("/models")
-async def list_models(state: State) -> dict[str, Any]:
-    data: list[dict[str, Any]] = [
+def _model_cards(state: AppState) -> list[dict[str, Any]]:
+    """What can be called: the routing profiles, then every model with an upstream (router models
+    first). Router models without an upstream are left out: /v1/route may name them, but a chat
+    request for them could only fail."""
+    cards: list[dict[str, Any]] = [
         {
             "id": pid,
             "object": "model",
@@ -33,19 +37,38 @@ async def list_models(state: State) -> dict[str, Any]:
         for pid, prof in state.resolved.profiles.items()
     ]
     router_models = list(state.router.models_)
-    names = router_models + [m for m in state.config.models if m not in router_models]
-    for m in names:
-        data.append(
+    configured = [m for m in router_models if m in state.config.models]
+    configured += [m for m in state.config.models if m not in router_models]
+    for m in configured:
+        cards.append(
             {
                 "id": m,
                 "object": "model",
                 "created": state.started,
                 "owned_by": "benchroute",
                 "routable": m in router_models,
-                "upstream": m in state.config.models,
+                "upstream": True,
             }
         )
-    return {"object": "list", "data": data}
+    return cards
+
+
+@router.get("/models")
+async def list_models(state: State) -> dict[str, Any]:
+    return {"object": "list", "data": _model_cards(state)}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, state: State) -> dict[str, Any]:
+    for card in _model_cards(state):
+        if card["id"] == model_id:
+            return card
+    hint = (
+        "it is a router model without an upstream under models: in serve.yaml"
+        if model_id in state.router.models_
+        else "GET /v1/models lists what can be called"
+    )
+    raise ApiError(404, f"model {model_id!r} does not exist ({hint})", param="model", code="model_not_found")
 
 
 def last_user_text(messages: list[ChatMessage]) -> str:
@@ -109,14 +132,30 @@ async def choose(state: AppState, req: ChatRequest) -> Choice:
     return Choice(bma, True, f"routing fallback ({why}): best-on-average model", routing_fallback=why)
 
 
-async def _complete(state: AppState, req: ChatRequest, payload: dict[str, Any]) -> Response:
+async def _complete(
+    state: AppState, req: ChatRequest, payload: dict[str, Any], record: RequestRecord
+) -> Response:
     # one deadline for routing + the upstream call(s); a stream's body is bounded by the upstream
     # read timeout between chunks instead
+    record.requested_model = req.model
+    start = time.perf_counter()
     choice = await choose(state, req)
+    if choice.routed and choice.reason != "requested by name":
+        record.routing_ms = (time.perf_counter() - start) * 1000
+        state.metrics.observe(
+            "benchroute_routing_duration_seconds",
+            record.routing_ms / 1000,
+            outcome=choice.routing_fallback or "routed",
+        )
+    record.routed_model, record.routing_fallback = choice.model, choice.routing_fallback
     state.metrics.inc("benchroute_routed_total", endpoint="chat", model=choice.model)
-    return await proxy(state, choice, payload, stream=req.stream)
+    response = await proxy(state, choice, payload, bool(req.stream), record)
+    record.model = response.headers.get("x-benchroute-model")
+    record.upstream_fallback = response.headers.get("x-benchroute-fallback-reason")
+    return response
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatBody, request: Request, state: State) -> Response:
-    return await within_deadline(state, _complete(state, body, request.state.payload))
+    record: RequestRecord = request.state.record
+    return await within_deadline(state, _complete(state, body, request.state.payload, record))

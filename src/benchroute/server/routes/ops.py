@@ -21,12 +21,17 @@ async def healthz(state: State) -> dict[str, Any]:
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    """200 once routing can run (the embedding model is loaded), else 503 saying what is missing."""
+    """200 when requests can be served: the embedding model is loaded and, if upstreams are
+    configured, at least one has a closed (or half-open) circuit; else 503 saying what is missing.
+    Each upstream's circuit state is listed."""
     status = state.embeddings.status
-    body: dict[str, Any] = {"ready": status == "ready", "embedding": status}
+    upstreams = {m: b.state for m, b in state.breakers.items()}
+    upstream_ok = not upstreams or any(s != "open" for s in upstreams.values())
+    ready = status == "ready" and upstream_ok
+    body: dict[str, Any] = {"ready": ready, "embedding": status, "upstreams": upstreams}
     if state.embeddings.error is not None:
         body["error"] = str(state.embeddings.error)
-    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", dependencies=[Depends(require_metrics_access)])
