@@ -177,3 +177,153 @@ def test_bf16_fast_path_is_close_deterministic_and_cached_apart(tmp_path: Path) 
 def test_unknown_fast_path_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown fast embedding path 'int4'"):
         Embedder(SMALL_MODEL, cache=False, fast="int4")
+
+
+# ------------------------------------------------------------------ query serving: ONNX path, truncation
+
+LONG = "word " * 400  # over all-MiniLM-L6-v2's 256-token window
+
+
+@pytest.fixture(scope="module")
+def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A benchroute home holding MiniLM's ONNX export, made once for this module (~15 s)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    home = tmp_path_factory.mktemp("onnx-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCHROUTE_HOME", str(home))
+        Embedder(SMALL_MODEL, cache=False, fast="onnx").onnx  # noqa: B018 (export + verification)
+    return home
+
+
+def test_onnx_path_matches_fp32_and_is_cached_apart(
+    onnx_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchroute.embed import onnx_export_path
+
+    monkeypatch.setenv("BENCHROUTE_HOME", str(onnx_home))
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    exact = Embedder(SMALL_MODEL, cache=cache)
+    fast = Embedder(SMALL_MODEL, cache=cache, fast="onnx", threads=1)
+    bf16 = Embedder(SMALL_MODEL, cache=cache, fast="bf16")
+    assert fast.model_id == exact.model_id + "+onnx"
+    assert len({exact.model_id, fast.model_id, bf16.model_id}) == 3
+    export = onnx_export_path(exact.model_id)
+    assert export.exists() and exact.model_id.split("@")[1] in export.name  # keyed by the weights' hash
+    texts = [*TEXTS, LONG, "  padded with spaces  ", "Ünïcödé 中文 text"]
+    v32, vx = exact.encode(texts), fast.encode(texts)
+    assert vx.dtype == np.float32 and np.allclose(np.linalg.norm(vx, axis=1), 1.0, atol=1e-6)
+    cos = (v32 * vx).sum(axis=1)
+    assert cos.min() > 0.99999, cos
+    # sanity values of the model hold on this path too
+    assert float(vx[0] @ vx[1]) == pytest.approx(0.755, abs=0.01)
+    # each numeric path has its own cache rows and gets its own vectors back
+    bf16.encode(texts)
+    for e in (exact, fast, bf16):
+        assert cache.count(e.model_id) == len(texts)
+    assert np.array_equal(Embedder(SMALL_MODEL, cache=cache).encode(texts), v32)
+    assert np.array_equal(Embedder(SMALL_MODEL, cache=cache, fast="onnx").encode(texts), vx)
+    # one pass per text: a vector does not depend on what it is batched with
+    alone = fast.encode_uncached([texts[0]])
+    assert np.array_equal(alone[0], fast.encode_uncached([LONG, texts[0], TEXTS[2]])[1])
+    assert "fast='onnx', threads=1" in repr(fast)
+
+
+def test_onnx_serving_path_loads_without_torch(onnx_home: Path) -> None:
+    code = (
+        "import sys; from benchroute.embed import Embedder, SMALL_MODEL; "
+        "e = Embedder(SMALL_MODEL, cache=False, fast='onnx', threads=1); "
+        "v = e.encode_uncached([e.truncate('hello world ' * 500), 'hi']); "
+        "assert v.shape == (2, 384); "
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))"
+    )
+    env = {**os.environ, "BENCHROUTE_HOME": str(onnx_home)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_onnx_path_without_onnxruntime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchroute.embed as embed_mod
+
+    monkeypatch.setattr(embed_mod, "onnx_available", lambda: False)
+    with pytest.raises(ModelNotAvailableError, match="onnxruntime") as err:
+        Embedder(SMALL_MODEL, cache=False, fast="onnx")
+    assert "benchroute[onnx]" in str(err.value)
+    with pytest.raises(ConfigError, match="threads= applies to fast='onnx' only"):
+        Embedder(SMALL_MODEL, cache=False, threads=2)
+
+
+def _tricky_texts() -> list[str]:
+    inputs = [t for t in dict.fromkeys(load_benchmark("openllm_v2").inputs) if len(t) > 1500]
+    return [
+        LONG,
+        "x" * 5000,
+        "a" * 150 + " b" * 400,
+        "  " + "word " * 300,
+        "中文字符" * 300,
+        "naïve café résumé " * 100,
+        "unbelievably " * 300,
+        "🙂 emoji " * 400,
+        "spaces     " * 2000,
+        "one\n\n\ttwo, three! " * 200,
+        *inputs[:150],
+    ]
+
+
+def test_truncate_keeps_exactly_the_tokens_the_model_reads() -> None:
+    emb = Embedder(SMALL_MODEL, cache=False)
+    tok = emb.tokenizer
+    assert tok.max_seq_length == 256 and tok.window == 254
+    for text in _tricky_texts():
+        cut = emb.truncate(text)
+        assert text.startswith(cut) and len(cut) <= len(text)
+        n_cut = len(tok._tok.encode(cut, add_special_tokens=False).ids)
+        assert n_cut <= tok.window, (n_cut, text[:40])
+        assert tok.ids([cut]) == tok.ids([text]), text[:40]  # the model sees the same ids
+        if len(tok._tok.encode(text, add_special_tokens=False).ids) > tok.window:
+            assert len(cut) < len(text) and n_cut == tok.window
+    short = "A chat-length query of about a hundred characters, well inside the model's token window."
+    assert emb.truncate(short) is short and emb.truncate("") == ""
+    # the model's own (sentence-transformers) tokenization agrees, and so do the vectors
+    st_ids = emb.sentence_transformer.preprocess([LONG])["input_ids"][0].tolist()
+    assert tok.ids([LONG])[0] == [i for i in st_ids if i != 0]
+    v_full, v_cut = emb.encode_uncached([LONG]), emb.encode_uncached([emb.truncate(LONG)])
+    assert np.allclose(v_full, v_cut, atol=1e-6)
+
+
+def test_truncate_property() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as hst
+
+    tok = Embedder(SMALL_MODEL, cache=False).tokenizer
+    pieces = [
+        "word",
+        "playing",
+        "unbelievable",
+        "中",
+        "é",
+        ",",
+        ".",
+        " ",
+        "  ",
+        "\n",
+        "x" * 120,
+        "🙂",
+        "supercalifragilistic",
+        "state-of-the-art",
+        "C++",
+        "e=mc²",
+        "\u0301",
+        "\u00a0",
+    ]
+
+    @settings(max_examples=150, deadline=None)
+    @given(hst.lists(hst.sampled_from(pieces), min_size=0, max_size=700))
+    def check(parts: list[str]) -> None:
+        text = "".join(parts)
+        cut = tok.truncate(text)
+        assert text.startswith(cut)
+        assert tok.ids([cut]) == tok.ids([text])
+        assert len(tok._tok.encode(cut, add_special_tokens=False).ids) <= tok.window
+
+    check()

@@ -94,6 +94,7 @@ def test_trust_gate_only_ever_falls_back_to_bma() -> None:
     routed = {r["task"]: r for r in gated if r["method"] == "Router"}
     for task, row in routed.items():
         assert row["model"] in (free[task], bma[task])
+        assert "fell_back" in row and "trust_probability" in row  # the trust rule ran on every task
         if row["fell_back"]:  # a fallback means the blend wanted another model and the rule said no
             assert row["model"] == bma[task] != free[task]
             assert row["trust_probability"] <= 0.6
@@ -163,3 +164,21 @@ def test_correlations_match_scipy() -> None:
         assert _pearson(x, y) == pytest.approx(pearsonr(x, y)[0], abs=1e-12)
         assert _spearman(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
     assert np.isnan(_pearson(np.ones(5), np.arange(5.0))) and np.isnan(_spearman(np.arange(5.0), np.zeros(5)))
+
+
+def test_public_router_reproduces_the_harness_on_every_held_out_task() -> None:
+    """The harness measures the product: a Router fitted through the public API on the benchmark
+    without task t decides for t exactly what the LOTO row says (model, trust probability, fell back),
+    because both run the same decision chain on folds seeded by task name, not by position."""
+    bench = tiny_benchmark()
+    rows = {r["task"]: r for r in LOTOEvaluator(bench, _router()).run() if r["method"] == "Router"}
+    for task in bench.tasks:
+        router = _router().fit(bench.select(tasks=[t for t in bench.tasks if t != task]))
+        rec = router.recommend(bench.embeddings[bench.task_slice(task)])
+        row = rows[task]
+        assert rec.chosen == row["model"], task
+        assert rec.fell_back == row["fell_back"], task
+        if row["trust_probability"] is None:
+            assert rec.probability is None
+        else:
+            assert rec.probability == pytest.approx(row["trust_probability"], abs=1e-12), task

@@ -106,7 +106,7 @@ def staged_save(router: Any, path: Path, **kw: Any) -> None:
     are collected and then swapped in as one directory. Once router.py saves through
     atomic_write_dir itself, this is just ``router.save``.
     """
-    import benchroute.router.estimator as router_module
+    import benchroute.router.persistence as router_module
     from benchroute.files import atomic_write_dir
 
     if hasattr(router_module, "atomic_write_dir"):

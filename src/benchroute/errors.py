@@ -6,8 +6,6 @@ it into a 4xx JSON body. Anything else escaping is a bug in benchroute, not in t
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFitted
-
 
 class BenchrouteError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
@@ -54,8 +52,12 @@ class IntegrityError(BenchrouteError):
     """A file whose checksum, size or format version does not match what was written."""
 
 
-class NotFittedError(BenchrouteError, _SklearnNotFitted):
-    """An estimator or router used before ``fit`` (also a scikit-learn NotFittedError)."""
+class NotFittedError(BenchrouteError, ValueError, AttributeError):
+    """An estimator or router used before ``fit``.
+
+    Like scikit-learn's NotFittedError it is a ValueError and an AttributeError (what sklearn's own
+    tooling catches); it does not subclass sklearn's class, so importing the errors stays cheap.
+    """
 
 
 class ConfigError(BenchrouteError):

@@ -663,9 +663,7 @@ def _experiment(
     from benchroute.files import atomic_write_json
     from benchroute.router.estimator import Router
 
-    router = Router(
-        k=k, repeats=repeats, embedding_model=model, seed=seed, score=score, p_estimator=p_estimator
-    )
+    router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score)
     with ray_or_local(use_ray, address):
         runner = None
         if use_ray:
@@ -687,6 +685,7 @@ def _experiment(
             mlp_tasks=mlp_tasks,
             progress=progress_bar,
             runner=runner,
+            p_estimator=p_estimator,
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", results)

@@ -26,9 +26,7 @@ def _router_choice(
     g_all, u_all, rem = ev.engine.fold(d, [], moved)
     g = g_all[0]
     y = ev.Y[ev.engine.members[d][rem[0]]] > 0.5
-    p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y, names=(ev.router.p_estimator,))[
-        ev.router.p_estimator
-    ]
+    p = ev.p_estimates(d, g, float(u_all[0]), prior, moved, y, names=(ev.p_estimator,))[ev.p_estimator]
     chosen, score, _, _ = ev.router_decision(d, s1(g), s2(g, ev.router.t), p, rem.shape[1], bma, prior, moved)
     return chosen, score
 

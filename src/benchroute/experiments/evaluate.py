@@ -24,11 +24,10 @@ from benchroute.method.confidence import (
     KernelSmoother,
     p_from_accuracy,
 )
-from benchroute.method.folds import FoldEngine, NestedPairs, n_moved
+from benchroute.method.decision import Decision, decide
+from benchroute.method.folds import FoldEngine, NestedPairs, n_moved, task_key
 from benchroute.method.scores import (
     BlendChoice,
-    TrustDecision,
-    apply_label_rule,
     blend,
     label_grid_size,
     label_rules_for,
@@ -36,9 +35,9 @@ from benchroute.method.scores import (
     s2,
     s3,
     select_blend,
-    trust_rule,
 )
 from benchroute.router.estimator import SCORES, Router
+from benchroute.router.persistence import params_json
 
 #: Methods of the LOTO table, in display order.
 METHODS = (
@@ -100,7 +99,7 @@ class LOTOEvaluator:
         draws, seed) define the method under test. Only the kNN predictor is supported here.
     """
 
-    def __init__(self, benchmark: Any, router: Router | None = None) -> None:
+    def __init__(self, benchmark: Any, router: Router | None = None, p_estimator: str | None = None) -> None:
         if benchmark.embeddings is None:
             raise ConfigError("the benchmark has no embeddings attached", "embed it first (benchroute embed)")
         if benchmark.n_tasks < 3:
@@ -111,10 +110,12 @@ class LOTOEvaluator:
             raise ConfigError("the LOTO harness evaluates the kNN predictor", "use predictor='knn'")
         if self.router.score not in SCORES:
             raise ConfigError(f"unknown score {self.router.score!r}", f"use one of {', '.join(SCORES)}")
-        if self.router.p_estimator not in P_ESTIMATORS:
-            # "calibrated", "accuracy" and "true" are evaluation variants: measured, not Router options
+        # p of the evaluated Router's trust rule: the Router's own ("kernel", "atc"), or an evaluation
+        # variant ("calibrated", "accuracy", "true"): measured here, never a Router option
+        self.p_estimator = self.router.p_estimator if p_estimator is None else p_estimator
+        if self.p_estimator not in P_ESTIMATORS:
             raise ConfigError(
-                f"unknown p_estimator {self.router.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}"
+                f"unknown p_estimator {self.p_estimator!r}", f"use one of {', '.join(P_ESTIMATORS)}"
             )
         self.Y = benchmark.correct.astype(np.float32)
         self.ti = np.asarray(benchmark.task_index)
@@ -127,6 +128,7 @@ class LOTOEvaluator:
             kappa=r.kappa,
             threshold=r.t,
             max_k=max(r.blend_ks) if r.score == "blend" else 0,
+            task_keys=[task_key(name) for name in benchmark.tasks],
         )
         # S1 neighbourhood sizes of the nested curves (the blend's; for another score, those within the
         # engine's depth, which is all the accuracy-based p needs)
@@ -251,34 +253,33 @@ class LOTOEvaluator:
         prior: np.ndarray,
         moved: np.ndarray | None,
         mask: np.ndarray | None = None,
-    ) -> tuple[int, np.ndarray, TrustDecision | None, str]:
-        """The evaluated Router's (choice, score, trust decision, label rule) on held-out task d.
-
-        As :meth:`Router.recommend`: the score (blend at its nested (k, lambda), or S3) proposes, the trust
-        rule (when on) decides between the proposal and the best-on-average model ``bma``, and with
-        ``moved`` labeled samples the nested label rule may let the labels choose instead.
-        """
+    ) -> tuple[int, np.ndarray, Decision, str]:
+        """The evaluated Router's (choice, score, decision, label rule) on held-out task d: the Router's
+        own decision chain (:func:`benchroute.method.decision.decide`) on the nested fold's scores."""
         r = self.router
         score = (
             self.blend_score(d, prior, moved)
             if r.score == "blend"
             else {"S1": v1, "S2": v2, "S3": s3(v2, p)}[r.score]
         )
-        masked = score if mask is None else np.where(mask, score, -np.inf)
-        decision = (
-            trust_rule(v2, p, n, bma, score=masked, eta=r.eta, draws=r.draws, seed=r.seed)
-            if r.trust
-            else None
-        )
-        chosen = decision.chosen if decision is not None else int(np.argmax(masked))
         s = 0 if moved is None else moved.shape[1]
         rule = self.label_rule(d, s) if s and r.score == "blend" else "none"
-        if rule != "none":  # the labels arbitrate instead of the binomial gate
-            chosen, decision = (
-                apply_label_rule(rule, masked, self.Y[self.engine.members[d][moved[0]]], bma),
-                None,
-            )
-        return chosen, score, decision, rule
+        labeled = self.Y[self.engine.members[d][moved[0]]] if moved is not None else None
+        decision = decide(
+            score,
+            v2,
+            p,
+            n,
+            bma,
+            mask=mask,
+            trust=r.trust,
+            eta=r.eta,
+            draws=r.draws,
+            seed=r.seed,
+            label_rule=rule,
+            labeled=labeled,
+        )
+        return decision.chosen, score, decision, decision.label_rule
 
     def moved_draw(self, d: int, alpha: float, repeat: int) -> np.ndarray | None:
         """The labeled samples (1 x s local indices) of held-out task d at (alpha, repeat); None at 0."""
@@ -288,7 +289,9 @@ class LOTOEvaluator:
         if not s:
             return None
         return np.sort(
-            np.random.default_rng([r.seed, 7919, d, int(alpha * 1e4), repeat]).choice(n, s, replace=False)
+            np.random.default_rng([r.seed, 7919, self.engine.task_keys[d], int(alpha * 1e4), repeat]).choice(
+                n, s, replace=False
+            )
         )[None, :]
 
     def evaluate_task(
@@ -321,19 +324,13 @@ class LOTOEvaluator:
         choice: dict[str, int] = {}
         for name, sc in scores.items():
             choice[name] = int(np.argmax(np.where(mask, sc, -np.inf)))
-        decision = trust_rule(
-            v2,
-            p_kernel,
-            len(rem),
-            bma,
-            score=np.where(mask, scores["S3"], -np.inf),
-            eta=r.eta,
-            draws=r.draws,
-            seed=r.seed,
+        # the paper's router: S3 (kernel p) through the decision chain with the trust rule on
+        decision = decide(
+            scores["S3"], v2, p_kernel, len(rem), bma, mask=mask, eta=r.eta, draws=r.draws, seed=r.seed
         )
         choice["S3_trust"] = decision.chosen
         scores["S3_trust"] = scores["S3"]
-        if r.score == "S3" and r.p_estimator == "kernel":  # the paper's router is the S3 + trust row above
+        if r.score == "S3" and r.trust and self.p_estimator == "kernel":  # the Router is that row
             choice["Router"], scores["Router"], router_decision, label_rule = (
                 decision.chosen,
                 scores["S3"],
@@ -342,7 +339,7 @@ class LOTOEvaluator:
             )
         else:
             choice["Router"], scores["Router"], router_decision, label_rule = self.router_decision(
-                d, v1, v2, p[r.p_estimator], len(rem), bma, train_acc, moved, mask
+                d, v1, v2, p[self.p_estimator], len(rem), bma, train_acc, moved, mask
             )
         if r.score == "blend":
             scores["Blend"] = scores["Router"]
@@ -389,7 +386,7 @@ class LOTOEvaluator:
             if name == "Router" and s and r.score == "blend":
                 row["label_rule"] = label_rule
             gate = {"S3_trust": decision, "Router": router_decision}.get(name)
-            if gate is not None:
+            if gate is not None and gate.gated:  # the trust rule ran (not switched off, no label rule)
                 row["trust_probability"] = gate.probability
                 row["fell_back"] = gate.fell_back
             row["predictor_acc"] = pred_acc
@@ -741,9 +738,11 @@ def run_experiments(
     mlp_params: dict[str, Any] | None = None,
     progress: ProgressFactory | None = None,
     runner: Callable[..., list[dict[str, Any]]] | None = None,
+    p_estimator: str | None = None,
 ) -> dict[str, Any]:
     """Run one experiment kind (or all) and return the results dict written to results.json.
 
+    ``p_estimator`` overrides the Router's p with an evaluation variant (see :class:`LOTOEvaluator`).
     ``runner`` is handed to :meth:`LOTOEvaluator.run` for the LOTO and sweep folds (e.g. to run them on Ray).
     """
     import contextlib
@@ -763,7 +762,8 @@ def run_experiments(
             "dataset": benchmark.name,
             "experiment": kind,
             "embedding_model": router.embedding_model,
-            "router": router.get_params(),
+            "router": params_json(router),
+            "p_estimator": p_estimator or router.p_estimator,
             "seed": router.seed,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -774,7 +774,7 @@ def run_experiments(
         },
     }
     if kind in ("loto", "sweep", "all"):
-        ev = LOTOEvaluator(benchmark, router)
+        ev = LOTOEvaluator(benchmark, router, p_estimator)
         with bar(f"leave-one-task-out on {benchmark.name}", benchmark.n_tasks) as advance:
             rows = ev.run(alphas=(0.0,), progress=advance, runner=runner)
         results["summary"] = summarize(rows)
@@ -849,7 +849,8 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
     """Leave-one-group-out: hold out every task of a group (tasks.csv ``group``) at once.
 
     Where routing breaks down: a held-out BBH task normally has 23 sibling BBH tasks to learn from;
-    here it has none. (k, lambda) is chosen by leave-one-task-out over the remaining groups only.
+    here it has none. (k, lambda) is chosen by leave-one-task-out over the remaining groups only. The
+    rows are the ungated blend ("Blend"): the trust rule's confidence model is not refitted per group.
     """
     bench, r = ev.bench, ev.router
     info = bench.task_info
@@ -872,10 +873,10 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
         pool = np.isin(ev.ti, train_tasks)
         prior = ev.task_acc[train_tasks].mean(axis=0)
         bma = int(np.argmax(prior))
-        accs = {"Router": [], "BMA": [], "Oracle": []}
+        accs = {"Blend": [], "BMA": [], "Oracle": []}
         for d in held:
             curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
-            accs["Router"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
+            accs["Blend"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
             accs["BMA"].append(ev.task_acc[d, bma])
             accs["Oracle"].append(ev.task_acc[d].max())
         out.append(
@@ -898,12 +899,13 @@ def training_tasks_study(
     """Does routing improve with more benchmarks? Accuracy vs the number of training tasks.
 
     For each held-out task, train on a random subset of the other tasks (``repeats`` draws per size)
-    with the (k, lambda) its own nested leave-one-task-out chose; BMA is recomputed on the subset.
+    with the (k, lambda) its own nested leave-one-task-out chose; BMA is recomputed on the subset. The
+    rows are the ungated blend ("Blend"), not the Router's gated decision.
     """
     D = ev.bench.n_tasks
     sizes = [s for s in sizes if s < D - 1] + [D - 1]
     X = ev.engine.emb
-    res: dict[int, dict[str, list[float]]] = {s: {"Router": [], "BMA": []} for s in sizes}
+    res: dict[int, dict[str, list[float]]] = {s: {"Blend": [], "BMA": []} for s in sizes}
     for d in range(D):
         choice = ev.blend_choice(d)
         others = np.array([t for t in range(D) if t != d])
@@ -914,7 +916,7 @@ def training_tasks_study(
                 pool = np.isin(ev.ti, subset)
                 prior = ev.task_acc[subset].mean(axis=0)
                 curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
-                res[s]["Router"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
+                res[s]["Blend"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])
                 res[s]["BMA"].append(ev.task_acc[d, int(np.argmax(prior))])
         if progress is not None:
             progress(1)
@@ -922,7 +924,7 @@ def training_tasks_study(
         {
             "n_train_tasks": s,
             **{m: float(np.mean(v)) for m, v in res[s].items()},
-            "gain": float(np.mean(res[s]["Router"]) - np.mean(res[s]["BMA"])),
+            "gain": float(np.mean(res[s]["Blend"]) - np.mean(res[s]["BMA"])),
         }
         for s in sizes
     ]

@@ -364,7 +364,7 @@ def _fd_training_tasks(results: Mapping[str, Any]) -> dict[str, Any] | None:
     rows = [r for r in _list(_dict(results.get("training_tasks")).get("rows")) if isinstance(r, dict)]
     if not rows:
         return None
-    series = {m: {"mean": [r.get(m) for r in rows], "std": None} for m in ("Router", "BMA")}
+    series = {m: {"mean": [r.get(m) for r in rows], "std": None} for m in ("Blend", "BMA")}
     return {"x": [r.get("n_train_tasks") for r in rows], "series": series}
 
 
@@ -374,7 +374,7 @@ def _fd_groups(results: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     return {
         "x": [r.get("group") for r in rows],
-        "series": {m: [r.get(m) for r in rows] for m in ("Router", "BMA", "Oracle")},
+        "series": {m: [r.get(m) for r in rows] for m in ("Blend", "BMA", "Oracle")},
     }
 
 
@@ -1026,11 +1026,11 @@ def _study_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
         blocks += [
             Heading("Routing vs number of training tasks"),
             Table(
-                ["training tasks", "Router", "BMA"],
+                ["training tasks", "Blend (ungated)", "BMA"],
                 [
                     [fmt(n), fmt(_num(a)), fmt(_num(b))]
                     for n, a, b in zip(
-                        tt["x"], tt["series"]["Router"]["mean"], tt["series"]["BMA"]["mean"], strict=True
+                        tt["x"], tt["series"]["Blend"]["mean"], tt["series"]["BMA"]["mean"], strict=True
                     )
                 ],
                 [True, True, True],
@@ -1042,14 +1042,14 @@ def _study_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
         blocks += [
             Heading("Leave-one-group-out"),
             Table(
-                ["group", "tasks", "k", "lambda", "Router", "BMA", "Oracle"],
+                ["group", "tasks", "k", "lambda", "Blend (ungated)", "BMA", "Oracle"],
                 [
                     [
                         fmt(r.get("group")),
                         fmt(r.get("n_tasks")),
                         fmt(r.get("k")),
                         _fmt_g(r.get("lambda")),
-                        fmt(_num(r.get("Router"))),
+                        fmt(_num(r.get("Blend"))),
                         fmt(_num(r.get("BMA"))),
                         fmt(_num(r.get("Oracle"))),
                     ]

@@ -57,7 +57,8 @@ COST_UNITS = ("usd_per_mtok", "params_b")
 # ---------------------------------------------------------------------------------------- costs
 
 
-def _info_column(model_info: Any, column: str, models: Sequence[str]) -> np.ndarray:
+def info_column(model_info: Any, column: str, models: Sequence[str]) -> np.ndarray:
+    """One ``model_info`` column as floats in ``models`` order (NaN where unknown)."""
     if model_info is None or column not in getattr(model_info, "columns", ()):
         return np.full(len(models), np.nan)
     col = model_info[column]
@@ -74,12 +75,12 @@ def model_costs(model_info: Any, models: Sequence[str]) -> tuple[np.ndarray, str
     price and no size anywhere, every cost is NaN and the unit is "params_b".
     """
     models = list(models)
-    cin = _info_column(model_info, "usd_per_mtok_in", models)
-    cout = _info_column(model_info, "usd_per_mtok_out", models)
+    cin = info_column(model_info, "usd_per_mtok_in", models)
+    cout = info_column(model_info, "usd_per_mtok_out", models)
     price = np.where(np.isnan(cout), cin, np.where(np.isnan(cin), cout, (cin + cout) / 2.0))
     if np.isfinite(price).any():
         return price, "usd_per_mtok"
-    return _info_column(model_info, "params_b", models), "params_b"
+    return info_column(model_info, "params_b", models), "params_b"
 
 
 # --------------------------------------------------------------------------------------- choice

@@ -58,6 +58,15 @@ def n_moved(alpha: float, n: int, cap: int = 50) -> int:
     return int(min(max(1, round(alpha * n)), cap, n - 1))
 
 
+def task_key(name: str) -> int:
+    """A stable 63-bit key of a task's name: the seed of every random draw made for that task, so a
+    fold is the same whatever other tasks the benchmark holds or excludes (the Router fitted without
+    task t and the harness holding out t draw the same samples)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") >> 1
+
+
 class FoldEngine:
     """Leave-tasks-out kNN folds from one precomputed neighbour pass.
 
@@ -65,6 +74,9 @@ class FoldEngine:
     within-task similarity block. The k nearest training inputs of an item of task d, with tasks X
     excluded and samples S of d moved into training, are the first k entries of the cross list not
     in X merged with the similarities to S: exactly what a fresh exact search would return.
+
+    ``task_keys`` (one int per task, :func:`task_key` of its name) seed each task's random draws; by
+    default the task's position.
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class FoldEngine:
         weights: str = "uniform",
         max_excluded: int = 1,
         max_k: int = 0,
+        task_keys: Sequence[int] | None = None,
     ) -> None:
         self.emb = normalize(emb)
         self.Y = np.asarray(Y, dtype=np.float32)
@@ -86,6 +99,9 @@ class FoldEngine:
         self.k, self.kappa, self.threshold, self.weights = k, kappa, threshold, weights
         self.max_excluded = max_excluded
         self.n_tasks = int(self.task_index.max()) + 1
+        self.task_keys = list(range(self.n_tasks)) if task_keys is None else [int(x) for x in task_keys]
+        if len(self.task_keys) != self.n_tasks:
+            raise ConfigError(f"got {len(self.task_keys)} task keys for {self.n_tasks} tasks")
         self.members = [np.flatnonzero(self.task_index == d) for d in range(self.n_tasks)]
         sizes = sorted((len(m) for m in self.members), reverse=True)
         self.need = max(k, kappa)
@@ -127,11 +143,13 @@ class FoldEngine:
         return sims, np.take_along_axis(ii, order, axis=1)
 
     def _moved_draws(self, d: int, a_i: int, s: int, repeats: int, seed: int) -> np.ndarray:
-        """r x s local indices moved into training; they depend only on (seed, d, alpha, repeat)."""
+        """r x s local indices moved into training; they depend only on (seed, d's key, alpha, repeat)."""
         n = len(self.members[d])
         return np.stack(
             [
-                np.sort(np.random.default_rng([seed, d, a_i, rep]).choice(n, s, replace=False))
+                np.sort(
+                    np.random.default_rng([seed, self.task_keys[d], a_i, rep]).choice(n, s, replace=False)
+                )
                 for rep in range(repeats)
             ]
         )
@@ -365,7 +383,7 @@ class FoldEngine:
         n = len(self.members[d])
         if s <= 0 or n <= s:
             return []
-        rng = np.random.default_rng([seed, 4999, d, s, *excluded])
+        rng = np.random.default_rng([seed, 4999, self.task_keys[d], s])  # not on what is excluded
         out = []
         for _ in range(repeats):
             moved = np.sort(rng.choice(n, s, replace=False))[None, :]

@@ -27,6 +27,12 @@ def is_binary(Y: np.ndarray) -> bool:
     return bool(((Y == 0) | (Y == 1)).all())
 
 
+def compact_labels(Y: np.ndarray) -> np.ndarray:
+    """0/1 labels as uint8 (a quarter of float32; every use gives the same values), others float32."""
+    Y = np.asarray(Y)
+    return Y.astype(np.uint8) if is_binary(Y) else Y.astype(np.float32)
+
+
 def pack_bits(Y: np.ndarray) -> np.ndarray:
     """n x M 0/1 -> n x ceil(M / 8) uint8 (models along the bits, big-endian, zero padding)."""
     return np.packbits(np.asarray(Y) != 0, axis=1)

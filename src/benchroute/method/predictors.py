@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
-from sklearn.linear_model import LogisticRegression
 
 from benchroute.errors import ConfigError, NotFittedError
 from benchroute.method.labels import LabelMatrix
@@ -181,6 +180,8 @@ class ClassifierCorrectness(BaseEstimator):
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> ClassifierCorrectness:
         X, Y = _check_xy(X, Y)
+        from sklearn.linear_model import LogisticRegression  # scipy.optimize: loaded only when used
+
         base = self.estimator if self.estimator is not None else LogisticRegression(max_iter=1000)
         if not hasattr(base, "predict_proba"):
             raise ConfigError(f"{type(base).__name__} has no predict_proba; use a probabilistic classifier")
@@ -209,6 +210,8 @@ class ClassifierCorrectness(BaseEstimator):
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:
+        from sklearn.linear_model import LogisticRegression
+
         return {"estimator": LogisticRegression(max_iter=200)}
 
 

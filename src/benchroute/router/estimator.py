@@ -9,34 +9,26 @@ a router from an untrusted source is data, never code.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchroute import __version__
-from benchroute.errors import ConfigError, IntegrityError, NotFittedError
-from benchroute.files import atomic_write_dir, jsonable
+from benchroute.errors import ConfigError, NotFittedError
 from benchroute.method.confidence import ATCEstimator, KernelSmoother, dataset_distance
-from benchroute.method.cost import cheapest_within_trusted, choose, model_costs
-from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine, n_moved
-from benchroute.method.labels import is_binary, pack_bits, unpack_bits
-from benchroute.method.neighbors import BACKENDS, INDEX_PARAMS, exact_search, normalize
-from benchroute.method.predictors import KNNCorrectness, MLPCorrectness, make_predictor
+from benchroute.method.cost import cheapest_within_trusted, choose, info_column, model_costs
+from benchroute.method.decision import decide, explain
+from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine, task_key
+from benchroute.method.labels import compact_labels
+from benchroute.method.neighbors import exact_search, normalize
+from benchroute.method.predictors import KNNCorrectness, make_predictor
 from benchroute.method.scores import (
     BLEND_KS,
     BLEND_LAMBDAS,
     LABEL_GRID,
-    LABEL_RULES,
-    BlendChoice,
-    TrustDecision,
-    apply_label_rule,
     blend,
     label_grid_size,
     label_rules_for,
@@ -44,76 +36,11 @@ from benchroute.method.scores import (
     s2,
     s3,
     select_blend,
-    trust_rule,
 )
+from benchroute.router.results import ModelScore, Recommendation, RouteDecision, closeness
 
-FORMAT_VERSION = 2  # 2: labels bit-packed (Y_bits), index / index_params; 1 still loads
-READABLE_VERSIONS = (1, 2)
 SCORES = ("S1", "S2", "S3", "blend")
-
-
-@dataclass
-class ModelScore:
-    """One row of a recommendation: a candidate LLM and everything the router believes about it."""
-
-    model: str
-    rank: int
-    s1: float
-    s2: float
-    s3: float
-    p: float
-    predicted_accuracy: float
-    params_b: float | None
-    cost: float | None
-
-
-@dataclass
-class Recommendation:
-    """A task-level routing decision and its explanation (stable JSON via :meth:`to_dict`)."""
-
-    chosen: str
-    candidate: str
-    best_on_average: str
-    fell_back: bool
-    probability: float | None
-    eta: float
-    reason: str
-    score: str
-    n_inputs: int
-    n_labeled: int
-    distance: float
-    distance_percentile: float
-    closeness: str
-    nearest_tasks: list[dict[str, Any]]
-    ranking: list[ModelScore]
-    few_shot: dict[str, float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["ranking"] = [asdict(r) for r in self.ranking]
-        return jsonable(out)
-
-
-@dataclass
-class RouteDecision:
-    """Per-query routing: the model with the highest predicted correctness (ties to the BMA model)."""
-
-    input_index: int
-    model: str
-    probability: float
-    reason: str
-    per_model: dict[str, float]
-
-
-def _closeness(percentile: float) -> str:
-    if percentile <= 25:
-        return "close to the benchmarks: nearer than most benchmark tasks are to each other"
-    if percentile <= 75:
-        return "about as far from the benchmarks as a typical benchmark task is from the others"
-    if percentile <= 100:
-        return "far from the benchmarks: the predictors are less reliable here"
-    return "farther from the benchmarks than any benchmark task: expect the fallback"
+P_ESTIMATORS = ("kernel", "atc")
 
 
 class Router:
@@ -179,17 +106,51 @@ class Router:
         self.p_estimator = p_estimator
         self.eta = eta
         self.trust = trust
-        self.alphas = tuple(alphas)
+        self.alphas = alphas
         self.repeats = repeats
         self.cap = cap
         self.draws = draws
         self.embedding_model = embedding_model
         self.seed = seed
-        self.blend_ks = tuple(blend_ks)
-        self.blend_lambdas = tuple(blend_lambdas)
+        self.blend_ks = blend_ks
+        self.blend_lambdas = blend_lambdas
         self.blend_min_z = blend_min_z
         self.index = index
         self.index_params = index_params
+
+    # ------------------------------------------------------------------ scikit-learn's contract
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters (with ``deep``, also ``predictor__<name>`` of a predictor instance)."""
+        out = {name: getattr(self, name) for name in self._param_names()}
+        if deep and hasattr(self.predictor, "get_params"):
+            out.update({f"predictor__{k}": v for k, v in self.predictor.get_params(deep=True).items()})
+        return out
+
+    def set_params(self, **params: Any) -> Router:
+        """Set constructor parameters (``predictor__<name>`` reaches a predictor instance); returns self."""
+        names = self._param_names()
+        nested: dict[str, Any] = {}
+        for key, value in params.items():
+            if key.startswith("predictor__") and hasattr(self.predictor, "set_params"):
+                nested[key.removeprefix("predictor__")] = value
+            elif key in names:
+                setattr(self, key, value)
+            else:
+                raise ConfigError(
+                    f"invalid parameter {key!r} for Router", f"valid parameters: {', '.join(names)}"
+                )
+        if nested:
+            self.predictor.set_params(**nested)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params(deep=False).items() if not _same(v, defaults[k])]
+        return f"Router({', '.join(changed)})"
 
     # ------------------------------------------------------------------ fitting
     def _make_predictor(self) -> Any:
@@ -203,20 +164,26 @@ class Router:
         return clone(self.predictor)
 
     def _check_params(self) -> None:
+        """Validation happens here, at fit (and load), never in ``__init__`` (scikit-learn's contract)."""
         if self.score not in SCORES:
             raise ConfigError(f"score must be one of {SCORES}, got {self.score!r}")
-        if self.p_estimator not in ("kernel", "atc"):
-            raise ConfigError(f"p_estimator must be 'kernel' or 'atc', got {self.p_estimator!r}")
+        if self.p_estimator not in P_ESTIMATORS:
+            raise ConfigError(f"p_estimator must be one of {P_ESTIMATORS}, got {self.p_estimator!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eta must be in [0, 1], got {self.eta}")
+        for name in ("alphas", "blend_ks", "blend_lambdas"):
+            if len(getattr(self, name)) == 0:
+                raise ConfigError(f"{name} must not be empty")
 
-    def fit(self, benchmark: Any, embeddings: np.ndarray | None = None, progress: Any = None) -> Router:
-        """Learn predictors and the confidence model from every task of ``benchmark``.
+    def fit(self, benchmark: Any, embeddings: np.ndarray | None = None) -> Router:
+        """Learn predictors and the confidence model from every task of ``benchmark``; returns self.
 
         ``embeddings`` (n_items x d) defaults to ``benchmark.embeddings``, else the inputs are embedded
-        (cached) with ``embedding_model``.
+        (cached) with ``embedding_model``. A refit replaces all learned state.
         """
         self._check_params()
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)  # a refit with another score must not keep the old blend_ / label_rules_
         emb = embeddings if embeddings is not None else getattr(benchmark, "embeddings", None)
         if emb is None:
             from benchroute.embed import Embedder
@@ -229,7 +196,7 @@ class Router:
             raise ConfigError(
                 "a router needs at least 2 benchmark tasks (the confidence model holds tasks out)"
             )
-        Y = _compact_labels(benchmark.correct)
+        Y = compact_labels(benchmark.correct)
         self.tasks_ = list(benchmark.tasks)
         self.models_ = list(benchmark.models)
         self.X_ = emb
@@ -239,7 +206,7 @@ class Router:
             [Y[self.task_index_ == d].mean(axis=0, dtype=np.float64) for d in range(len(self.tasks_))]
         )
         info = benchmark.model_info
-        self.params_b_ = _column(info, "params_b", self.models_)
+        self.params_b_ = info_column(info, "params_b", self.models_)
         self.cost_, self.cost_unit_ = model_costs(info, self.models_)
         self.predictor_ = self._make_predictor().fit(emb, Y)
         pairs = self._confidence_pairs(excluded=())
@@ -260,6 +227,7 @@ class Router:
             threshold=self.t,
             weights=weights,
             max_k=max_k,
+            task_keys=[task_key(name) for name in self.tasks_],
         )
 
     def _fit_blend(self) -> None:
@@ -487,48 +455,48 @@ class Router:
         s1k: np.ndarray | None = None,
         labeled_Y: np.ndarray | None = None,
     ) -> Recommendation:
+        """Scores, then the one decision chain (:func:`benchroute.method.decision.decide`), then the
+        explanation."""
         v1, v2 = s1(g), s2(g, self.t)
         v3 = s3(v2, p)
         prior = self.task_accuracy_.mean(axis=0)
         scores = {"S1": v1, "S2": v2, "S3": v3}
         extra: dict[str, Any] = {}
+        bma = int(np.argmax(np.where(mask, prior, -np.inf)))
+        rule, size, favourite = "none", 0, None
         if s1k is not None:
             scores["blend"] = blend(s1k, prior, self.blend_.lam)
+            favourite = int(np.argmax(np.where(mask, s1k, -np.inf)))
+            b = self.blend_
             extra["blend"] = {
-                "k": self.blend_.k,
-                "lambda": self.blend_.lam,
-                "inner_accuracy": self.blend_.inner_accuracy,
-                "bma_inner_accuracy": self.blend_.bma_inner_accuracy,
-                "gain_se": self.blend_.gain_se,
-                "gated": self.blend_.gated,
+                "k": b.k,
+                "lambda": b.lam,
+                "inner_accuracy": b.inner_accuracy,
+                "bma_inner_accuracy": b.bma_inner_accuracy,
+                "gain_se": b.gain_se,
+                "gated": b.gated,
+                "knn_favourite": self.models_[favourite],
             }
-        score = scores[self.score]
-        masked = np.where(mask, score, -np.inf)
-        bma = int(np.argmax(np.where(mask, prior, -np.inf)))
-        if s1k is not None:
-            wide = int(np.argmax(np.where(mask, s1k, -np.inf)))
-            extra["blend"]["knn_favourite"] = self.models_[wide]
-            if self.trust:  # the paper's trust rule guards the blend's choice too (see docs/method.md)
-                decision = trust_rule(
-                    v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed
-                )
-            else:
-                cand = int(np.argmax(masked))
-                decision = TrustDecision(cand, cand, bma, None, self.eta, False)
-            if decision.candidate == bma and wide != bma:  # the prior held the kNN favourite back
-                decision = replace(decision, fell_back=True)
             size = label_grid_size(n_labeled)
             rule = self.label_rules_.get(size, "none") if labeled_Y is not None else "none"
-            if rule != "none":  # the labels arbitrate among the blend's leaders instead of the binomial gate
-                top = int(np.argmax(masked))
-                chosen = apply_label_rule(rule, masked, labeled_Y, bma)
-                decision = TrustDecision(chosen, top, bma, None, self.eta, chosen == bma and top != bma)
-                extra["labels"] = {"rule": rule, "n_labeled": n_labeled, "rule_for": size}
-        elif self.trust:
-            decision = trust_rule(v2, p, n, bma, score=masked, eta=self.eta, draws=self.draws, seed=self.seed)
-        else:
-            cand = int(np.argmax(masked))
-            decision = TrustDecision(cand, cand, bma, None, self.eta, False)
+        score = scores[self.score]
+        decision = decide(
+            score,
+            v2,
+            p,
+            n,
+            bma,
+            mask=mask,
+            trust=self.trust,
+            eta=self.eta,
+            draws=self.draws,
+            seed=self.seed,
+            label_rule=rule,
+            labeled=labeled_Y,
+        )
+        if decision.label_rule != "none":
+            extra["labels"] = {"rule": rule, "n_labeled": n_labeled, "rule_for": size}
+        masked = np.where(mask, score, -np.inf)
         order = np.argsort(-masked, kind="stable")
         ranking = [
             ModelScore(
@@ -548,6 +516,15 @@ class Router:
         pct = float((self.train_distances_ < u).mean() * 100) if len(self.train_distances_) else 50.0
         if len(self.train_distances_) and u > self.train_distances_.max():
             pct = 101.0
+        reason = explain(
+            decision,
+            self.models_,
+            self.score,
+            blend=getattr(self, "blend_", None),
+            knn_favourite=favourite,
+            n_labeled=n_labeled,
+            rule_for=size,
+        )
         return Recommendation(
             chosen=self.models_[decision.chosen],
             candidate=self.models_[decision.candidate],
@@ -555,60 +532,18 @@ class Router:
             fell_back=decision.fell_back,
             probability=decision.probability,
             eta=self.eta,
-            reason=(
-                self._labels_reason(decision, extra["labels"])
-                if "labels" in extra
-                else self._blend_reason(decision, extra["blend"]["knn_favourite"])
-                if s1k is not None
-                else decision.reason(self.models_)
-            ),
+            reason=reason,
             score=self.score,
             n_inputs=n,
             n_labeled=n_labeled,
             distance=float(u),
             distance_percentile=min(pct, 100.0),
-            closeness=_closeness(pct),
+            closeness=closeness(pct),
             nearest_tasks=self.nearest_tasks(X),
             ranking=ranking,
             few_shot=few_shot,
             extra=extra,
         )
-
-    def _labels_reason(self, decision: TrustDecision, labels: dict[str, Any]) -> str:
-        names, rule = self.models_, labels["rule"]
-        among = (
-            "the blend's choice or the best-on-average model"
-            if rule == "veto"
-            else f"the blend's top {rule[3:]} and the best-on-average model"
-        )
-        return (
-            f"{names[decision.chosen]}: the best on the {labels['n_labeled']} labeled samples among {among} "
-            f"(rule {rule!r}, chosen by leave-one-task-out for {labels['rule_for']} labels; "
-            f"the blend alone picks {names[decision.candidate]})"
-        )
-
-    def _blend_reason(self, decision: TrustDecision, favourite: str) -> str:
-        names, b = self.models_, self.blend_
-        if b.lam == 1.0:
-            return (
-                f"best-on-average model {names[decision.chosen]}: on the benchmark tasks, leave-one-task-out "
-                "found no blend of kNN accuracy that beats it (lambda=1)"
-            )
-        how = f"blend of kNN accuracy (k={b.k}) and the best-on-average prior (lambda={b.lam:g})"
-        if decision.fell_back and decision.candidate != decision.fallback:
-            return (
-                f"{how} favours {names[decision.candidate]}, but P(it beats {names[decision.fallback]} on "
-                f"this task) = {decision.probability:.3f} does not exceed eta = {decision.eta:g}: falling "
-                "back to the best-on-average model"
-            )
-        if decision.fell_back:
-            return (
-                f"{how} keeps the best-on-average model {names[decision.fallback]}: the kNN favourite "
-                f"{favourite} is not far enough ahead"
-            )
-        if decision.chosen == decision.fallback:
-            return f"{how}: the best-on-average model {names[decision.chosen]} also leads on this task"
-        return f"{how} routes to {names[decision.chosen]} (best on average: {names[decision.fallback]})"
 
     def nearest_tasks(self, X: np.ndarray, top: int = 5) -> list[dict[str, Any]]:
         """Which benchmark tasks the inputs' k nearest questions come from, with their shares."""
@@ -762,436 +697,35 @@ class Router:
             self._fit_blend()
 
     # ------------------------------------------------------------------ persistence
-    def get_params(self) -> dict[str, Any]:
-        pred = self.predictor if isinstance(self.predictor, str) else _predictor_name(self.predictor)
-        return {
-            "predictor": pred,
-            "k": self.k,
-            "score": self.score,
-            "t": self.t,
-            "kappa": self.kappa,
-            "sigma": self.sigma,
-            "p_estimator": self.p_estimator,
-            "eta": self.eta,
-            "trust": self.trust,
-            "alphas": list(self.alphas),
-            "repeats": self.repeats,
-            "cap": self.cap,
-            "draws": self.draws,
-            "embedding_model": self.embedding_model,
-            "seed": self.seed,
-            "blend_ks": list(self.blend_ks),
-            "blend_lambdas": list(self.blend_lambdas),
-            "blend_min_z": self.blend_min_z,
-            "index": self.index,
-            "index_params": None if self.index_params is None else jsonable(dict(self.index_params)),
-        }
-
     def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
         """Write router.json + arrays.safetensors + card.md into ``path`` (atomically, no pickle)."""
-        from safetensors.numpy import save as st_save
+        from benchroute.router.persistence import save_router
 
-        self._check_fitted()
-        path = Path(path)
-        arrays = {
-            "X": self.X_.astype(np.float32),
-            # 0/1 correctness bit-packed (1/32 of float32); fractional labels (add_model fills) stay float32
-            **({"Y_bits": pack_bits(self.Y_)} if is_binary(self.Y_) else {"Y": self.Y_.astype(np.float32)}),
-            "task_index": self.task_index_.astype(np.int32),
-            "task_accuracy": self.task_accuracy_.astype(np.float64),
-            "params_b": self.params_b_.astype(np.float64),
-            "cost": self.cost_.astype(np.float64),
-            "pairs_u": self.pairs_.u.astype(np.float64),
-            "pairs_p": self.pairs_.p.astype(np.float64),
-            "pairs_task": self.pairs_.task.astype(np.int32),
-            "pairs_alpha": self.pairs_.alpha.astype(np.float64),
-            "pairs_repeat": self.pairs_.repeat.astype(np.int32),
-            "atc_conf": self.pairs_.atc_conf.astype(np.float32),
-            "atc_correct": self.pairs_.atc_correct.astype(np.uint8),
-        }
-        if isinstance(self.predictor_, MLPCorrectness):
-            for key, val in self.predictor_.net_.state_dict().items():
-                arrays[f"mlp.{key}"] = val.numpy()
-        blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-        payload = {
-            "format": "benchroute-router",
-            "format_version": FORMAT_VERSION,
-            "benchroute_version": __version__,
-            "params": self.get_params(),
-            "tasks": self.tasks_,
-            "models": self.models_,
-            "arrays_sha256": hashlib.sha256(blob).hexdigest(),
-            "card_extra": jsonable(card_extra or {}),
-            "blend": jsonable(vars(self.blend_)) if hasattr(self, "blend_") else None,
-            "label_rules": {str(k): v for k, v in self.label_rules_.items()}
-            if hasattr(self, "label_rules_")
-            else None,
-            "cost_unit": self.cost_unit_,
-            "predictor_params": (
-                None if isinstance(self.predictor, str) else jsonable(self.predictor.get_params(deep=False))
-            ),
-        }
-        text = json.dumps(payload, sort_keys=True)
-        doc = {"payload": payload, "sha256": hashlib.sha256(text.encode()).hexdigest()}
-        # all three files change together (one directory swap), so a kill or a full disk mid-save
-        # leaves the previous router whole; raises ConfigError if path is a file or holds other files
-        atomic_write_dir(
-            path,
-            {
-                "arrays.safetensors": blob,
-                "card.md": self.model_card(card_extra).encode("utf-8"),
-                "router.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"),
-            },
-        )
-        return path
+        return save_router(self, path, card_extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Router:
-        """Load a saved router, verifying format version and checksums (never executes code)."""
-        from safetensors.numpy import load as st_load
+        """Load a saved router, verifying format version, schema and checksums (never executes code)."""
+        from benchroute.router.persistence import load_router
 
-        path = Path(path)
-        manifest = path / "router.json"
-        try:
-            doc = json.loads(manifest.read_text(encoding="utf-8"))
-            payload = doc["payload"]
-            ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["sha256"]
-        except FileNotFoundError as exc:
-            raise IntegrityError(
-                f"{manifest}: no saved router here", "pass a directory written by `benchroute fit`"
-            ) from exc
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise IntegrityError(
-                f"{manifest}: not a valid router manifest ({exc})", "re-save the router"
-            ) from exc
-        if not ok:
-            raise IntegrityError(
-                f"{manifest}: checksum mismatch (file corrupt or modified)", "re-save the router"
-            )
-        if (
-            not isinstance(payload, dict)
-            or payload.get("format") != "benchroute-router"
-            or payload.get("format_version") not in READABLE_VERSIONS
-        ):
-            version = payload.get("format_version") if isinstance(payload, dict) else None
-            raise IntegrityError(
-                f"{manifest}: unsupported router format {version}",
-                f"this benchroute reads formats {READABLE_VERSIONS}: upgrade it, or re-save the router",
-            )
-        if payload["format_version"] == 1 and isinstance(payload.get("params"), dict):
-            # format 1 predates the index choice: those routers searched with the defaults
-            payload["params"] = {"index": "auto", "index_params": None, **payload["params"]}
-        _check_manifest(payload, manifest)
-        try:
-            blob = (path / "arrays.safetensors").read_bytes()
-        except FileNotFoundError as exc:
-            raise IntegrityError(f"{path / 'arrays.safetensors'}: missing", "re-save the router") from exc
-        if hashlib.sha256(blob).hexdigest() != payload["arrays_sha256"]:
-            raise IntegrityError(f"{path / 'arrays.safetensors'}: checksum mismatch (corrupt or truncated)")
-        try:
-            arrays = st_load(blob)
-        except Exception as exc:  # safetensors raises its own SafetensorError on anything unparsable
-            raise IntegrityError(
-                f"{path / 'arrays.safetensors'}: not a safetensors file ({exc})", "re-save the router"
-            ) from exc
-        _check_arrays(arrays, payload, path / "arrays.safetensors")
-        try:
-            return cls._from_saved(payload, arrays)
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ConfigError) as exc:
-            raise IntegrityError(
-                f"{manifest}: inconsistent saved router ({type(exc).__name__}: {exc})", "re-save the router"
-            ) from exc
-
-    @classmethod
-    def _from_saved(cls, payload: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
-        params = dict(payload["params"])
-        custom = payload.get("predictor_params")
-        if custom is not None:
-            from benchroute.method.predictors import PREDICTORS
-
-            if "hidden" in custom:
-                custom["hidden"] = tuple(custom["hidden"])
-            params["predictor"] = PREDICTORS[params["predictor"]](**custom)
-        router = cls(**params)
-        router._check_params()
-        router.tasks_ = list(payload["tasks"])
-        router.models_ = list(payload["models"])
-        router.X_ = arrays["X"]
-        router.Y_ = (
-            unpack_bits(arrays["Y_bits"], len(router.models_))
-            if "Y_bits" in arrays
-            else _compact_labels(arrays["Y"])
-        )
-        router.task_index_ = arrays["task_index"]
-        router.task_accuracy_ = arrays["task_accuracy"]
-        router.params_b_ = arrays["params_b"]
-        router.cost_ = arrays["cost"]
-        router.cost_unit_ = payload.get("cost_unit", "usd_per_mtok")
-        pairs = ConfidencePairs(
-            arrays["pairs_u"],
-            arrays["pairs_p"],
-            arrays["pairs_task"],
-            arrays["pairs_alpha"],
-            arrays["pairs_repeat"],
-            arrays["atc_conf"].astype(np.float64),
-            arrays["atc_correct"].astype(bool),
-        )
-        predictor = router._make_predictor()
-        if isinstance(predictor, MLPCorrectness):
-            state = {k[4:]: v for k, v in arrays.items() if k.startswith("mlp.")}
-            predictor = predictor.load_state(state, router.X_.shape[1], len(router.models_))
-        else:
-            predictor = predictor.fit(router.X_, router.Y_)
-        router.predictor_ = predictor
-        router._fit_confidence(pairs)
-        if payload.get("blend") is not None:
-            router.blend_ = BlendChoice(**payload["blend"])
-            # routers saved before label rules existed keep the blend's choice whatever the labels say
-            router.label_rules_ = {int(k): v for k, v in (payload.get("label_rules") or {}).items()}
-        return router
-
-    def _index_card_line(self) -> list[str]:
-        index = getattr(self.predictor_, "index_", None)
-        if index is None:
-            return []
-        where = f"index={self.index!r}, index_params={self.index_params}"
-        line = f"- neighbour index: {jsonable(index.describe())} ({where})"
-        return [line]
-
-    def _blend_card_lines(self) -> list[str]:
-        if not hasattr(self, "blend_"):
-            return []
-        b = self.blend_
-        rules = ", ".join(f"{s} labels: {r}" for s, r in sorted(getattr(self, "label_rules_", {}).items()))
-        return [
-            (
-                f"- blend: k={b.k}, lambda={b.lam:g} (leave-one-task-out accuracy {b.inner_accuracy:.4f} vs "
-                f"{b.bma_inner_accuracy:.4f} for the best model on average)"
-            ),
-            f"- label rules (how a few labels may overrule the blend): {rules or 'none saved'}",
-        ]
+        return load_router(path, cls)
 
     def model_card(self, extra: dict[str, Any] | None = None) -> str:
         """A Markdown summary of what the router was trained on and how (saved as card.md)."""
-        self._check_fitted()
-        bma = self.models_[self.best_on_average_]
-        lines = [
-            "# benchroute router card",
-            "",
-            f"- benchroute {__version__}, format version {FORMAT_VERSION}",
-            f"- embedding model: `{self.embedding_model}` ({self.X_.shape[1]}-d)",
-            f"- predictor: `{self.get_params()['predictor']}` (k={self.k}), score {self.score}, t={self.t}",
-            *self._index_card_line(),
-            (
-                f"- confidence: {self.p_estimator} (sigma={self.sigma}, kappa={self.kappa}), "
-                f"{len(self.pairs_.u)} (u, p) pairs, u in [{self.pairs_.u.min():.3f}, "
-                f"{self.pairs_.u.max():.3f}], "
-                f"p in [{self.pairs_.p.min():.3f}, {self.pairs_.p.max():.3f}]"
-            ),
-            f"- trust rule: eta={self.eta}, {self.draws} Monte Carlo draws, seed {self.seed}",
-            *self._blend_card_lines(),
-            f"- best model on average: `{bma}` (macro accuracy {self.task_accuracy_.mean(axis=0).max():.4f})",
-            f"- {len(self.tasks_)} training tasks, {len(self.X_)} questions, {len(self.models_)} models",
-            "",
-            "## Tasks",
-            "",
-            ", ".join(f"`{t}`" for t in self.tasks_),
-            "",
-            "## Models",
-            "",
-            ", ".join(f"`{m}`" for m in self.models_),
-        ]
-        for key, val in (extra or {}).items():
-            lines += ["", f"## {key}", "", "```", json.dumps(jsonable(val), indent=1), "```"]
-        return "\n".join(lines) + "\n"
+        from benchroute.router.persistence import model_card
+
+        return model_card(self, extra)
 
 
-_MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required except _OPTIONAL_KEYS
-    "format": str,
-    "format_version": int,
-    "benchroute_version": str,
-    "params": dict,
-    "tasks": list,
-    "models": list,
-    "arrays_sha256": str,
-    "card_extra": dict,
-    "blend": (dict, type(None)),
-    "predictor_params": (dict, type(None)),
-    "cost_unit": (str, type(None)),
-    "label_rules": (dict, type(None)),
-}
-_OPTIONAL_KEYS = {"cost_unit", "label_rules"}
-_POSITIVE_INTS = {"k": 10**6, "kappa": 10**6, "repeats": 10**6, "cap": 10**9, "draws": 10**7}
-
-
-def _check_manifest(payload: dict[str, Any], manifest: Path) -> None:
-    """The manifest's schema: a re-signed router.json with unknown keys or wrong types is refused.
-
-    The checksums only detect accidents; anyone can re-sign an edited manifest, so every field is
-    checked here before it reaches a constructor (a router from an untrusted source is data).
-    """
-
-    def bad(what: str) -> IntegrityError:
-        return IntegrityError(f"{manifest}: {what}", "re-save the router, or get it from its author")
-
-    keys = set(payload)
-    unexpected, missing = keys - set(_MANIFEST_KEYS), set(_MANIFEST_KEYS) - _OPTIONAL_KEYS - keys
-    if unexpected or missing:
-        raise bad(f"unexpected manifest keys {sorted(unexpected)}, missing {sorted(missing)}")
-    for key in keys:
-        if not isinstance(payload[key], _MANIFEST_KEYS[key]) or isinstance(payload[key], bool):
-            raise bad(f"{key} has the wrong type ({type(payload[key]).__name__})")
-    for key in ("tasks", "models"):
-        names = payload[key]
-        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-            raise bad(f"{key} must be a non-empty list of distinct strings")
-    defaults = {k: p.default for k, p in inspect.signature(Router.__init__).parameters.items() if k != "self"}
-    params = payload["params"]
-    if set(params) != set(defaults):
-        raise bad(f"unexpected router parameters {sorted(set(params) ^ set(defaults))}")
-    for key, value in params.items():
-        default = defaults[key]
-        if key == "index":
-            ok = value in BACKENDS
-        elif key == "index_params":
-            ok = value is None or (
-                isinstance(value, dict)
-                and all(
-                    k in INDEX_PARAMS and k != "backend" and (v is None or isinstance(v, int | float | str))
-                    for k, v in value.items()
-                )
-            )
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and (key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
-            )
-        elif isinstance(default, float):
-            ok = (
-                _finite_number(value)
-                and (key != "sigma" or value > 0)
-                and (key not in ("t", "eta") or 0 <= value <= 1)
-            )
-        elif isinstance(default, tuple | list):
-            ok = isinstance(value, list) and len(value) > 0 and all(_finite_number(v) for v in value)
-        else:  # predictor, score, p_estimator, embedding_model: names
-            ok = isinstance(value, str) and value != ""
-        if not ok:
-            raise bad(f"router parameter {key} = {value!r} is not valid")
-    if payload["params"]["embedding_model"] in ("", ".", ".."):
-        raise bad("embedding_model is not valid")
-    rules = payload.get("label_rules") or {}
-    if not all(k.isdigit() and int(k) in LABEL_GRID and v in LABEL_RULES for k, v in rules.items()):
-        raise bad(f"label_rules must map sizes {LABEL_GRID} to rules {LABEL_RULES}")
-
-
-def _finite_number(v: Any) -> bool:
-    """A JSON number usable as a float parameter (no bool, no NaN, no 10**400 that overflows a float)."""
-    return (
-        isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and abs(v) < 1e300
-        and bool(np.isfinite(float(v)))
-    )
-
-
-def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: Path) -> None:
-    """Names, shapes and dtypes of the saved arrays agree with each other and with the manifest."""
-    m, t = len(payload["models"]), len(payload["tasks"])
-    X = arrays.get("X")
-    if X is None or X.ndim != 2 or len(X) == 0 or X.dtype != np.float32 or not np.isfinite(X).all():
-        raise IntegrityError(f"{file}: X must be a non-empty finite n x d float32 array")
-    n = len(X)
-    z = len(arrays.get("pairs_u", ()))
-    _check_labels(arrays, n, m, payload["format_version"], file)
-    shapes = {
-        "task_index": (n,),
-        "task_accuracy": (t, m),
-        "params_b": (m,),
-        "cost": (m,),
-        "pairs_u": (z,),
-        "pairs_p": (z, m),
-        "pairs_task": (z,),
-        "pairs_alpha": (z,),
-        "pairs_repeat": (z,),
-    }
-    for name, shape in shapes.items():
-        if name not in arrays or arrays[name].shape != shape:
-            got = arrays[name].shape if name in arrays else "missing"
-            raise IntegrityError(f"{file}: array {name} has shape {got}, expected {shape}")
-    if (
-        "atc_conf" not in arrays
-        or "atc_correct" not in arrays
-        or arrays["atc_conf"].shape != arrays["atc_correct"].shape
-    ):
-        raise IntegrityError(f"{file}: atc_conf and atc_correct are missing or differ in shape")
-    ti = arrays["task_index"]
-    if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
-        raise IntegrityError(f"{file}: task_index must index the {t} tasks")
-    unknown = set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct"}
-    if any(not k.startswith("mlp.") for k in unknown):
-        raise IntegrityError(
-            f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}"
-        )
-
-
-def _check_labels(arrays: dict[str, np.ndarray], n: int, m: int, version: int, file: Path) -> None:
-    """Exactly one label array: Y_bits (n x ceil(m/8) uint8, zero padding), or Y (uint8 0/1 in format 1,
-    float32 in [0, 1] for fractional labels in format 2)."""
-    if ("Y" in arrays) == ("Y_bits" in arrays) or (version == 1 and "Y" not in arrays):
-        raise IntegrityError(
-            f"{file}: expected exactly one label array ({'Y' if version == 1 else 'Y_bits or Y'})"
-        )
-    if "Y_bits" in arrays:
-        bits = arrays["Y_bits"]
-        if bits.dtype != np.uint8 or bits.shape != (n, -(-m // 8)):
-            raise IntegrityError(
-                f"{file}: array Y_bits has {bits.dtype} shape {bits.shape}, expected uint8 {(n, -(-m // 8))}"
-            )
-        if m % 8 and (bits[:, -1] & ((1 << (8 - m % 8)) - 1)).any():
-            raise IntegrityError(
-                f"{file}: Y_bits has bits set past the {m} models (not written by benchroute)"
-            )
-        return
-    Y = arrays["Y"]
-    if Y.shape != (n, m):
-        raise IntegrityError(f"{file}: array Y has shape {Y.shape}, expected {(n, m)}")
-    if Y.dtype == np.uint8 or version == 1:
-        if not np.isin(Y, (0, 1)).all():
-            raise IntegrityError(f"{file}: Y must hold 0/1 correctness")
-    elif Y.dtype != np.float32 or not (np.isfinite(Y).all() and (Y >= 0).all() and (Y <= 1).all()):
-        raise IntegrityError(f"{file}: Y must be uint8 0/1 or float32 in [0, 1]")
-
-
-def _compact_labels(Y: np.ndarray) -> np.ndarray:
-    """0/1 labels as uint8 (a quarter of float32; every use gives the same values), others float32."""
-    Y = np.asarray(Y)
-    return Y.astype(np.uint8) if is_binary(Y) else Y.astype(np.float32)
+def _same(a: Any, b: Any) -> bool:
+    """Parameter equality for the repr (sequences compare by value, whatever their type)."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) == list(b)
+    return a is b or (type(a) is type(b) and a == b)
 
 
 def _opt(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def _column(info: Any, col: str, models: list[str]) -> np.ndarray:
-    if info is None or col not in getattr(info, "columns", []):
-        return np.full(len(models), np.nan)
-    return np.array(
-        [float(info.loc[m, col]) if m in info.index else np.nan for m in models], dtype=np.float64
-    )
-
-
-def _predictor_name(est: Any) -> str:
-    for name, cls in (("knn", KNNCorrectness), ("mlp", MLPCorrectness)):
-        if type(est) is cls:
-            return name
-    raise ConfigError(
-        f"cannot save a router with a custom predictor {type(est).__name__}",
-        "use predictor='knn', 'mlp' or 'logreg' to save it",
-    )
-
-
-__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router", "n_moved"]
+__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router"]
