@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,7 +94,10 @@ def test_one_structured_log_line_per_request(
         extra_headers={"x-request-id": "log-line-2"},
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "up-code says hi"
-    lines = {ln["request_id"]: ln for ln in _access_lines(caplog)}
+    deadline = time.monotonic() + 30  # the line of a stream is written after its last byte is sent
+    while "log-line-2" not in (lines := {ln["request_id"]: ln for ln in _access_lines(caplog)}):
+        assert time.monotonic() < deadline, "no access line for the stream"
+        time.sleep(0.05)
     one, two = lines["log-line-1"], lines["log-line-2"]
     assert one["path"] == "/v1/chat/completions" and one["status"] == 200
     assert one["requested_model"] == "benchroute"

@@ -106,6 +106,8 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
             config.embedding.cache_size,
             metrics,
             bulk_batch_size=config.embedding.bulk_batch_size,
+            backend=config.embedding.backend,
+            threads=config.embedding.threads,
         ),
         bma_scores=np.asarray(router.task_accuracy_, dtype=float).mean(axis=0),
         breakers={

@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -119,11 +119,15 @@ class Limits(_Strict):
 class EmbeddingConfig(_Strict):
     """Query embedding: micro-batched on one worker thread, with an in-memory LRU cache (queries are
     never written to the on-disk embedding cache). Routing queries are embedded before bulk work
-    (/v1/recommend, multi-query /v1/route), which runs in batches of ``bulk_batch_size``."""
+    (/v1/recommend, multi-query /v1/route), which runs in batches of ``bulk_batch_size``.
+    ``backend``: ``auto`` (ONNX Runtime when installed, else torch), ``onnx`` or ``torch``;
+    ``threads``: ONNX Runtime intra-op threads (default: one per core)."""
 
     batch_size: int = Field(default=64, gt=0)
     bulk_batch_size: int = Field(default=4, gt=0)
     cache_size: int = Field(default=10_000, ge=0)
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(default=None, gt=0)
 
 
 class RoutingConfig(_Strict):
@@ -164,6 +168,13 @@ class CorsConfig(_Strict):
         return v
 
 
+class SessionsConfig(_Strict):
+    """Session routing state: at most ``max_sessions``, each dropped after ``ttl_s`` unused (LRU)."""
+
+    max_sessions: int = Field(default=10_000, gt=0)
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
 class ServeConfig(_Strict):
     """The whole serve.yaml (every section optional)."""
 
@@ -176,6 +187,7 @@ class ServeConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
 
     _source: str = PrivateAttr(default="serve.yaml")
 
@@ -449,6 +461,7 @@ __all__ = [
     "ResolvedProfile",
     "RoutingConfig",
     "ServeConfig",
+    "SessionsConfig",
     "UpstreamModel",
     "check_exposure",
     "load_config",

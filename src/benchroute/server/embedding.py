@@ -43,9 +43,6 @@ from benchroute.server.metrics import Metrics
 log = logging.getLogger("benchroute.server")
 
 Lane = Literal["routing", "bulk"]
-#: A token is rarely longer than this many characters; texts are cut to ``max_tokens`` times it
-#: before the tokenizer runs, so tokenizing a 20,000-character query never costs more than a window.
-CHARS_PER_TOKEN_BOUND = 16
 #: Texts up to this long are tokenized on the event loop (well under a millisecond), longer ones on
 #: a thread.
 INLINE_TOKENIZE_CHARS = 2_000
@@ -54,40 +51,31 @@ INLINE_TOKENIZE_CHARS = 2_000
 class QueryEncoder(Protocol):
     """What the service needs from an embedding model."""
 
-    max_tokens: int
+    name: str
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized float32 vectors (n x dim)."""
         ...
 
     def truncate(self, text: str) -> str:
-        """The prefix of ``text`` the model reads (its first ``max_tokens`` tokens)."""
+        """The prefix of ``text`` the model reads (its token window): the same vector as the whole."""
         ...
 
 
-class SentenceTransformerEncoder:
-    """:class:`benchroute.embed.Embedder` (sentence-transformers, fp32) as a :class:`QueryEncoder`."""
+class EmbedderEncoder:
+    """:class:`benchroute.embed.Embedder` (no disk cache) as a :class:`QueryEncoder`: ONNX Runtime
+    (``fast="onnx"``, the serving path: the same fp32 weights, one unpadded pass per text, no torch
+    once the export is cached) or sentence-transformers on torch."""
 
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
-        model = embedder.sentence_transformer  # loads the weights
-        self.tokenizer = model.tokenizer
-        self.max_tokens = int(model.max_seq_length)
+        self.name = f"{embedder.model} ({'onnx' if embedder.fast == 'onnx' else 'torch'})"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder.encode_uncached(list(texts)), dtype=np.float32)
 
     def truncate(self, text: str) -> str:
-        text = text[: self.max_tokens * CHARS_PER_TOKEN_BOUND]
-        enc = self.tokenizer(
-            text,
-            truncation=True,
-            max_length=self.max_tokens,
-            add_special_tokens=True,
-            return_offsets_mapping=True,
-        )
-        ends = [end for _, end in enc["offset_mapping"] if end > 0]
-        return text[: max(ends)] if ends else text
+        return str(self.embedder.truncate(text))
 
 
 def quiet_third_party() -> None:
@@ -107,34 +95,51 @@ def quiet_third_party() -> None:
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 
-def check_model(model_name: str) -> None:
-    """Fail fast (a :class:`ModelNotAvailableError`) for an embedding model that is not installed,
-    without loading it."""
-    from benchroute.embed import resolve_model_path
+def check_model(model_name: str, backend: str = "auto") -> None:
+    """Fail fast (a :class:`ModelNotAvailableError`) for an embedding model or backend that is not
+    installed, without loading it."""
+    from benchroute.embed import ONNX_INSTALL_HINT, onnx_available, resolve_model_path
 
     resolve_model_path(model_name)
+    if backend == "onnx" and not onnx_available():
+        raise ModelNotAvailableError("embedding.backend: onnx needs onnxruntime and onnx", ONNX_INSTALL_HINT)
 
 
-def load_encoder(model_name: str) -> QueryEncoder:
-    """The query encoder for ``model_name`` (loads the weights: seconds)."""
+def load_encoder(model_name: str, backend: str = "auto", threads: int | None = None) -> QueryEncoder:
+    """The query encoder for ``model_name``, loaded (seconds; the first ONNX use also exports the
+    model, ~20 s for mpnet, once per machine). ``backend``: ``onnx``, ``torch``, or ``auto`` (ONNX
+    Runtime when installed: ~1.5x torch per query on one core, far more when cores are shared)."""
     quiet_third_party()
-    from benchroute.embed import Embedder
+    from benchroute.embed import Embedder, onnx_available
 
-    return SentenceTransformerEncoder(Embedder(model_name, cache=False))
+    if backend == "auto":
+        backend = "onnx" if onnx_available() else "torch"
+    if backend == "onnx":
+        embedder = Embedder(model_name, cache=False, fast="onnx", threads=threads)
+        _ = embedder.onnx  # export (first time) and load the session here, on the loader thread
+    else:
+        embedder = Embedder(model_name, cache=False)
+        _ = embedder.sentence_transformer
+    _ = embedder.tokenizer
+    return EmbedderEncoder(embedder)
 
 
 _MODEL_LOCK = threading.Lock()
 _MODEL_WORKERS: dict[str, tuple[ThreadPoolExecutor, QueryEncoder]] = {}
 
 
-def model_worker(model_name: str) -> tuple[ThreadPoolExecutor, QueryEncoder]:
-    """One loaded encoder and its single worker thread per process (shared by all apps)."""
+def model_worker(
+    model_name: str, backend: str = "auto", threads: int | None = None
+) -> tuple[ThreadPoolExecutor, QueryEncoder]:
+    """One loaded encoder and its single worker thread per (model, backend) and process, shared by
+    every app of the process."""
     with _MODEL_LOCK:
-        got = _MODEL_WORKERS.get(model_name)
+        key = f"{model_name}|{backend}|{threads}"
+        got = _MODEL_WORKERS.get(key)
         if got is None:
-            encoder = load_encoder(model_name)
+            encoder = load_encoder(model_name, backend, threads)
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benchroute-embed")
-            got = _MODEL_WORKERS[model_name] = (executor, encoder)
+            got = _MODEL_WORKERS[key] = (executor, encoder)
         return got
 
 
@@ -177,8 +182,12 @@ class EmbeddingService:
         cache_size: int,
         metrics: Metrics,
         bulk_batch_size: int = 4,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         self.model_name = model_name
+        self.backend = backend
+        self.threads = threads
         self.batch_size = batch_size
         self.bulk_batch_size = bulk_batch_size
         self.cache_size = cache_size
@@ -221,11 +230,13 @@ class EmbeddingService:
         assert self._loaded is not None
         loop = asyncio.get_running_loop()
         try:
-            executor, encoder = await asyncio.to_thread(model_worker, self.model_name)
+            executor, encoder = await asyncio.to_thread(
+                model_worker, self.model_name, self.backend, self.threads
+            )
             # one pass now, so the first request does not pay for the lazy parts of the model
             await loop.run_in_executor(executor, encoder.encode, ["warm up"])
             self._executor, self._encoder = executor, encoder
-            log.info("embedding model %s loaded", self.model_name)
+            log.info("embedding model %s loaded", encoder.name)
         except Exception as exc:  # kept and reported by /readyz and every request that needs it
             log.error("cannot load embedding model %s: %s", self.model_name, exc)
             self.error = exc
@@ -383,9 +394,9 @@ class EmbeddingService:
 
 __all__ = [
     "BudgetExceeded",
+    "EmbedderEncoder",
     "EmbeddingService",
     "QueryEncoder",
-    "SentenceTransformerEncoder",
     "check_model",
     "load_encoder",
     "model_worker",

@@ -42,7 +42,8 @@ def serve(
     check_exposure(config, host)
     router = Router.load(router_dir)
     app = create_app(router, config)
-    check_model(router.embedding_model)  # a missing embedding model fails here; it loads after start
+    # a missing embedding model fails here; it loads after the server starts listening
+    check_model(router.embedding_model, config.embedding.backend)
     quiet_third_party()
     tune_for_serving()
 

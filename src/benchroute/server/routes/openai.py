@@ -17,6 +17,7 @@ from benchroute.server.embedding import BudgetExceeded
 from benchroute.server.errors import ApiError
 from benchroute.server.proxy import Choice, proxy
 from benchroute.server.schemas import ChatMessage, ChatRequest
+from benchroute.server.sessions import SESSION_HEADER, session_key
 from benchroute.server.state import AppState
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -158,4 +159,8 @@ async def _complete(
 @router.post("/chat/completions")
 async def chat_completions(body: ChatBody, request: Request, state: State) -> Response:
     record: RequestRecord = request.state.record
+    # validated and logged now; it selects the router's session state once Router.route takes one
+    record.session = (
+        session_key(request.headers.get(SESSION_HEADER), (body.model_extra or {}).get("user")) is not None
+    )
     return await within_deadline(state, _complete(state, body, request.state.payload, record))
