@@ -10,8 +10,10 @@
   lane; ``/v1/recommend`` and multi-query ``/v1/route`` to the bulk lane. The worker always drains
   the routing lane first and takes bulk work in small batches (``embedding.bulk_batch_size``), so
   bulk work delays a routing query by at most one small batch and can never starve it.
-* **Micro-batching.** Routing queries that arrive while a batch is being embedded are embedded
+* **Micro-batching** (torch): routing queries that arrive while a batch is being embedded are embedded
   together in the next batch (up to ``embedding.batch_size``), so concurrent requests share passes.
+  The ONNX encoder runs one unpadded pass per text (batching does not pay there), so it is given one
+  text at a time and a query is "started" only when it is on the model.
 * **Budget and cancellation.** A caller may give a queueing budget: if its texts have not started
   embedding within it, :class:`BudgetExceeded` is raised and the texts leave the queue (unless
   another request waits for them). A cancelled caller (client gone, deadline) likewise takes its
@@ -52,6 +54,9 @@ class QueryEncoder(Protocol):
     """What the service needs from an embedding model."""
 
     name: str
+    #: Whether a batch of texts costs less than the texts one by one. When it does not, the service
+    #: gives the model one text at a time, so "started" means on the model and the budget is exact.
+    batches: bool
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized float32 vectors (n x dim)."""
@@ -69,7 +74,10 @@ class EmbedderEncoder:
 
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
-        self.name = f"{embedder.model} ({'onnx' if embedder.fast == 'onnx' else 'torch'})"
+        onnx = embedder.fast == "onnx"
+        self.name = f"{embedder.model} ({'onnx' if onnx else 'torch'})"
+        # ONNX runs one unpadded pass per text (padding cost more than batching saved: benchmarks/README.md)
+        self.batches = not onnx
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.embedder.encode_uncached(list(texts)), dtype=np.float32)
@@ -345,8 +353,11 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------------------------- worker
     def _next_batch(self) -> list[_Job]:
-        """Up to ``batch_size`` routing jobs, else up to ``bulk_batch_size`` bulk jobs."""
-        for lane, size in ((self._lanes.routing, self.batch_size), (self._lanes.bulk, self.bulk_batch_size)):
+        """Up to ``batch_size`` routing jobs, else up to ``bulk_batch_size`` bulk jobs (one job at a
+        time for an encoder that does not gain from batches)."""
+        single = self._encoder is not None and not self._encoder.batches
+        sizes = (1, 1) if single else (self.batch_size, self.bulk_batch_size)
+        for lane, size in zip((self._lanes.routing, self._lanes.bulk), sizes, strict=True):
             batch: list[_Job] = []
             while lane and len(batch) < size:
                 job = lane.popleft()

@@ -141,7 +141,7 @@ async def _complete(
     record.requested_model = req.model
     start = time.perf_counter()
     choice = await choose(state, req)
-    if choice.routed and choice.reason != "requested by name":
+    if choice.routed:
         record.routing_ms = (time.perf_counter() - start) * 1000
         state.metrics.observe(
             "benchroute_routing_duration_seconds",
