@@ -21,25 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from benchroute.data import load_with_embeddings
-from benchroute.experiments.evaluate import P_ESTIMATORS, LOTOEvaluator, paired_difference, summarize
+from benchroute.experiments.evaluate import P_ESTIMATORS, ROWS, LOTOEvaluator, paired_difference, summarize
 from benchroute.files import atomic_write_text
 from benchroute.router.estimator import Router
 
-METHODS = (
-    "S3_trust",
-    "S1",
-    "S2",
-    "S3",
-    "S3_atc",
-    "S3_cal",
-    "S3_acc",
-    "S3_true_p",
-    "Blend",
-    "Router",
-    "MoE",
-    "BMA",
-    "Oracle",
-)
+METHODS = tuple(m for m in ROWS if m not in ("LL", "Few-shot", "Random"))
 
 
 def run_one(dataset: str, model: str, seed: int, alpha: float, repeats: int, p_estimator: str) -> dict:

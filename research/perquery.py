@@ -1,4 +1,5 @@
-"""Per-query and session routing study: reproduces every number of the per-query report.
+"""Per-query and session routing study (the colleague's first study; the product harness is
+benchroute.experiments.perquery, driven by research/perquery_harness.py).
 
     PYTHONPATH=src python research/perquery.py --dataset openllm_v2 --seeds 0 1 2
 
@@ -220,11 +221,14 @@ class Study:
         curves = {int(t): np.stack([curves_g[k][ts == t].mean(0) for k in BLEND_KS]) for t in tasks_in}
         priors = {int(t): P_wo[t] for t in tasks_in}
         blend = select_blend(curves, priors, A, BLEND_KS, BLEND_LAMBDAS)
+        # the colleague's session rule: evidence = HKS's item estimate g (kept here for comparison; the
+        # product's session evidence is the kNN mean, measured by benchroute.experiments.perquery)
         sess = select_session_knobs(
             {int(t): q[ts == t] for t in tasks_in},
-            {int(t): g[ts == t] for t in tasks_in},
+            {SessionKnobs().k: {int(t): g[ts == t] for t in tasks_in}},
             {int(t): Ys[ts == t] for t in tasks_in},
             priors,
+            grid={"k": (SessionKnobs().k,), "n0": (1.0, 3.0, 10.0, 30.0), "lam_s": (0.75, 0.5, 0.25, 0.0)},
         )
         return {"stats": stats, "sel": sel, "lam100": lam100, "blend": blend, "sess": sess, "keep": keep}
 
@@ -312,7 +316,7 @@ class Study:
         rules = {
             "session HKS (proposed)": lambda p: session_replay_picks(q[p], g[p], P, fit["sess"]),
             "session HKS, fixed n0=3 lam_s=0.5": lambda p: session_replay_picks(
-                q[p], g[p], P, SessionKnobs()
+                q[p], g[p], P, SessionKnobs(n0=3.0, lam_s=0.5)
             ),
             "per-query HKS, no session": lambda p: pick(q[p], P),
             "blend over previous queries": lambda p: self._blend_stream(gk[p], P, bl.lam, q[p]),

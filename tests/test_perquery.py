@@ -8,11 +8,14 @@ import pytest
 from benchroute.errors import ConfigError
 from benchroute.method.neighbors import exact_search, normalize
 from benchroute.method.perquery import (
+    RULES,
     PerQueryKnobs,
     SessionKnobs,
     SessionState,
+    decide_queries,
     fit_stats,
     hks_parts,
+    needed_neighbors,
     pick,
     query_scores,
     route,
@@ -212,8 +215,11 @@ def test_session_evidence_wins_over_noisy_queries():
     g[:, 2] += 0.2
     picks = session_replay_picks(g, g, prior, SessionKnobs(n0=3.0, lam_s=0.0))
     assert (picks[50:] == 2).mean() > 0.95
-    kn = select_session_knobs({0: g}, {0: g}, {0: (g > 0.6).astype(float)}, {0: prior}, orders=2, max_len=60)
-    assert isinstance(kn, SessionKnobs)
+    y = (rng.random((n, M)) < np.clip(g, 0, 1)).astype(float)
+    kn = select_session_knobs(
+        {0: g}, {20: {0: g}}, {0: y}, {0: prior}, grid={"k": (20,), "n0": (1.0,), "lam_s": (0.9, 0.0)}
+    )
+    assert kn.k == 20 and kn.lam_s == 0.0  # the session evidence is informative: not shrunk away
 
 
 def test_fit_end_to_end_selects_knobs_and_routes(bench):
@@ -227,3 +233,88 @@ def test_fit_end_to_end_selects_knobs_and_routes(bench):
     q, g = query_scores(s, i, stats, return_g=True)
     state = SessionState().update(g, stats.session.decay)
     assert session_scores(q, state, stats.prior, stats.session).shape == q.shape
+
+
+# ---------------------------------------------------------------------------------- the contract
+
+
+def _fitted(bench):
+    emb, y, t = _store(bench)
+    stats = fit_stats(y, t, knobs=PerQueryKnobs(k=10), session=SessionKnobs(k=10, n0=1.0, lam_s=0.5))
+    return emb, y, t, stats
+
+
+def test_decide_queries_rules_shapes_and_today_rule(bench):
+    emb, y, _t, stats = _fitted(bench)
+    s, i = exact_search(emb[:30], emb, needed_neighbors(stats))
+    for rule in RULES:
+        d = decide_queries(s, i, stats, rule=rule)
+        assert d.chosen.shape == (30,) and d.scores.shape == d.evidence.shape == (30, y.shape[1])
+        np.testing.assert_array_equal(d.chosen, pick(d.scores, stats.prior))
+    knn = decide_queries(s, i, stats, rule="knn")
+    np.testing.assert_allclose(knn.scores, y[i[:, :5]].mean(axis=1))
+    np.testing.assert_allclose(knn.evidence, y[i[:, :10]].mean(axis=1))
+    assert (decide_queries(s, i, stats).chosen == route(s, i, stats)).all()
+    with pytest.raises(ConfigError):
+        decide_queries(s[:, :3], i[:, :3], stats)
+    with pytest.raises(ConfigError):
+        decide_queries(s, i, stats, rule="nope")
+
+
+def test_decide_queries_mask_and_cost_match_choose(bench):
+    from benchroute.method.cost import choose
+
+    emb, y, _t, stats = _fitted(bench)
+    M = y.shape[1]
+    s, i = exact_search(emb[::7], emb, needed_neighbors(stats))
+    mask = np.ones(M, bool)
+    mask[stats.best_on_average] = False
+    d = decide_queries(s, i, stats, mask=mask)
+    assert not (d.chosen == stats.best_on_average).any() and np.isneginf(d.scores[:, ~mask]).all()
+    cost = np.linspace(1.0, 10.0, M)
+    cost[1] = np.nan
+    plain = decide_queries(s, i, stats).scores
+    for cw, budget in ((0.3, None), (0.0, 5.0), (1.0, 8.0)):
+        d = decide_queries(s, i, stats, cost=cost, cost_weight=cw, max_cost=budget)
+        assert not (d.chosen == 1).any()
+        for r in range(len(s)):
+            c = choose(plain[r], cost, cost_weight=cw, max_cost=budget)
+            assert d.chosen[r] == c.index or np.isclose(d.scores[r, d.chosen[r]], d.scores[r, c.index])
+    with pytest.raises(ConfigError):
+        decide_queries(s, i, stats, cost=cost, max_cost=0.5)
+
+
+def test_decide_queries_session_in_order_and_serializable(bench):
+    import json
+
+    emb, _y, _t, stats = _fitted(bench)
+    s, i = exact_search(emb[:40], emb, needed_neighbors(stats))
+    batch_state = SessionState()
+    batch = decide_queries(s, i, stats, session=batch_state)
+    one_state = SessionState()
+    for r in range(40):
+        restored = SessionState.from_dict(json.loads(json.dumps(one_state.to_dict())))
+        d = decide_queries(s[r : r + 1], i[r : r + 1], stats, session=restored)
+        one_state = restored
+        np.testing.assert_allclose(d.scores[0], batch.scores[r])
+    assert one_state.n == batch_state.n == 40
+    np.testing.assert_allclose(one_state.ev_sum, batch.evidence.sum(axis=0))
+    # the first query is scored on its own; later ones are pulled toward the session mean
+    np.testing.assert_allclose(batch.scores[0], decide_queries(s[:1], i[:1], stats).scores[0])
+    assert not np.allclose(batch.scores[5:], decide_queries(s[5:], i[5:], stats).scores)
+    with pytest.raises(ConfigError):
+        decide_queries(s, i, stats, session=SessionState(1.0, np.zeros(3)))
+
+
+def test_a_store_smaller_than_k_routes_with_every_stored_question() -> None:
+    """A router fitted on fewer questions than the per-query k still routes (k shrinks to the store)."""
+    rng = np.random.default_rng(0)
+    emb = normalize(rng.normal(size=(12, 8)))
+    labels = rng.integers(0, 2, size=(12, 3)).astype(np.float32)
+    stats = fit_stats(labels, np.repeat([0, 1, 2], 4))
+    assert stats.knobs.k > 12
+    sims, idx = exact_search(emb[:2], emb, 12)
+    chosen = decide_queries(sims, idx, stats).chosen
+    assert chosen.shape == (2,) and set(chosen.tolist()) <= {0, 1, 2}
+    with pytest.raises(ConfigError, match="neighbours per query"):
+        decide_queries(sims[:, :5], idx[:, :5], stats)  # fewer than k while the store has more

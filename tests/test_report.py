@@ -216,6 +216,10 @@ def make_results(seed: int = 0) -> dict[str, Any]:
             },
         },
     }
+    # the per-query section: a real (small, synthetic) perquery_study output
+    results["perquery"] = json.loads(
+        (Path(__file__).parent / "fixtures" / "perquery_results.json").read_text()
+    )
     return json.loads(json.dumps(results))  # exactly what results.json would hold
 
 

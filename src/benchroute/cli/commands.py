@@ -7,9 +7,10 @@ long loops show a Rich progress bar with items/s.
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from benchroute.cli.inputs import read_inputs, read_labeled
 from benchroute.errors import BenchrouteError, ConfigError
+from benchroute.files import check_output_dir, check_output_file
+
+__all__ = ["app", "main", "read_inputs", "read_labeled"]
 
 app = typer.Typer(
     help="Pick the right LLM for a job by learning from benchmark results.",
@@ -46,6 +51,43 @@ app.add_typer(experiment_app, name="experiment")
 
 console = Console()
 err_console = Console(stderr=True)
+
+# --------------------------------------------------------------------------- option checks
+# One guard per kind of number: typer parses the text, these callbacks refuse values that parse but
+# make no sense (0, negative, NaN, a port above 65535) with one ConfigError naming the option.
+
+
+def _option_name(param: Any) -> str:
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")] or list(getattr(param, "opts", []))
+    return max(opts, key=len) if opts else str(getattr(param, "name", "option"))
+
+
+def _checked(test: Callable[[Any], bool], what: str, example: str) -> Callable[..., Any]:
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing:
+            return value
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if not test(v):
+                name = _option_name(param)
+                raise ConfigError(f"{name} must be {what}, got {v}", f"for example {name} {example}")
+        return value
+
+    return callback
+
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+positive_int = _checked(lambda v: v >= 1, "a positive integer", "32")
+non_negative_int = _checked(lambda v: v >= 0, "0 or a positive integer", "0")
+finite_float = _checked(_finite, "a finite number", "0.5")
+non_negative_float = _checked(lambda v: _finite(v) and v >= 0, "a finite number >= 0", "0.5")
+unit_float = _checked(lambda v: _finite(v) and 0 <= v <= 1, "a number between 0 and 1", "0.6")
+port_number = _checked(lambda v: 1 <= v <= 65535, "a TCP port between 1 and 65535", "8000")
+seed_number = _checked(lambda v: 0 <= v < 2**32, "an integer between 0 and 2**32 - 1", "0")
+
 
 DirArg = Annotated[
     str, typer.Argument(help="Benchmark directory, or a bundled name (openllm_v2, llmrouter, alpacaeval2).")
@@ -68,6 +110,30 @@ AddressOpt = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster to connect to (host:6379 or auto); default: a local Ray."),
 ]
+
+
+def print_table(table: Table, names: dict[str, list[str]]) -> None:
+    """Print ``table`` without ever cutting a name: the columns in ``names`` (header -> the names it
+    shows) keep their full width; the others wrap. If even that is wider than the terminal, the
+    table is printed at its natural width and the terminal wraps the lines."""
+    from rich.cells import cell_len
+    from rich.measure import Measurement
+
+    for column in table.columns:
+        shown = names.get(str(column.header))
+        if shown:
+            column.min_width = max(cell_len(str(n)) for n in shown)
+            column.overflow = "fold"
+    need = Measurement.get(console, console.options.update(max_width=10**5), table)
+    if need.minimum <= console.width:
+        console.print(table)
+        return
+    width = console.width
+    console.width = need.maximum
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 @contextmanager
@@ -127,6 +193,43 @@ def embed_missing(embedder: Any, inputs: list[str], name: str, use_ray: bool = F
     return todo
 
 
+EMBED_WINDOW = 4096
+PROGRESS_MIN = 256  # fewer inputs embed in a blink: no bar
+
+
+def embed_inputs(embedder: Any, texts: Sequence[str], what: str = "inputs") -> Any:
+    """Embeddings of ``texts`` (n x d float32) through the cache, in windows, under a progress bar.
+
+    Memory stays flat in the number of inputs beyond the result itself: each window's vectors are
+    computed, committed to the cache and copied into one preallocated array. The bar counts every
+    input (cached ones at once) and shows the rate and an estimate of the time left.
+    """
+    import numpy as np
+
+    out: Any = None
+    bar = (
+        progress_bar(f"embedding {what} with {embedder.model}", len(texts), "inputs")
+        if len(texts) >= PROGRESS_MIN
+        else nullcontext(lambda n=1: None)
+    )
+    with bar as advance:
+        for start in range(0, len(texts), EMBED_WINDOW):
+            window = list(texts[start : start + EMBED_WINDOW])
+            done = 0
+
+            def step(n: int) -> None:
+                nonlocal done
+                done += n
+                advance(n)
+
+            vecs = embedder.encode(window, progress=step)
+            if out is None:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[start : start + len(window)] = vecs
+            advance(len(window) - done)
+    return out
+
+
 def load_with_embeddings(
     path: str,
     model: str = "all-mpnet-base-v2",
@@ -164,7 +267,7 @@ def data_info(
         print(json.dumps(info, indent=2))
         return
     console.print(
-        f"[bold]{info['name']}[/]: {info['n_tasks']} tasks, {info['n_items']} items "
+        f"[bold]{escape(info['name'])}[/]: {info['n_tasks']} tasks, {info['n_items']} items "
         f"(per task min {info['items_per_task']['min']} / median {info['items_per_task']['median']} / "
         f"max {info['items_per_task']['max']}), {info['n_models']} models"
     )
@@ -174,7 +277,7 @@ def data_info(
     for kind, f in info["figures"].items():
         label = "correctness (0/1)" if kind == "correct" else "raw scores"
         figs.add_row(label, f"{f['bma_loto']:.4f}", f"{f['task_oracle']:.4f}", f"{f['instance_oracle']:.4f}")
-    console.print(figs)
+    print_table(figs, {"scores": ["correctness (0/1)"]})
     tasks = Table(title="Tasks")
     for col in (
         "task",
@@ -187,23 +290,26 @@ def data_info(
         "BMA acc",
     ):
         tasks.add_column(col)
+    info_tasks = [t["task"] for t in info["tasks"]]
+    models = [m["model"] for m in info["models"]]
     for t in info["tasks"]:
         tasks.add_row(
-            t["task"],
+            escape(t["task"]),
             str(t["n_items"]),
             "" if t["threshold"] is None else str(t["threshold"]),
-            t["oracle_model"],
+            escape(t["oracle_model"]),
             f"{t['oracle_acc']:.3f}",
             f"{t['instance_oracle']:.3f}",
-            t["bma_model"],
+            escape(t["bma_model"] or ""),
             f"{t['bma_acc']:.3f}",
         )
-    console.print(tasks)
+    print_table(tasks, {"task": info_tasks, "oracle model": models, "BMA model": models})
     console.print(
-        f"best model on average: [bold]{info['best_model']}[/] (macro accuracy {info['best_model_acc']:.4f})"
+        f"best model on average: [bold]{escape(info['best_model'])}[/] "
+        f"(macro accuracy {info['best_model_acc']:.4f})"
     )
     if info.get("dropped_models"):
-        console.print(f"dropped incomplete models: {', '.join(info['dropped_models'])}")
+        console.print(f"dropped incomplete models: {escape(', '.join(info['dropped_models']))}")
 
 
 # --------------------------------------------------------------------------- embed
@@ -218,9 +324,10 @@ def embed(
     import_: Annotated[
         Path | None, typer.Option("--import", help="Verify a pack and import it into the cache.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.", callback=positive_int)] = 32,
     commit_every: Annotated[
-        int, typer.Option(help="Texts per cache transaction (what a killed run can lose).")
+        int,
+        typer.Option(help="Texts per cache transaction (what a killed run can lose).", callback=positive_int),
     ] = 256,
     use_ray: RayOpt = False,
     address: AddressOpt = None,
@@ -239,12 +346,18 @@ def embed(
 
     if path is None and import_ is None:
         raise ConfigError("nothing to do", "give a benchmark DIR to embed and/or --import PACK")
+    if export is not None:
+        if path is None:
+            raise ConfigError("--export needs a benchmark DIR", "give the benchmark whose vectors to export")
+        from benchroute.embed import default_cache_path
+
+        check_output_file(export, option="--export", protect=[cache or default_cache_path()])
     store = EmbeddingCache(cache)
     if import_ is not None:
         n = import_pack(store, import_)
         console.print(f"imported {n} vectors from {import_} into {store.path}")
-        if path is None:
-            return
+    if path is None:
+        return
     bench = load_benchmark(path)
     embedder = Embedder(model, cache=store, batch_size=batch_size, commit_every=commit_every, fast=fast)
     with ray_or_local(use_ray, address, needed=bool(embedder.missing(bench.inputs))):
@@ -259,7 +372,16 @@ def embed(
 
 
 # --------------------------------------------------------------------------- import
-OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Output benchmark directory.")]
+OutOpt = Annotated[
+    Path, typer.Option("-o", "--out", help="Output benchmark directory (new, empty, or an earlier import).")
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Replace a non-empty output folder as a whole (atomically; never one holding the input).",
+    ),
+]
 
 
 def _print_import(summary: dict[str, Any]) -> None:
@@ -276,11 +398,12 @@ def import_helm_cmd(
         str | None, typer.Option(help="Per-instance metric (default: the run's main metric).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Keep only instances of this split (e.g. test).")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Import HELM benchmark_output run directories (one model per run)."""
     from benchroute.data.adapters import import_helm
 
-    _print_import(import_helm(runs_dir, out, split=split, metric=metric))
+    _print_import(import_helm(runs_dir, out, split=split, metric=metric, force=force))
 
 
 @import_app.command("table")
@@ -295,8 +418,13 @@ def import_table_cmd(
         str | None, typer.Option(help="Column with an item id (default: derived from the input).")
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Correct = score > threshold (blank: scores are 0/1).")
+        float | None,
+        typer.Option(help="Correct = score > threshold (blank: scores are 0/1).", callback=finite_float),
     ] = None,
+    sep: Annotated[
+        str | None, typer.Option("--sep", help="Column delimiter of a text table (default: by extension).")
+    ] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Import a long table of per-question results exported by any leaderboard."""
     from benchroute.data.adapters import import_table
@@ -311,8 +439,19 @@ def import_table_cmd(
             score_col=score_col,
             item_col=item_col,
             threshold=threshold,
+            sep=_separator(sep),
+            force=force,
         )
     )
+
+
+def _separator(sep: str | None) -> str | None:
+    if sep is None:
+        return None
+    sep = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(sep, sep)
+    if len(sep) != 1 or sep in '"\r\n':
+        raise ConfigError(f"--sep must be one character, got {sep!r}", "for example --sep ';' or --sep '\\t'")
+    return sep
 
 
 @import_app.command("lm-eval")
@@ -327,14 +466,18 @@ def import_lmeval_cmd(
     filter_: Annotated[
         str | None, typer.Option("--filter", help="Filter to keep (default: the first logged).")
     ] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Import lm-evaluation-harness sample logs."""
     from benchroute.data.adapters import import_lmeval
 
-    _print_import(import_lmeval(dir, out, metric=metric, filter=filter_))
+    _print_import(import_lmeval(dir, out, metric=metric, filter=filter_, force=force))
 
 
 # --------------------------------------------------------------------------- fit / recommend / route
+ROUTER_FILES = ("router.json", "arrays.safetensors", "card.md")
+
+
 def _router_from_options(**params: Any) -> Any:
     from benchroute.router.estimator import Router
 
@@ -366,9 +509,9 @@ def fit(
     path: DirArg,
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory to save the router in.")],
     predictor: Annotated[str, typer.Option(help="knn, mlp or logreg.")] = "knn",
-    k: Annotated[int, typer.Option(help="kNN neighbours.")] = 5,
+    k: Annotated[int, typer.Option(help="kNN neighbours.", callback=positive_int)] = 5,
     score: Annotated[str, typer.Option(help="blend (default), or the paper's S1, S2, S3.")] = "blend",
-    eta: Annotated[float, typer.Option(help="Trust-rule threshold.")] = 0.6,
+    eta: Annotated[float, typer.Option(help="Trust-rule threshold.", callback=unit_float)] = 0.6,
     model: ModelOpt = "all-mpnet-base-v2",
     cache: CacheOpt = None,
     drop_incomplete: Annotated[bool, typer.Option(help="Drop models missing on some items.")] = False,
@@ -384,6 +527,7 @@ def fit(
     ] = None,
 ) -> None:
     """Learn a router from every task of a benchmark and save it."""
+    check_output_dir(out, option="-o", replaceable=ROUTER_FILES)
     router = _router_from_options(
         predictor=predictor,
         k=k,
@@ -400,97 +544,20 @@ def fit(
     console.print(f"saved router ({bench.n_tasks} tasks, {bench.n_models} models) to {out}")
 
 
-def _read_text(file: Path) -> str:
-    from benchroute.errors import DataError
-
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise DataError("file not found", file=str(file), hint="check the path") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"not UTF-8 text (byte {exc.start})", file=str(file), hint="save it as UTF-8"
-        ) from exc
-
-
-def _jsonl_records(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line of a JSONL file with a string "input" field."""
-    from benchroute.errors import DataError
-
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"invalid JSON ({exc.msg})", file=str(file), row=i, hint="one JSON object per line"
-            ) from exc
-        if not isinstance(rec, dict) or not isinstance(rec.get("input"), str):
-            raise DataError('expected an object with a string "input" field', file=str(file), row=i)
-        out.append((i, rec))
-    return out
-
-
-def read_labeled(file: Path) -> list[dict[str, Any]]:
-    """Labeled samples of a new task from JSONL: {"input": text, "correct": {model: 0 or 1, ...}} per line."""
-    from benchroute.errors import DataError
-
-    if file.suffix.lower() != ".jsonl":
-        raise DataError(
-            "labeled samples must be a .jsonl file",
-            file=str(file),
-            hint='one {"input": ..., "correct": {model: 0/1}} object per line',
-        )
-    records = _jsonl_records(file, _read_text(file))
-    for i, rec in records:
-        if not isinstance(rec.get("correct"), dict):
-            raise DataError(
-                'expected a "correct" object mapping every model to 0 or 1', file=str(file), row=i
-            )
-    if not records:
-        raise DataError(
-            "no labeled samples in the file", file=str(file), hint="give at least one, or drop --labeled"
-        )
-    return [rec for _, rec in records]
-
-
-def read_inputs(file: Path) -> list[str]:
-    """Inputs of a new task from .txt (one per line), .jsonl ("input" field) or .csv (input column)."""
-    from benchroute.errors import DataError
-
-    text = _read_text(file)
-    suffix = file.suffix.lower()
-    if suffix == ".jsonl":
-        out = [rec["input"] for _, rec in _jsonl_records(file, text)]
-    elif suffix == ".csv":
-        import io
-
-        import pandas as pd
-
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-        if "input" not in frame:
-            raise DataError(
-                f"no 'input' column (columns: {list(frame.columns)})",
-                file=str(file),
-                hint="name the text column 'input'",
-            )
-        out = frame["input"].tolist()
-    else:
-        out = [line for line in text.splitlines() if line.strip()]
-    empty = [i for i, x in enumerate(out, 1) if not x.strip()]
-    if empty:
-        raise DataError("empty input", file=str(file), row=empty[0])
-    if not out:
-        raise DataError(
-            "no inputs in the file", file=str(file), hint="give at least one input of the new task"
-        )
-    return out
-
-
 def _split_csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+CostWeightOpt = Annotated[
+    float,
+    typer.Option(
+        help="Maximize score - w * cost / max cost (0 = accuracy only).", callback=non_negative_float
+    ),
+]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(help="Best model costing at most this (USD/Mtok or B params).", callback=non_negative_float),
+]
 
 
 @app.command()
@@ -501,14 +568,11 @@ def recommend(
     candidates: Annotated[
         str | None, typer.Option(help="Comma-separated subset of models to choose from.")
     ] = None,
-    cost_weight: Annotated[
-        float, typer.Option(help="Maximize score - w * cost / max cost (0 = accuracy only).")
-    ] = 0.0,
-    max_cost: Annotated[
-        float | None, typer.Option(help="Best model costing at most this (USD/Mtok or B params).")
-    ] = None,
+    cost_weight: CostWeightOpt = 0.0,
+    max_cost: MaxCostOpt = None,
     cheapest_within: Annotated[
-        float | None, typer.Option(help="Cheapest model within this of the best accuracy.")
+        float | None,
+        typer.Option(help="Cheapest model within this of the best accuracy.", callback=non_negative_float),
     ] = None,
     labeled: Annotated[
         Path | None,
@@ -520,10 +584,14 @@ def recommend(
     """Recommend a model for a new task from a handful of its unlabeled inputs (and maybe a few labeled)."""
     from benchroute.router.estimator import Router
 
+    texts = read_inputs(inputs)
+    samples = read_labeled(labeled) if labeled else None  # checked again below with the router's models
     router = Router.load(router_dir)
+    if labeled:
+        samples = read_labeled(labeled, router.models_)
     rec = router.recommend(
-        read_inputs(inputs),
-        labeled=read_labeled(labeled) if labeled else None,
+        embed_inputs(router.embedder, texts),
+        labeled=samples,
         candidates=_split_csv(candidates),
         cost_weight=cost_weight,
         max_cost=max_cost,
@@ -542,7 +610,7 @@ def recommend(
         name = r.model + (" *" if r.model in frontier else "")
         table.add_row(
             str(r.rank),
-            name,
+            escape(name),
             f"{r.s1:.3f}",
             f"{r.s2:.3f}",
             f"{r.s3:.3f}",
@@ -552,26 +620,28 @@ def recommend(
             "" if r.cost is None else f"{r.cost:g}",
             style=style,
         )
-    console.print(table)
+    print_table(table, {"model": [r.model + " *" for r in rec.ranking]})
     if frontier:
         console.print("* = on the accuracy-cost frontier (no other model is both better and cheaper)")
-    console.print(f"chosen: [bold]{rec.chosen}[/] — {rec.reason}")
+    console.print(f"chosen: [bold]{escape(rec.chosen)}[/] — {escape(rec.reason)}")
     if rec.few_shot is not None:
         best = max(rec.few_shot, key=lambda m: rec.few_shot[m])  # type: ignore[index]
         console.print(
-            f"{rec.n_labeled} labeled samples: {rec.chosen} got {rec.few_shot[rec.chosen]:.0%} of them "
-            f"right (best on them: {best}, {rec.few_shot[best]:.0%})"
+            f"{rec.n_labeled} labeled samples: {escape(rec.chosen)} got {rec.few_shot[rec.chosen]:.0%} of "
+            f"them right (best on them: {escape(best)}, {rec.few_shot[best]:.0%})"
         )
     console.print(f"distance u = {rec.distance:.3f}: {rec.closeness}")
     near = ", ".join(f"{t['task']} ({t['share']:.0%})" for t in rec.nearest_tasks)
-    console.print(f"nearest benchmark tasks: {near}")
+    console.print(f"nearest benchmark tasks: {escape(near)}")
 
 
 @app.command("suggest-labels")
 def suggest_labels_cmd(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
     inputs: Annotated[Path, typer.Option("--inputs", help="The new task's inputs: .txt, .jsonl or .csv.")],
-    budget: Annotated[int, typer.Option(help="How many inputs you can afford to label.")] = 10,
+    budget: Annotated[
+        int, typer.Option(help="How many inputs you can afford to label.", callback=positive_int)
+    ] = 10,
     strategy: Annotated[str, typer.Option(help="uncertainty, diversity, hybrid or random.")] = "uncertainty",
     as_json: JsonOpt = False,
 ) -> None:
@@ -581,9 +651,9 @@ def suggest_labels_cmd(
     from benchroute.method.suggest import suggest_labels
     from benchroute.router.estimator import Router
 
-    router = Router.load(router_dir)
     texts = read_inputs(inputs)
-    X = router.embed(texts)
+    router = Router.load(router_dir)
+    X = router.embed(embed_inputs(router.embedder, texts))
     g = router.predictor_.predict_proba(X)
     rec = router.recommend(X)
     scores = {r.model: r.predicted_accuracy for r in rec.ranking}
@@ -593,30 +663,70 @@ def suggest_labels_cmd(
         print(json.dumps([{"index": i, "input": texts[i]} for i in picks], indent=2))
         return
     for rank, i in enumerate(picks, 1):
-        console.print(f"{rank:>3}. [{i}] {texts[i][:100]!r}")
+        console.print(f"{rank:>3}. \\[{i}] {escape(repr(texts[i][:100]))}", highlight=False)
 
 
 @app.command()
 def route(
     router_dir: Annotated[Path, typer.Argument(help="A saved router (benchroute fit).")],
-    texts: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="One or more queries.")] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option("--inputs", help="Route every input of a file instead: .txt, .jsonl or .csv."),
+    ] = None,
     as_json: JsonOpt = False,
     candidates: Annotated[
         str | None, typer.Option(help="Comma-separated subset of models to choose from.")
     ] = None,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="Per-query rule: hks (task-aware, the default), knn (the former k=5 argmax), "
+            "knn_shrunk, task_vote."
+        ),
+    ] = "hks",
+    cost_weight: CostWeightOpt = 0.0,
+    max_cost: MaxCostOpt = None,
+    session: Annotated[
+        bool,
+        typer.Option(
+            "--session",
+            help="The queries are one stream of one application, in order: each also uses the earlier ones.",
+        ),
+    ] = False,
 ) -> None:
     """Route single queries: the model most likely to answer each correctly."""
     from dataclasses import asdict
 
     from benchroute.router.estimator import Router
 
+    if bool(texts) == (inputs is not None):
+        raise ConfigError(
+            "give the queries either as arguments or with --inputs FILE, not both"
+            if texts
+            else "no queries given",
+            "benchroute route ROUTER 'a query' ..., or benchroute route ROUTER --inputs FILE",
+        )
+    queries = list(texts) if texts else read_inputs(inputs)  # type: ignore[arg-type]
     router = Router.load(router_dir)
-    decisions = router.route(texts, candidates=_split_csv(candidates))
+    options: dict[str, Any] = {
+        "candidates": _split_csv(candidates),
+        "rule": rule,
+        "cost_weight": cost_weight,
+        "max_cost": max_cost,
+        "session": router.new_session() if session else None,
+    }
+    batch = embed_inputs(router.embedder, queries) if inputs is not None else queries
+    decisions = router.route(batch, **options)
     if as_json:
         print(json.dumps([asdict(d) for d in decisions], indent=2))
         return
-    for text, d in zip(texts, decisions, strict=True):
-        console.print(f"{d.model}\t{d.probability:.3f}\t{d.reason}\t{text[:60]!r}")
+    for text, d in zip(queries, decisions, strict=True):
+        console.print(
+            f"{escape(d.model)}\t{d.probability:.3f}\t{escape(d.reason)}\t{escape(repr(text[:60]))}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -626,7 +736,7 @@ def serve(
         Path | None, typer.Option("--config", help="serve.yaml: upstreams, profiles, auth, limits.")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", callback=port_number)] = 8000,
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info (one line per request), debug.")
     ] = "info",
@@ -663,6 +773,7 @@ def _experiment(
     from benchroute.files import atomic_write_json
     from benchroute.router.estimator import Router
 
+    check_output_dir(out, option="--out")
     router = Router(k=k, repeats=repeats, embedding_model=model, seed=seed, score=score)
     with ray_or_local(use_ray, address):
         runner = None
@@ -673,7 +784,7 @@ def _experiment(
         bench = load_with_embeddings(path, model, cache, use_ray=use_ray) if kind != "instance" else None
         inst = (
             load_with_embeddings(instance_data, model, cache, use_ray=use_ray)
-            if kind in ("instance", "all")
+            if kind in ("instance", "all", "perquery")
             else None
         )
         results = run_experiments(
@@ -703,9 +814,12 @@ def _print_summary(results: dict[str, Any]) -> None:
     table.add_column("method")
     for c in cols:
         table.add_column(c, justify="right")
-    for method, row in summary.items():
-        table.add_row(method, *("—" if row.get(c) is None else f"{row[c]:.3f}" for c in cols))
-    console.print(table)
+    from benchroute.experiments.evaluate import ROWS
+
+    for method in sorted(summary, key=lambda m: list(ROWS).index(m) if m in ROWS else len(ROWS)):
+        row = summary[method]
+        table.add_row(escape(method), *("—" if row.get(c) is None else f"{row[c]:.3f}" for c in cols))
+    print_table(table, {"method": list(summary)})
     for name, diff in results.get("paired", {}).items():
         if diff.get("n"):
             console.print(
@@ -715,12 +829,17 @@ def _print_summary(results: dict[str, Any]) -> None:
 
 ExpDir = Annotated[str, typer.Argument(help="Benchmark directory or bundled name.")]
 ExpOut = Annotated[Path, typer.Option("--out", help="Output directory for results.json and the report.")]
-RepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha when training the confidence model.")]
-SweepRepeatsOpt = Annotated[int, typer.Option(help="Random repeats per alpha in the OOD-gap sweep.")]
+RepeatsOpt = Annotated[
+    int,
+    typer.Option(help="Random repeats per alpha when training the confidence model.", callback=positive_int),
+]
+SweepRepeatsOpt = Annotated[
+    int, typer.Option(help="Random repeats per alpha in the OOD-gap sweep.", callback=positive_int)
+]
 InstanceOpt = Annotated[
     str, typer.Option(help="Benchmark with a continuous metric for per-instance routing.")
 ]
-SeedOpt = Annotated[int, typer.Option(help="Seed of every random draw.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random draw.", callback=seed_number)]
 
 
 def _make_experiment_command(kind: str, doc: str) -> None:
@@ -729,7 +848,7 @@ def _make_experiment_command(kind: str, doc: str) -> None:
         out: ExpOut = Path("out/openllm_v2"),
         model: ModelOpt = "all-mpnet-base-v2",
         cache: CacheOpt = None,
-        k: Annotated[int, typer.Option(help="kNN neighbours.")] = 5,
+        k: Annotated[int, typer.Option(help="kNN neighbours.", callback=positive_int)] = 5,
         repeats: RepeatsOpt = 10,
         sweep_repeats: SweepRepeatsOpt = 10,
         instance_data: InstanceOpt = "alpacaeval2",
@@ -738,7 +857,8 @@ def _make_experiment_command(kind: str, doc: str) -> None:
             int,
             typer.Option(
                 help="Also compare the MLP predictor on this many held-out tasks "
-                "(about a minute per task on 2 cores; 0 = off)."
+                "(about a minute per task on 2 cores; 0 = off).",
+                callback=non_negative_int,
             ),
         ] = 0,
         use_ray: RayOpt = False,
@@ -785,6 +905,11 @@ for _kind, _doc in (
         "Per-instance routing on a continuous metric (default alpacaeval2), with the sparsity study.",
     ),
     (
+        "perquery",
+        "Per-query routing: LOTO, in-distribution split, per-instance protocol, session replay, calibration, "
+        "traffic and the per-query quality-cost curve, every rule through the product's decide_queries.",
+    ),
+    (
         "all",
         "Everything: LOTO, alpha sweep, distance and small-model studies, per-instance routing; one report.",
     ),
@@ -795,14 +920,40 @@ for _kind, _doc in (
 def main() -> None:
     """Console-script entry point: user errors exit 2 with one line, never a traceback.
 
-    Usage errors (unknown command or option), --help and Ctrl-C are click's own standalone handling
-    (whichever click the installed Typer uses); our errors are caught here.
+    Click's usage errors (an unknown command or option, a value that does not parse) are also one
+    line here, naming the option; --help, no arguments (the help) and Ctrl-C behave as usual.
     """
+    import importlib
+
+    # whichever click Typer uses (its own vendored copy in recent versions, else click itself)
+    click_errors = importlib.import_module(typer.BadParameter.__module__)
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except click_errors.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            print(exc.ctx.get_help())
+            sys.exit(2)
+        command = exc.ctx.command_path if exc.ctx is not None else "benchroute"
+        _fail(f"{exc.format_message()} (fix: see `{command} --help`)")
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("Aborted!")
+        sys.exit(1)
+    except click_errors.ClickException as exc:
+        _fail(exc.format_message())
     except BenchrouteError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:  # backstop: the file boundaries turn these into BenchrouteErrors already
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where} (fix: check the path, its permissions and the free disk space)")
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _fail(message: str) -> None:
+    """One line on stderr (newlines in a message are flattened), exit code 2."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchroute.data.text import cell_text, check_distinct_names
 from benchroute.errors import ConfigError, DataError
-from benchroute.files import atomic_write_bytes
+from benchroute.files import atomic_write_dir, open_regular
 
 __all__ = [
     "BUNDLED",
@@ -47,6 +48,10 @@ DATASETS_DIR = Path(__file__).parent / "datasets"
 EXTENSIONS = (".csv", ".csv.gz", ".parquet")
 MODEL_COLUMNS = ("params_b", "usd_per_mtok_in", "usd_per_mtok_out")
 TASK_COLUMNS = ("metric", "threshold", "group")
+#: Every file name a benchmark directory may hold (what :func:`write_benchmark` may replace).
+BENCHMARK_FILES = tuple(
+    f"{stem}{ext}" for stem in ("items", "scores", "models", "tasks") for ext in EXTENSIONS
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class _Table:
 
 
 def _find_file(directory: Path, stem: str, optional: bool) -> Path | None:
-    found = [directory / f"{stem}{ext}" for ext in EXTENSIONS if (directory / f"{stem}{ext}").is_file()]
+    found = [directory / f"{stem}{ext}" for ext in EXTENSIONS if os.path.lexists(directory / f"{stem}{ext}")]
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise DataError(
@@ -137,29 +142,58 @@ def _utf8_error(path: Path) -> DataError:
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
-    """Read a file as text columns (CSV) or typed columns (parquet); any failure -> DataError."""
+    """Read a file as text columns (CSV) or typed columns (parquet); any failure -> DataError.
+
+    The file is opened through :func:`benchroute.files.open_regular` (a regular file we may read,
+    else one DataError saying why), and pandas reads from that handle.
+    """
     name = str(path)
-    if path.stat().st_size == 0:
-        raise DataError("file is empty (0 bytes)", file=name, hint=_NEEDS_ROWS)
-    try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        # All text: numeric columns are parsed by _to_float so bad cells can be reported by row.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise _utf8_error(path) from None
-    except pd.errors.EmptyDataError as exc:
-        raise DataError("file is empty", file=name, hint=_NEEDS_ROWS) from exc
-    except pd.errors.ParserError as exc:
-        line = re.search(r"line (\d+)", str(exc))
-        raise DataError(
-            f"malformed CSV ({str(exc).strip()})",
-            file=name,
-            row=int(line.group(1)) if line else None,
-            hint="quote cells with commas, quotes or newlines; every row needs one cell per column",
-        ) from exc
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise _corrupt_error(path, exc) from exc
+    with open_regular(path, "data") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise DataError("file is empty (0 bytes)", file=name, hint=_NEEDS_ROWS)
+        try:
+            if path.suffix == ".parquet":
+                return _text_cells(pd.read_parquet(handle), name)
+            # All text: numeric columns are parsed by _to_float so bad cells can be reported by row.
+            return pd.read_csv(
+                handle,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                compression="gzip" if path.name.endswith(".gz") else None,
+            )
+        except UnicodeDecodeError:
+            raise _utf8_error(path) from None
+        except pd.errors.EmptyDataError as exc:
+            raise DataError("file is empty", file=name, hint=_NEEDS_ROWS) from exc
+        except pd.errors.ParserError as exc:
+            line = re.search(r"line (\d+)", str(exc))
+            raise DataError(
+                f"malformed CSV ({str(exc).strip()})",
+                file=name,
+                row=int(line.group(1)) if line else None,
+                hint="quote cells with commas, quotes or newlines; every row needs one cell per column",
+            ) from exc
+        except DataError:
+            raise
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            raise _corrupt_error(path, exc) from exc
+
+
+def _text_cells(frame: pd.DataFrame, file: str) -> pd.DataFrame:
+    """Parquet cells that are lists or structs: chat message lists joined as text, others refused."""
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        values = frame[column].to_numpy()
+        odd = [i for i, v in enumerate(values) if not (v is None or isinstance(v, str | int | float | bool))]
+        if not odd:
+            continue
+        converted = list(values)
+        for i in odd:
+            converted[i] = cell_text(values[i], file=file, row=i + 2, column=str(column))
+        frame[column] = converted
+    return frame
 
 
 def _corrupt_error(path: Path, exc: BaseException) -> DataError:
@@ -383,7 +417,7 @@ class Benchmark:
             items=self.items.iloc[rows].reset_index(drop=True),
             models=[self.models[m] for m in m_idx],
             model_info=self.model_info.iloc[m_idx],
-            scores=take(self.scores),
+            scores=self.scores[rows][:, cols],
             thresholds={t: self.thresholds[t] for t in kept},
             task_info=self.task_info.iloc[t_idx],
             loglik=take(self.loglik),
@@ -477,7 +511,7 @@ def _positions(names: list[str], wanted: Iterable[str] | None, kind: str) -> np.
     if wanted is None:
         return np.arange(len(names))
     wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-    pos = pd.Index(names).get_indexer(wanted)
+    pos = pd.Index(names).get_indexer(pd.Index(wanted))
     if len(pos) == 0 or (pos < 0).any():
         unknown = [w for w, p in zip(wanted, pos, strict=True) if p < 0]
         shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
@@ -516,7 +550,14 @@ def loto_figures(acc: np.ndarray) -> dict[str, Any]:
 
 
 def _available() -> list[str]:
-    return sorted(d.name for d in DATASETS_DIR.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    """Bundled benchmark names: the dataset folders that hold an items file (not ``packs``)."""
+    return sorted(
+        d.name
+        for d in DATASETS_DIR.iterdir()
+        if d.is_dir()
+        and not d.name.startswith((".", "_"))
+        and any((d / f"items{ext}").is_file() for ext in EXTENSIONS)
+    )
 
 
 def bundled_path(name: str = DEFAULT_BENCHMARK) -> Path:
@@ -529,6 +570,12 @@ def bundled_path(name: str = DEFAULT_BENCHMARK) -> Path:
 def _resolve(path: str | os.PathLike[str]) -> Path:
     directory = Path(path)
     if directory.is_dir():
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise DataError(
+                "permission denied (cannot list the folder)",
+                file=str(directory),
+                hint="make it readable (chmod u+rx), or run as a user who may read it",
+            )
         return directory
     if not directory.exists() and str(path) in _available():
         return bundled_path(str(path))
@@ -574,10 +621,15 @@ def _with_columns(info: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 def _model_columns(scores: _Table, models_table: _Table | None) -> tuple[list[str], np.ndarray]:
     """Model list (models.csv order, else first appearance in scores) and each score row's column."""
     codes, uniques = pd.factorize(scores.frame["model"])
+    first_rows = pd.Series(codes).drop_duplicates().index.to_numpy() + 2
+    check_distinct_names(
+        [str(u) for u in uniques], file=scores.file, rows=first_rows.tolist(), column="model"
+    )
     if models_table is None:
         return list(uniques), codes
     models_table.check_unique(["model"])
     models = models_table.frame["model"].tolist()
+    check_distinct_names(models, file=models_table.file, rows=list(range(2, len(models) + 2)), column="model")
     position = pd.Index(models).get_indexer(uniques)
     unknown = position[codes] < 0
     if unknown.any():
@@ -682,7 +734,7 @@ def load_benchmark(
 
     items, tasks, item_rows = _items(items_table)
     task_info = _task_info(tasks_table, tasks, items_table.file)
-    thresholds = {t: None if np.isnan(v) else float(v) for t, v in task_info["threshold"].items()}
+    thresholds = {str(t): None if np.isnan(v) else float(v) for t, v in task_info["threshold"].items()}
 
     sc = scores_table.frame
     keys = pd.MultiIndex.from_frame(items[["task", "item_id"]])
@@ -776,13 +828,18 @@ def write_benchmark(
     tasks: pd.DataFrame | None = None,
     *,
     compress: bool = True,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
-    """Write a benchmark directory in the bundled layout, byte-reproducibly.
+    """Write a benchmark directory in the bundled layout, byte-reproducibly and all at once.
 
     Rows are sorted as in the bundled data; models and tasks keep the given order (it is the models
-    order of the loaded benchmark). Each file is written atomically and files of another format
-    with the same name are removed, so the directory never mixes old and new versions of a file.
-    Contents are not validated here (an adapter may write incomplete data on purpose):
+    order of the loaded benchmark). The whole directory is written into a temporary sibling and
+    swapped in with one rename (:func:`~benchroute.files.atomic_write_dir`), so a failure midway
+    (a full disk) leaves the previous benchmark whole, never new items beside old scores. An
+    existing ``out_dir`` may hold only benchmark files (an earlier benchmark, replaced as a whole)
+    unless ``force``; a folder holding one of ``protect`` (the import's own source) is always
+    refused. Contents are not validated here (an adapter may write incomplete data on purpose):
     :func:`load_benchmark` does that.
     """
     out = Path(out_dir)
@@ -792,15 +849,12 @@ def write_benchmark(
         "models": None if models is None else _canonical(models, _MODELS),
         "tasks": None if tasks is None else _canonical(tasks, _TASKS),
     }
+    files: dict[str, bytes] = {}
     for stem, frame in frames.items():
+        if frame is None:
+            continue
         ext = ".csv.gz" if compress and stem in ("items", "scores") else ".csv"
-        if frame is not None:
-            data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
-            atomic_write_bytes(
-                out / f"{stem}{ext}", gzip.compress(data, mtime=0) if ext.endswith(".gz") else data
-            )
-        for other in EXTENSIONS:
-            stale = out / f"{stem}{other}"
-            if (frame is None or other != ext) and stale.exists():
-                stale.unlink()
+        data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+        files[f"{stem}{ext}"] = gzip.compress(data, mtime=0) if ext.endswith(".gz") else data
+    atomic_write_dir(out, files, replaceable=BENCHMARK_FILES, force=force, protect=list(protect))
     return out

@@ -26,6 +26,7 @@ def largest_model(
     """
     idx = np.flatnonzero(np.ones(len(params_b), bool) if mask is None else mask)
     pb = params_b[idx]
+    keys: tuple[np.ndarray, ...]
     if np.isfinite(pb).any():
         keys = (-mean_acc[idx], -np.nan_to_num(cost[idx], nan=-np.inf), -np.nan_to_num(pb, nan=-np.inf))
     else:

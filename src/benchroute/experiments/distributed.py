@@ -295,7 +295,7 @@ class RayLOTORunner:
         rows: dict[int, list[dict[str, Any]]] = {}
         try:
             for d, got in pool.map_unordered(
-                lambda a, d: a.rows.remote(d, list(alphas), repeats, candidates), tasks
+                lambda a, d: a.rows.remote(d, list(alphas), repeats, candidates), list(tasks)
             ):
                 rows[d] = got
                 if progress is not None:

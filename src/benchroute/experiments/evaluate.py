@@ -39,23 +39,26 @@ from benchroute.method.scores import (
 from benchroute.router.estimator import SCORES, Router
 from benchroute.router.persistence import params_json
 
-#: Methods of the LOTO table, in display order.
-METHODS = (
-    "S1",
-    "S2",
-    "S3",
-    "S3_trust",
-    "S3_true_p",
-    "S3_atc",
-    "Router",
-    "BMA",
-    "Oracle",
-    "Random",
-    "MoE",
-    "Few-shot",
-    "LL",
-)
-SCORE_METHODS = ("S1", "S2", "S3", "S3_trust", "S3_true_p", "S3_atc", "Router")
+#: The leave-one-task-out rows ("method" in results.json), in display order: name -> (label, what it
+#: is). The one registry the harness, the report, the CLI summary and the research scripts use.
+ROWS: dict[str, tuple[str, str]] = {
+    "Router": ("Router", "the evaluated Router's decision: its score through the decision chain"),
+    "Blend": ("Blend (no trust rule)", "argmax of the blend at its nested (k, lambda), ungated"),
+    "S1": ("S1", "argmax of the mean predicted correctness"),
+    "S2": ("S2", "argmax of the share of inputs predicted correct"),
+    "S3": ("S3", "argmax of S3 with the kernel smoother's p"),
+    "S3_trust": ("S3 + trust rule", "the paper's router: S3 (kernel p) through the decision chain"),
+    "S3_true_p": ("S3 (true p)", "S3 with the held-out task's own p (oracle diagnostic)"),
+    "S3_atc": ("S3 (ATC p)", "S3 with ATC's p"),
+    "S3_cal": ("S3 (calibrated p)", "S3 with the isotonic calibrator's p"),
+    "S3_acc": ("S3 (accuracy-based p)", "S3 with the accuracy-based p"),
+    "MoE": ("MoE", "each input routed to its argmax of the predicted correctness (k = 5)"),
+    "LL": ("LL", "argmax of the mean log-likelihood (when the benchmark has it)"),
+    "Few-shot": ("Few-shot", "argmax of the accuracy on the labeled samples (alpha > 0)"),
+    "BMA": ("BMA", "the best model on average over the training tasks"),
+    "Random": ("Random", "the mean accuracy of the candidates"),
+    "Oracle": ("Oracle", "the best model on the held-out task"),
+}
 #: p estimators the harness can measure: the Router's two, two evaluation variants, and "true" (the
 #: held-out task's own p: an oracle diagnostic of the trust gate, not a method).
 P_ESTIMATORS = ("kernel", "atc", "calibrated", "accuracy", "true")
@@ -349,7 +352,7 @@ class LOTOEvaluator:
         choice["BMA"] = bma
         oracle = int(np.argmax(np.where(mask, true_acc, -np.inf)))
         choice["Oracle"] = oracle
-        if s:
+        if moved is not None:
             few = self.Y[members[moved[0]]].mean(axis=0)
             choice["Few-shot"] = int(
                 np.argmax(np.where(mask, few + 1e-9 * (np.arange(len(few)) == bma), -np.inf))
@@ -479,7 +482,7 @@ class LOTOEvaluator:
         return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean over tasks (and repeats) per method: the Table-1 line of each method."""
     import pandas as pd
 
@@ -506,11 +509,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     ]
     df[cols] = df[cols].astype(float)
     per_task = df.groupby(["method", "task"], sort=False)[cols].mean()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for method, grp in per_task.groupby(level=0, sort=False):
         means = grp.mean()
-        entry = {("pct_bma" if c == "is_bma" else c): _clean(means[c]) for c in cols}
-        entry["pct_bma"] = None if entry.get("pct_bma") is None else 100.0 * entry["pct_bma"]
+        entry: dict[str, float | None] = {("pct_bma" if c == "is_bma" else c): _clean(means[c]) for c in cols}
+        pct = entry.get("pct_bma")
+        entry["pct_bma"] = None if pct is None else 100.0 * pct
         entry["n_tasks"] = len(grp)
         out[str(method)] = entry
     return out
@@ -547,7 +551,8 @@ def sweep_summary(
     out: dict[str, Any] = {"alphas": list(alphas), "methods": {}}
 
     def curve(frame: pd.DataFrame, col: str) -> tuple[list[float | None], list[float | None]]:
-        means, stds = [], []
+        means: list[float | None] = []
+        stds: list[float | None] = []
         for a in alphas:
             sub = frame[np.isclose(frame["alpha"], a)]
             if sub.empty or col not in sub or sub[col].isna().all():
@@ -722,7 +727,7 @@ def instance_study(
 
 ProgressFactory = Callable[[str, int], Any]  # (description, total) -> context manager yielding advance(n)
 
-EXPERIMENTS = ("loto", "sweep", "instance", "all")
+EXPERIMENTS = ("loto", "sweep", "instance", "perquery", "all")
 
 
 def run_experiments(
@@ -827,6 +832,14 @@ def run_experiments(
         inst = instance_benchmark if instance_benchmark is not None else benchmark
         with bar(f"per-instance routing on {inst.name}", 5) as advance:
             results["instance"] = instance_study(inst, k=router.k, seed=router.seed, progress=advance)
+    if kind in ("perquery", "all"):
+        from benchroute.experiments.perquery import perquery_study
+
+        # per-instance protocol on the instance benchmark when given (alpacaeval2), else on this one
+        with bar(f"per-query routing on {benchmark.name}", benchmark.n_tasks + 3 + 5) as advance:
+            results["perquery"] = perquery_study(
+                benchmark, instance_bench=instance_benchmark, seed=router.seed, progress=advance
+            )
     results["config"]["seconds"] = round(time.time() - t0, 1)
     return results
 
@@ -873,7 +886,7 @@ def group_study(ev: LOTOEvaluator, progress: Progress | None = None) -> dict[str
         pool = np.isin(ev.ti, train_tasks)
         prior = ev.task_acc[train_tasks].mean(axis=0)
         bma = int(np.argmax(prior))
-        accs = {"Blend": [], "BMA": [], "Oracle": []}
+        accs: dict[str, list[float]] = {"Blend": [], "BMA": [], "Oracle": []}
         for d in held:
             curve = s1_curve_direct(X[ev.ti == d], X[pool], ev.Y[pool], (choice.k,))[0]
             accs["Blend"].append(ev.task_acc[d, int(np.argmax(blend(curve, prior, choice.lam)))])

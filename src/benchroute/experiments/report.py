@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchroute.experiments.evaluate import ROWS
 from benchroute.files import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -44,24 +45,7 @@ __all__ = [
 NULL = "—"
 """What a missing / null / non-finite value renders as."""
 
-SUMMARY_METHOD_ORDER: tuple[str, ...] = (
-    "Router",
-    "Blend",
-    "S1",
-    "S2",
-    "S3",
-    "S3_trust",
-    "S3_true_p",
-    "S3_atc",
-    "S3_cal",
-    "S3_acc",
-    "MoE",
-    "LL",
-    "Few-shot",
-    "BMA",
-    "Random",
-    "Oracle",
-)
+SUMMARY_METHOD_ORDER: tuple[str, ...] = tuple(ROWS)
 """Row order of the Table-1-style summary (methods first, baselines after, Oracle last)."""
 
 SWEEP_METHOD_ORDER: tuple[str, ...] = (
@@ -112,6 +96,10 @@ FIGURE_NAMES: tuple[str, ...] = (
     "labels_vs_budget",
     "training_tasks",
     "groups",
+    "pq_session",
+    "pq_reliability",
+    "pq_traffic",
+    "pq_cost",
 )
 """Every figure this module can draw, in report order; the PNG is ``<name>.png``."""
 
@@ -135,14 +123,7 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "from); mean accuracy over the group's tasks.",
 }
 
-PRETTY_METHOD: dict[str, str] = {
-    "S3_true_p": "S3 (true p)",
-    "S3_trust": "S3 + trust rule",
-    "S3_atc": "S3 (ATC p)",
-    "S3_cal": "S3 (calibrated p)",
-    "S3_acc": "S3 (accuracy-based p)",
-    "Blend": "Blend (no trust rule)",
-}
+PRETTY_METHOD: dict[str, str] = {name: label for name, (label, _) in ROWS.items() if label != name}
 
 
 # ============================================================================ small value helpers
@@ -1083,6 +1064,288 @@ def _images(figures: Mapping[str, Any], *names: str) -> list[Block]:
     return [Image(n, FIGURE_CAPTIONS[n]) for n in names if n in figures]
 
 
+# ============================================================================ per-query section
+def _pq(results: Mapping[str, Any]) -> dict[str, Any]:
+    return _dict(results.get("perquery"))
+
+
+def _fd_pq_reliability(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    cal = _dict(_pq(results).get("calibration"))
+    if not cal:
+        return None
+    return {
+        rule: {
+            "pred": [b.get("pred") for b in _list(c.get("bins"))],
+            "obs": [b.get("obs") for b in _list(c.get("bins"))],
+            "n": [b.get("n") for b in _list(c.get("bins"))],
+            "ece": c.get("ece"),
+        }
+        for rule, c in cal.items()
+        if isinstance(c, dict)
+    }
+
+
+def _fd_pq_traffic(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    tr = _dict(_pq(results).get("traffic"))
+    if not tr:
+        return None
+    models: list[str] = []
+    for shares in tr.values():
+        for m, v in sorted(_dict(shares).items(), key=lambda kv: -(_num(kv[1]) or 0.0)):
+            if m not in models and (_num(v) or 0.0) >= 0.02:
+                models.append(m)
+    models = models[:12]
+    series = {rule: [_dict(s).get(m, 0.0) for m in models] for rule, s in tr.items()}
+    for rule, s in tr.items():
+        series[rule].append(max(0.0, 1.0 - sum(_num(_dict(s).get(m)) or 0.0 for m in models)))
+    return {"x": [*models, "other"], "series": series}
+
+
+def _fd_pq_session(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    sess = _dict(_pq(results).get("session"))
+    rows = [r for r in _list(sess.get("rows")) if isinstance(r, dict)]
+    pos = [p for p in _list(sess.get("positions")) if p != "whole"]
+    if not rows or not pos:
+        return None
+    return {
+        "x": [int(p) for p in pos],
+        "series": {
+            r["method"]: {"mean": [_dict(_dict(r.get("at")).get(p)).get("acc") for p in pos], "std": None}
+            for r in rows
+        },
+    }
+
+
+def _fd_pq_cost(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    c = _dict(_pq(results).get("cost"))
+    if not c.get("single_models"):
+        return None
+    return {
+        "points": c["single_models"],
+        "single_hull": _list(c.get("single_hull")),
+        "mixture": _list(c.get("mixture_weak_strong")),
+        "weight": [[p.get("cost"), p.get("acc")] for p in _list(c.get("router_weight"))],
+        "budget": [[p.get("cost"), p.get("acc")] for p in _list(c.get("router_budget"))],
+        "unit": c.get("unit"),
+    }
+
+
+def _plot_pq_reliability(d: Mapping[str, Any]) -> Any:
+    fig, (ax,) = _new_figure(6.0, 5.0)
+    ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.8, label="perfect")
+    for rule, c in d.items():
+        pts = [(_nan(p), _nan(o)) for p, o in zip(c["pred"], c["obs"], strict=True)]
+        pts = [(p, o) for p, o in pts if not (math.isnan(p) or math.isnan(o))]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=f"{rule} (ECE {fmt(c['ece'])})")
+    ax.set_xlabel("predicted probability that the model is correct")
+    ax.set_ylabel("observed accuracy")
+    ax.set_title("Per-query calibration (LOTO)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _plot_pq_traffic(d: Mapping[str, Any]) -> Any:
+    fig, (ax,) = _new_figure(8.0, 4.5)
+    x = np.arange(len(d["x"]))
+    width = 0.8 / max(1, len(d["series"]))
+    for i, (name, vals) in enumerate(d["series"].items()):
+        ax.bar(x + i * width, [_nan(v) for v in vals], width, label=name)
+    ax.set_xticks(x + width * (len(d["series"]) - 1) / 2, [str(m) for m in d["x"]], rotation=45, ha="right")
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set_ylabel("share of queries")
+    ax.set_title("Traffic per model (LOTO)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _plot_pq_session(d: Mapping[str, Any]) -> Any:
+    return _line_figure(d, "queries already seen in the session (w)", "accuracy", "Session replay (LOTO)")
+
+
+def _plot_pq_cost(d: Mapping[str, Any]) -> Any:
+    fig, (ax,) = _new_figure()
+    pts = d["points"]
+    ax.scatter(
+        [_nan(p["cost"]) for p in pts],
+        [_nan(p["acc"]) for p in pts],
+        color="tab:gray",
+        zorder=3,
+        label="single models",
+    )
+    for p in pts if len(pts) <= 20 else []:
+        ax.annotate(
+            str(p["model"]),
+            (_nan(p["cost"]), _nan(p["acc"])),
+            fontsize=6,
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
+    for key, label, style in (
+        ("single_hull", "hull of single models + mixtures", {"color": "tab:gray", "linestyle": ":"}),
+        ("mixture", "random mixture cheapest / best", {"color": "tab:brown", "linestyle": "-."}),
+        ("weight", "per-query router, cost weight", {"color": "tab:blue", "marker": "o", "markersize": 3}),
+        ("budget", "per-query router, budget", {"color": "tab:orange", "marker": "s", "markersize": 3}),
+    ):
+        xy = sorted((_nan(c), _nan(a)) for c, a in d[key])
+        if xy:
+            ax.plot(*zip(*xy, strict=True), label=label, **style)
+    ax.set_xlabel(f"mean cost per query ({d.get('unit') or 'cost'})")
+    ax.set_ylabel("accuracy (task-averaged, LOTO)")
+    ax.set_title("Per-query quality vs cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _pq_rows_table(rows: Sequence[Any]) -> Table:
+    return Table(
+        ["rule", "acc", "diff vs BMA", "paired SE", "n"],
+        [
+            [
+                fmt(r.get("method")),
+                fmt(_num(r.get("acc")), 4),
+                _signed(r.get("diff_vs_bma")),
+                fmt(_num(r.get("se")), 4),
+                fmt(r.get("n_tasks")),
+            ]
+            for r in rows
+            if isinstance(r, dict)
+        ],
+        [False, True, True, True, True],
+    )
+
+
+def _signed(v: Any) -> str:
+    x = _num(v)
+    return NULL if x is None else f"{x:+.4f}"
+
+
+def _perquery_blocks(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Block]:
+    pq = _pq(results)
+    if not pq:
+        return []
+    blocks: list[Block] = [
+        Heading("Per-query routing"),
+        Paragraph(
+            f"Every rule routes each query alone through the product's decision function "
+            f"(benchroute.method.perquery.decide_queries), with knobs fit on the training side only. "
+            f"Target: {fmt(pq.get('target'))}. Differences to BMA are paired over tasks (splits for the "
+            f"per-instance protocol)."
+        ),
+    ]
+    for key, title in (
+        ("loto", "Leave-one-task-out"),
+        ("indist", "In-distribution split (stratified per task; mean over seeds)"),
+        ("instance", "Per-instance protocol (random splits, continuous score)"),
+    ):
+        part = _dict(pq.get(key))
+        if part.get("rows"):
+            extra = f" on {part['dataset']}" if part.get("dataset") else ""
+            blocks += [Heading(title + extra, level=3), _pq_rows_table(part["rows"])]
+    sess = _dict(pq.get("session"))
+    if sess.get("rows"):
+        pos = [str(p) for p in _list(sess.get("positions"))]
+        blocks += [
+            Heading("Session replay (LOTO; diff vs BMA at the query after w earlier ones)", level=3),
+            Table(
+                ["rule", *[f"w={p}" if p != "whole" else "whole task" for p in pos]],
+                [
+                    [fmt(r.get("method"))]
+                    + [_signed(_dict(_dict(r.get("at")).get(p)).get("diff_vs_bma")) for p in pos]
+                    for r in sess["rows"]
+                    if isinstance(r, dict)
+                ],
+                [False, *[True] * len(pos)],
+            ),
+        ]
+    blocks += _images(figures, "pq_session")
+    cal = _dict(pq.get("calibration"))
+    if cal:
+        blocks += [
+            Heading("Calibration of the per-model probabilities (LOTO)", level=3),
+            Table(
+                ["rule", "ECE", "Brier"],
+                [
+                    [r, fmt(_num(_dict(c).get("ece")), 4), fmt(_num(_dict(c).get("brier")), 4)]
+                    for r, c in cal.items()
+                ],
+                [False, True, True],
+            ),
+        ]
+    blocks += _images(figures, "pq_reliability", "pq_traffic")
+    for cost, protocol in (
+        (_dict(pq.get("cost")), "LOTO"),
+        (_dict(_dict(pq.get("indist")).get("cost")), "in-distribution"),
+    ):
+        blocks += _pq_cost_blocks(cost, protocol)
+    blocks += _images(figures, "pq_cost")
+    secs = _dict(pq.get("seconds"))
+    if secs:
+        blocks.append(Paragraph("Seconds: " + ", ".join(f"{k} {fmt(_num(v), 1)}" for k, v in secs.items())))
+    return blocks
+
+
+def _pq_cost_blocks(cost: Mapping[str, Any], protocol: str) -> list[Block]:
+    blocks: list[Block] = []
+    if cost.get("routellm"):
+        rl, aq = _dict(cost.get("routellm")), _dict(cost.get("aiq"))
+        blocks += [
+            Heading(f"Per-query quality-cost curve ({protocol})", level=3),
+            Paragraph(
+                f"Weak (cheapest) model {fmt(_dict(cost.get('weak')).get('model'))}, strong (best) "
+                f"model {fmt(_dict(cost.get('strong')).get('model'))}. APGR {fmt(_num(rl.get('apgr')))}; "
+                f"cost at 50% of the quality gap {_fmt_g(rl.get('cpt50'))} "
+                f"({fmt(_num(rl.get('cpt50_frac_of_strong')))} of the strong model's), at 80% "
+                f"{_fmt_g(rl.get('cpt80'))} ({fmt(_num(rl.get('cpt80_frac_of_strong')))}). AIQ: router "
+                f"{fmt(_num(aq.get('router')))}, "
+                f"single models {fmt(_num(aq.get('single_models')))}. Smallest margin of the router's hull "
+                f"over the hull of the single models and their mixtures: "
+                f"{_signed(cost.get('min_margin_over_single_hull'))}."
+            ),
+            Table(
+                ["cost weight", "mean cost", "acc"],
+                [
+                    [_fmt_g(p.get("cost_weight")), _fmt_g(p.get("cost")), fmt(_num(p.get("acc")), 4)]
+                    for p in _list(cost.get("router_weight"))
+                    if isinstance(p, dict)
+                ],
+                [True, True, True],
+            ),
+        ]
+    return blocks
+
+
+_FIGURE_DATA.update(
+    {
+        "pq_session": _fd_pq_session,
+        "pq_reliability": _fd_pq_reliability,
+        "pq_traffic": _fd_pq_traffic,
+        "pq_cost": _fd_pq_cost,
+    }
+)
+_PLOTTERS.update(
+    {
+        "pq_session": _plot_pq_session,
+        "pq_reliability": _plot_pq_reliability,
+        "pq_traffic": _plot_pq_traffic,
+        "pq_cost": _plot_pq_cost,
+    }
+)
+FIGURE_CAPTIONS.update(
+    {
+        "pq_session": "Session replay: accuracy of the query that follows w earlier queries of its task "
+        "(LOTO, mean over random orders and tasks).",
+        "pq_reliability": "Reliability diagram of each per-query rule's per-model probabilities (LOTO).",
+        "pq_traffic": "Share of the LOTO queries each rule routes to each model.",
+        "pq_cost": "Per-query quality vs cost (LOTO): the router with a cost weight or a budget, the single "
+        "models, their hull (with random mixtures) and the mixture of the cheapest and the best model.",
+    }
+)
+
+
 def _document(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Block]:
     """The whole report as blocks, in order; shared by the Markdown and HTML renderers."""
     config = _dict(results.get("config"))
@@ -1107,6 +1370,7 @@ def _document(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[Bl
     blocks += _active_blocks(results, figures)
     blocks += _study_blocks(results, figures)
     blocks += _mlp_blocks(results)
+    blocks += _perquery_blocks(results, figures)
     return blocks
 
 

@@ -207,7 +207,7 @@ class AccuracyEstimator:
         mae = np.abs(est - accuracy[tasks][:, None, :]).mean(axis=(1, 3))  # L x K: mean over tasks and models
         # first minimum in (k, lambda) order: ties go to the smaller k, then the smaller lambda
         li, j = np.unravel_index(np.argmin(mae.T), mae.T.shape)[::-1]
-        self.inner_mae_, self.k_, self.lam_ = float(mae[li, j]), int(ks[j]), float(self.lambdas[li])
+        self.inner_mae_, self.k_, self.lam_ = float(mae[li, j]), int(ks[int(j)]), float(self.lambdas[int(li)])
         return self
 
     def predict(self, curve: np.ndarray, prior: np.ndarray) -> np.ndarray:

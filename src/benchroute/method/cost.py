@@ -46,6 +46,7 @@ __all__ = [
     "aiq",
     "cheapest_within_trusted",
     "choose",
+    "cost_adjustment",
     "model_costs",
     "pareto_frontier",
     "prob_within_mc",
@@ -173,16 +174,7 @@ def choose(
     known = np.isfinite(c)
     budget_note = ""
     if max_cost is not None:
-        within = cand & known & (c <= max_cost)
-        if not within.any():
-            cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
-            raise ConfigError(
-                f"no candidate model costs <= {max_cost:g}",
-                f"the cheapest candidate with a known cost costs {cheapest:g}"
-                if cheapest is not None
-                else "no candidate has a known cost",
-            )
-        cand = within
+        cand = _within_budget(cand, c, max_cost)
         budget_note = f" within the budget {max_cost:g}"
     frontier = pareto_frontier(a, c, cand)
     best = int(np.argmax(np.where(cand, a, -np.inf)))
@@ -236,6 +228,21 @@ def choose(
         mode,
         best,
     )
+
+
+def _within_budget(cand: np.ndarray, c: np.ndarray, max_cost: float) -> np.ndarray:
+    """The candidates with a known cost <= ``max_cost`` (a ConfigError naming the cheapest if none)."""
+    known = np.isfinite(c)
+    within = cand & known & (c <= max_cost)
+    if not within.any():
+        cheapest = np.nanmin(np.where(cand & known, c, np.nan)) if (cand & known).any() else None
+        raise ConfigError(
+            f"no candidate model costs <= {max_cost:g}",
+            f"the cheapest candidate with a known cost costs {cheapest:g}"
+            if cheapest is not None
+            else "no candidate has a known cost",
+        )
+    return within
 
 
 def _cheapest(pool: np.ndarray, a: np.ndarray, c: np.ndarray) -> int:
@@ -429,3 +436,39 @@ def aiq(
         x, y = np.concatenate([[lo], x[keep]]), np.concatenate([[y0], y[keep]])
     area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
     return area / (hi - lo)
+
+
+# ------------------------------------------------------------------ per-query (vectorized) cost
+def cost_adjustment(
+    cost: np.ndarray,
+    *,
+    cost_weight: float = 0.0,
+    max_cost: float | None = None,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(candidates (M,) bool, penalty (M,)): the cost part of :func:`choose`, for many queries at once.
+
+    The score of model m becomes ``score - penalty[m]`` among ``candidates``, with the meaning of
+    :func:`choose`: ``max_cost`` keeps the models with a known cost <= max_cost (ConfigError if none);
+    ``cost_weight`` > 0 keeps the models with a known cost and charges cost_weight x cost / max cost
+    over those candidates (if no candidate has a known cost, cost cannot matter: no penalty, the
+    candidates unchanged). Without a cost option the penalty is 0 and the candidates are ``mask``.
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    m = len(c)
+    cand = np.ones(m, bool) if mask is None else np.asarray(mask, dtype=bool).copy()
+    if c.ndim != 1 or cand.shape != (m,):
+        raise ConfigError(f"cost and mask must be 1-d of one length, got {c.shape} and {cand.shape}")
+    if cost_weight < 0:
+        raise ConfigError(f"cost_weight must be >= 0, got {cost_weight}")
+    if not cand.any():
+        raise ConfigError("no candidate model to choose from")
+    known = np.isfinite(c)
+    penalty = np.zeros(m)
+    if max_cost is not None:
+        cand = _within_budget(cand, c, max_cost)
+    if cost_weight > 0 and (cand & known).any():
+        cand = cand & known
+        top = float(np.max(c[cand]))
+        penalty = np.where(cand, cost_weight * (c / top if top > 0 else 0.0), 0.0)
+    return cand, penalty

@@ -62,6 +62,15 @@ def decide(
 
     ``mask`` restricts the candidates (``bma`` must be one of them); ``labeled`` (s x M 0/1) are the
     labeled samples the ``label_rule`` arbitrates with.
+
+    A score that barely prefers model 0 over the best-on-average model 1 on 10 inputs is vetoed:
+
+    >>> score, p = np.array([0.62, 0.60]), np.array([0.7, 0.7])
+    >>> d = decide(score, score, p, 10, bma=1)
+    >>> d.candidate, d.chosen, d.fell_back, d.probability < 0.6
+    (0, 1, True, True)
+    >>> decide(score, score, p, 10, bma=1, trust=False).chosen
+    0
     """
     masked = np.asarray(score, dtype=np.float64)
     if mask is not None:

@@ -61,7 +61,11 @@ def n_moved(alpha: float, n: int, cap: int = 50) -> int:
 def task_key(name: str) -> int:
     """A stable 63-bit key of a task's name: the seed of every random draw made for that task, so a
     fold is the same whatever other tasks the benchmark holds or excludes (the Router fitted without
-    task t and the harness holding out t draw the same samples)."""
+    task t and the harness holding out t draw the same samples).
+
+    >>> task_key("bbh_navigate") == task_key("bbh_navigate") != task_key("bbh_snarks")
+    True
+    """
     import hashlib
 
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") >> 1

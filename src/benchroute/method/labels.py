@@ -74,13 +74,6 @@ class LabelMatrix:
             return "uint8", np.ascontiguousarray(Y, dtype=np.uint8)
         return "bits", pack_bits(Y)
 
-    @classmethod
-    def from_bits(cls, bits: np.ndarray, n_outputs: int) -> LabelMatrix:
-        """Wrap an already packed matrix (as saved) without unpacking it."""
-        out = cls(np.zeros((0, n_outputs), np.uint8), "bits")
-        out.data = np.ascontiguousarray(bits, dtype=np.uint8)
-        return out
-
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.data), self.n_outputs)

@@ -249,11 +249,13 @@ class NeighborIndex:
         n, dim = self.store_.shape
         self.backend_ = self._resolve(n)
         self.faiss_index_: Any = None
-        self.nlist_ = self.nprobe_ = None
+        self.nlist_: int | None = None
+        self.nprobe_: int | None = None
         if self.backend_ == "numpy" or (self.backend_ == "faiss-flat" and self.mapped_):
             return self  # exact: in memory, or in blocks over the mapped store
         import faiss
 
+        index: Any
         if self.backend_ == "faiss-flat":
             index = faiss.IndexFlatIP(dim)
         elif self.backend_ == "faiss-hnsw":
@@ -268,8 +270,8 @@ class NeighborIndex:
         return self
 
     def _train_ivf(self, faiss: Any, n: int, dim: int) -> Any:
-        self.nlist_ = min(self.nlist or default_nlist(n), n)
-        self.nprobe_ = min(self.nprobe or default_nprobe(self.nlist_), self.nlist_)
+        nlist = min(self.nlist or default_nlist(n), n)
+        self.nlist_, self.nprobe_ = nlist, min(self.nprobe or default_nprobe(nlist), nlist)
         try:
             index = faiss.index_factory(dim, f"IVF{self.nlist_},{self.ivf_codec}", faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -280,7 +282,7 @@ class NeighborIndex:
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = self.seed
         ivf.nprobe = self.nprobe_
-        size = min(n, self.train_size or 50 * self.nlist_)
+        size = min(n, self.train_size or 50 * nlist)
         rows = np.sort(np.random.default_rng(self.seed).choice(n, size, replace=False))
         index.train(self._rows(rows))  # a sample: a mapped store is read only at these rows
         return index

@@ -51,33 +51,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
+from typing import Any
 
 import numpy as np
 
 from benchroute.errors import ConfigError
+from benchroute.method.cost import cost_adjustment
 from benchroute.method.neighbors import cross_task_neighbors, exact_search, normalize
 
 __all__ = [
     "DEFAULT_KNOBS",
     "DEFAULT_SESSION_KNOBS",
     "GRID",
+    "RULES",
     "SESSION_GRID",
+    "SMALL_GRID",
     "KnobSelection",
     "PerQueryKnobs",
     "PerQueryStats",
+    "QueryDecision",
     "SessionKnobs",
     "SessionState",
+    "decide_queries",
     "fit",
+    "fit_depth",
     "fit_stats",
     "hks_parts",
     "hks_scores",
+    "knn_mean",
+    "needed_neighbors",
     "pick",
     "query_scores",
     "route",
+    "rule_scores",
     "select_knobs",
     "select_session_knobs",
+    "select_shrink_lam",
     "session_replay_picks",
     "session_scores",
+    "session_stream_scores",
     "take_first",
     "task_accuracy",
     "task_tightness",
@@ -88,7 +100,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PerQueryKnobs:
-    """Knobs of the HKS score (see the module docstring for the formula)."""
+    """Knobs of the per-query rules: HKS (k, tau, s_task, s_item, lam, calibrate; the module docstring
+    has the formula) and the simpler rules kept by name (:data:`RULES`): "knn" (knn_k, today's rule),
+    "knn_shrunk" (shrink_k, shrink_lam) and "task_vote" (vote_k)."""
 
     k: int = 50
     tau: float = 0.2
@@ -96,23 +110,33 @@ class PerQueryKnobs:
     s_item: float = 0.9
     lam: float = 0.25
     calibrate: bool = True  # membership kernel relative to each task's tightness sigma_t
+    knn_k: int = 5
+    shrink_k: int = 100
+    shrink_lam: float = 0.5
+    vote_k: int = 20
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.tau <= 0 or not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"invalid per-query knobs {self}: need k >= 1, tau > 0, 0 <= lam <= 1")
+        if min(self.knn_k, self.shrink_k, self.vote_k) < 1 or not 0.0 <= self.shrink_lam <= 1.0:
+            raise ConfigError(f"invalid per-query knobs {self}: need knn_k, shrink_k, vote_k >= 1")
 
 
 @dataclass(frozen=True)
 class SessionKnobs:
-    """Knobs of session routing: prior count n0 of the session evidence, its shrinkage lam_s, decay."""
+    """Knobs of session routing: the evidence's kNN size k, its prior count n0, its shrinkage lam_s
+    toward the best-on-average prior, and the decay of older queries (1 = none)."""
 
-    n0: float = 3.0
-    lam_s: float = 0.5
+    k: int = 50
+    n0: float = 1.0
+    lam_s: float = 0.75
     decay: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.n0 <= 0 or not 0.0 <= self.lam_s <= 1.0 or not 0.0 < self.decay <= 1.0:
-            raise ConfigError(f"invalid session knobs {self}: need n0 > 0, 0 <= lam_s <= 1, 0 < decay <= 1")
+        if self.k < 1 or self.n0 <= 0 or not 0.0 <= self.lam_s <= 1.0 or not 0.0 < self.decay <= 1.0:
+            raise ConfigError(
+                f"invalid session knobs {self}: need k >= 1, n0 > 0, 0 <= lam_s <= 1, 0 < decay <= 1"
+            )
 
 
 #: Fallback knobs when there are too few tasks to select (fewer than 3 training tasks).
@@ -120,15 +144,29 @@ DEFAULT_KNOBS = PerQueryKnobs()
 DEFAULT_SESSION_KNOBS = SessionKnobs()
 
 #: Selection grid of :func:`select_knobs` (k, tau, s_task, s_item, lam): 3 x 4 x 4 x 4 x 3 = 576.
-GRID: dict[str, tuple[float, ...]] = {
+GRID: dict[str, Sequence[float]] = {
     "k": (20, 50, 100),
     "tau": (0.05, 0.1, 0.2, 0.5),
     "s_task": (0.3, 0.5, 0.7, 0.9),
     "s_item": (0.5, 0.7, 0.9, 1.0),
     "lam": (0.5, 0.25, 0.0),  # listed safest first: ties keep the earlier (more shrunk) setting
 }
+#: A 108-setting grid (k, tau, s_task, s_item, lam): 2 x 2 x 3 x 3 x 3.
+SMALL_GRID: dict[str, Sequence[float]] = {
+    "k": (20, 50),
+    "tau": (0.1, 0.2),
+    "s_task": (0.5, 0.7, 0.9),
+    "s_item": (0.7, 0.9, 1.0),
+    "lam": (0.5, 0.25, 0.0),
+}
 #: Selection grid of :func:`select_session_knobs` (n0, lam_s).
-SESSION_GRID: dict[str, tuple[float, ...]] = {"n0": (1.0, 3.0, 10.0, 30.0), "lam_s": (0.75, 0.5, 0.25, 0.0)}
+SESSION_GRID: dict[str, Sequence[float]] = {
+    "k": (20, 50, 100),
+    "n0": (0.5, 2.0, 8.0),
+    "lam_s": (0.9, 0.75, 0.5, 0.25),  # safest first: ties keep the more shrunk setting
+}
+#: Per-query rules of :func:`decide_queries`.
+RULES: tuple[str, ...] = ("hks", "knn", "knn_shrunk", "task_vote")
 
 
 def task_accuracy(labels: np.ndarray, item_task: np.ndarray, n_tasks: int | None = None) -> np.ndarray:
@@ -309,8 +347,11 @@ def query_scores(
     q : (n, M) scores, q = (1 - lam) g + lam P; route with ``pick(q, stats.prior)``.
     """
     kn = stats.knobs if knobs is None else knobs
-    if np.asarray(idx).shape[1] < kn.k:
-        raise ConfigError(f"need at least k = {kn.k} neighbours per query, got {np.asarray(idx).shape[1]}")
+    width = np.asarray(idx).shape[1]
+    if width < kn.k:
+        if width < len(stats.labels):
+            raise ConfigError(f"need at least k = {kn.k} neighbours per query, got {width}")
+        kn = replace(kn, k=width)  # a store smaller than k: every stored question is a neighbour
     tight = stats.tightness if kn.calibrate else None
     se, ey, W = hks_parts(sims, idx, stats.labels, stats.item_task, len(stats.task_acc), kn.k, kn.tau, tight)
     return hks_scores(
@@ -329,8 +370,8 @@ def query_scores(
 
 
 def route(sims: np.ndarray, idx: np.ndarray, stats: PerQueryStats) -> np.ndarray:
-    """Model index per query: ``pick(query_scores(sims, idx, stats), stats.prior)``."""
-    return pick(query_scores(sims, idx, stats), stats.prior)
+    """Model index per query by the HKS rule (``decide_queries(sims, idx, stats).chosen``)."""
+    return decide_queries(sims, idx, stats).chosen
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,60 +380,258 @@ def route(sims: np.ndarray, idx: np.ndarray, stats: PerQueryStats) -> np.ndarray
 
 @dataclass
 class SessionState:
-    """Bounded state of one session: decayed count and sum of the item-level estimates g (M floats)."""
+    """Bounded state of one session: the decayed count n and sum of the session evidence (M floats).
+
+    The evidence of a query is the mean label of its first ``SessionKnobs.k`` stored neighbours (what
+    the task-level blend averages over a task's queries). ``to_dict`` / ``from_dict`` give a small
+    JSON form (a count and M floats), so a server can keep many sessions or store them elsewhere.
+    """
 
     n: float = 0.0
-    g_sum: np.ndarray | None = None
+    ev_sum: np.ndarray | None = None
 
-    def update(self, g: np.ndarray, decay: float = 1.0) -> SessionState:
-        """Add the estimates g (M,) or (n, M) of the queries just routed, in order. Returns self."""
-        g = np.atleast_2d(np.asarray(g, dtype=np.float64))
-        if self.g_sum is None:
-            self.g_sum = np.zeros(g.shape[1])
-        for row in g:
-            self.g_sum = decay * self.g_sum + row
+    def update(self, evidence: np.ndarray, decay: float = 1.0) -> SessionState:
+        """Add the evidence (M,) or (n, M) of the queries just routed, in order. Returns self."""
+        ev = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+        if self.ev_sum is None:
+            self.ev_sum = np.zeros(ev.shape[1])
+        elif len(self.ev_sum) != ev.shape[1]:
+            raise ConfigError(f"session has {len(self.ev_sum)} models, evidence has {ev.shape[1]}")
+        for row in ev:
+            self.ev_sum = decay * self.ev_sum + row
             self.n = decay * self.n + 1.0
         return self
 
+    def mean(self) -> np.ndarray | None:
+        """The session's mean evidence (M,), None before the first query."""
+        return None if self.ev_sum is None or self.n <= 0 else self.ev_sum / self.n
+
     def nbytes(self) -> int:
-        return 8 + (0 if self.g_sum is None else self.g_sum.nbytes)
+        return 8 + (0 if self.ev_sum is None else self.ev_sum.nbytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": float(self.n), "ev_sum": None if self.ev_sum is None else self.ev_sum.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SessionState:
+        ev = d.get("ev_sum")
+        n = float(d.get("n", 0.0))
+        if n < 0 or (ev is not None and np.ndim(ev) != 1):
+            raise ConfigError("invalid session state: need n >= 0 and ev_sum a list of floats or null")
+        return cls(n, None if ev is None else np.asarray(ev, dtype=np.float64))
 
 
 def session_scores(
     q: np.ndarray, state: SessionState, prior: np.ndarray, knobs: SessionKnobs = DEFAULT_SESSION_KNOBS
 ) -> np.ndarray:
-    """q_s = (1 - w) q + w ((1 - lam_s) g_bar + lam_s P), w = n / (n + n0), from the state *before* q's query.
-
-    ``q`` is (M,) or (n, M) (several queries scored against the same state).
-    """
+    """q_s = (1 - w) q + w ((1 - lam_s) e_bar + lam_s P), w = n / (n + n0), from the state *before* q's
+    query (e_bar: the state's mean evidence). ``q`` is (M,) or (n, M) (all scored against one state)."""
     q = np.asarray(q, dtype=np.float64)
-    if state.g_sum is None or state.n <= 0:
+    e_bar = state.mean()
+    if e_bar is None:
         return q
     w = state.n / (state.n + knobs.n0)
-    g_bar = state.g_sum / state.n
-    return (1.0 - w) * q + w * ((1.0 - knobs.lam_s) * g_bar + knobs.lam_s * np.asarray(prior))
+    return (1.0 - w) * q + w * ((1.0 - knobs.lam_s) * e_bar + knobs.lam_s * np.asarray(prior))
 
 
-def session_replay_picks(q: np.ndarray, g: np.ndarray, prior: np.ndarray, knobs: SessionKnobs) -> np.ndarray:
-    """Picks of a stream whose queries arrive in row order (q, g: n x M): query i sees queries < i.
+def session_stream_scores(
+    q: np.ndarray,
+    evidence: np.ndarray,
+    prior: np.ndarray,
+    knobs: SessionKnobs,
+    state: SessionState | None = None,
+) -> np.ndarray:
+    """Session scores of a stream whose queries arrive in row order (q, evidence: n x M).
 
-    Vectorized equivalent of ``session_scores`` + ``SessionState.update`` over the stream.
+    Query i sees the state before it (``state``, then queries < i); ``state`` (if given) is updated
+    with every row. Vectorized equivalent of ``session_scores`` + ``SessionState.update`` per query.
     """
-    n = len(q)
-    prior = np.asarray(prior, dtype=np.float64)
-    if knobs.decay == 1.0:
-        csum = np.vstack([np.zeros((1, g.shape[1])), np.cumsum(g, axis=0)[:-1]])
-        cnt = np.arange(n, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    ev = np.asarray(evidence, dtype=np.float64)
+    n, M = q.shape
+    st = SessionState() if state is None else state
+    s0 = np.zeros(M) if st.ev_sum is None else st.ev_sum
+    if len(s0) != M:
+        raise ConfigError(f"session has {len(s0)} models, the router has {M}", "start a new session")
+    d = knobs.decay
+    if d == 1.0:
+        csum = s0[None, :] + np.vstack([np.zeros((1, M)), np.cumsum(ev, axis=0)[:-1]])
+        cnt = st.n + np.arange(n, dtype=np.float64)
+        end_sum, end_n = s0 + ev.sum(axis=0), st.n + n
     else:
-        csum = np.zeros_like(g, dtype=np.float64)
-        cnt = np.zeros(n)
-        for i in range(1, n):
-            csum[i] = knobs.decay * csum[i - 1] + g[i - 1]
-            cnt[i] = knobs.decay * cnt[i - 1] + 1.0
+        csum = np.empty((n, M))
+        cnt = np.empty(n)
+        acc, c = s0.copy(), st.n
+        for i in range(n):
+            csum[i], cnt[i] = acc, c
+            acc, c = d * acc + ev[i], d * c + 1.0
+        end_sum, end_n = acc, c
     w = (cnt / (cnt + knobs.n0))[:, None]
-    g_bar = csum / np.maximum(cnt, 1e-12)[:, None]
-    s = (1.0 - w) * q + w * ((1.0 - knobs.lam_s) * g_bar + knobs.lam_s * prior)
-    return pick(s, prior)
+    e_bar = csum / np.maximum(cnt, 1e-12)[:, None]
+    out = (1.0 - w) * q + w * ((1.0 - knobs.lam_s) * e_bar + knobs.lam_s * np.asarray(prior)[None, :])
+    if state is not None:
+        state.ev_sum, state.n = end_sum, float(end_n)
+    return out
+
+
+def session_replay_picks(
+    q: np.ndarray, evidence: np.ndarray, prior: np.ndarray, knobs: SessionKnobs
+) -> np.ndarray:
+    """Picks of a fresh session whose queries arrive in row order (query i sees queries < i)."""
+    return pick(session_stream_scores(q, evidence, prior, knobs), prior)
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision (what the Router, the server and the experiments all call)
+
+
+def knn_mean(sims: np.ndarray, idx: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean label of each query's first k neighbours (n x M); non-finite similarities (padding) skipped.
+
+    A query without any valid neighbour gets the mean label of the store."""
+    s = np.asarray(sims)[:, :k]
+    ii = np.asarray(idx)[:, :k]
+    ok = np.isfinite(s)
+    M = labels.shape[1]
+    out = np.empty((len(s), M))
+    step = max(1, 4_000_000 // max(1, s.shape[1] * M))
+    for a in range(0, len(s), step):
+        o = ok[a : a + step]
+        y = labels[ii[a : a + step]]
+        if o.all():
+            out[a : a + step] = y.mean(axis=1)
+        else:
+            w = o[:, :, None].astype(np.float64)
+            out[a : a + step] = (y * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1.0)
+    empty = ~ok.any(axis=1)
+    if empty.any():
+        out[empty] = labels.mean(axis=0)
+    return out
+
+
+def task_vote_scores(sims: np.ndarray, idx: np.ndarray, stats: PerQueryStats, k: int) -> np.ndarray:
+    """Accuracy row A_t of the task most of the first k neighbours come from (n x M); count ties go to
+    the larger similarity sum."""
+    s = np.asarray(sims, dtype=np.float64)[:, :k]
+    ok = np.isfinite(s)
+    n, kk = s.shape
+    T = len(stats.task_acc)
+    t = stats.item_task[np.asarray(idx)[:, :k]]
+    cnt = np.zeros((n, T))
+    np.add.at(cnt, (np.repeat(np.arange(n), kk), t.ravel()), ok.ravel().astype(np.float64))
+    ssum = np.zeros((n, T))
+    np.add.at(ssum, (np.repeat(np.arange(n), kk), t.ravel()), np.where(ok, s, 0.0).ravel())
+    vote = (cnt + 1e-3 * ssum / max(kk, 1)).argmax(axis=1)
+    out = stats.task_acc[vote].astype(np.float64)
+    none = ~ok.any(axis=1)
+    if none.any():
+        out[none] = stats.prior
+    return out
+
+
+def needed_neighbors(stats: PerQueryStats, rule: str | None = None, session: bool = True) -> int:
+    """How many neighbours per query :func:`decide_queries` reads: the rule's k (every rule's if None)
+    and, with ``session``, the session evidence's k (without a session the evidence is informative
+    only and uses the neighbours given, up to that k)."""
+    kn = stats.knobs
+    per_rule = {"hks": kn.k, "knn": kn.knn_k, "knn_shrunk": kn.shrink_k, "task_vote": kn.vote_k}
+    if rule is not None and rule not in per_rule:
+        raise ConfigError(f"unknown per-query rule {rule!r}", f"use one of {RULES}")
+    need = max(per_rule.values()) if rule is None else per_rule[rule]
+    return int(max(need, stats.session.k) if session else need)
+
+
+def rule_scores(sims: np.ndarray, idx: np.ndarray, stats: PerQueryStats, rule: str = "hks") -> np.ndarray:
+    """Per-query scores (n x M: estimated accuracy of each model on each query) of a rule of :data:`RULES`."""
+    kn = stats.knobs
+    if rule == "hks":
+        q = query_scores(sims, idx, stats)
+        return np.asarray(q)
+    if rule == "knn":
+        return knn_mean(sims, idx, stats.labels, kn.knn_k)
+    if rule == "knn_shrunk":
+        g = knn_mean(sims, idx, stats.labels, kn.shrink_k)
+        return (1.0 - kn.shrink_lam) * g + kn.shrink_lam * stats.prior[None, :]
+    if rule == "task_vote":
+        return task_vote_scores(sims, idx, stats, kn.vote_k)
+    raise ConfigError(f"unknown per-query rule {rule!r}", f"use one of {RULES}")
+
+
+@dataclass
+class QueryDecision:
+    """The outcome of :func:`decide_queries` for n queries."""
+
+    chosen: np.ndarray  # (n,) model index per query
+    scores: (
+        np.ndarray
+    )  # (n, M) the scores the choice was made on (after session and cost); -inf outside the mask
+    evidence: np.ndarray  # (n, M) what each query contributed to the session state
+
+
+def decide_queries(
+    sims: np.ndarray,
+    idx: np.ndarray,
+    stats: PerQueryStats,
+    *,
+    rule: str = "hks",
+    mask: np.ndarray | None = None,
+    cost: np.ndarray | None = None,
+    cost_weight: float = 0.0,
+    max_cost: float | None = None,
+    session: SessionState | None = None,
+) -> QueryDecision:
+    """Route n queries from their neighbour search results: the one per-query decision of benchroute.
+
+    Parameters
+    ----------
+    sims, idx : (n, K)
+        Cosine similarities and store rows of each query's nearest stored items, most similar first;
+        K >= :func:`needed_neighbors` (stats, rule) (a Router searches ``needed_neighbors(stats)``, enough
+        for every rule and the session). Non-finite similarities are padding (weight 0).
+    stats : PerQueryStats
+        From :func:`fit` (or :func:`fit_stats`) on the store ``idx`` indexes.
+    rule : "hks" (default), "knn" (today's k = 5 argmax), "knn_shrunk", "task_vote"
+        The per-query score (:func:`rule_scores`).
+    mask : (M,) bool, optional
+        Candidate models.
+    cost, cost_weight, max_cost
+        Cost-aware choice with the meaning of :func:`benchroute.method.cost.choose` (see
+        :func:`benchroute.method.cost.cost_adjustment`): score - cost_weight x cost / max candidate cost,
+        models above the budget ``max_cost`` or with an unknown cost excluded when a cost option is used.
+    session : SessionState, optional
+        The queries are one session's next queries, in order: query i is scored against the state
+        before it (:func:`session_scores`) and the state is updated after it (in place).
+
+    Returns
+    -------
+    QueryDecision: ``chosen`` = :func:`pick` of ``scores`` (ties to the prior's favourite).
+    """
+    s = np.asarray(sims)
+    ii = np.asarray(idx)
+    if s.ndim != 2 or s.shape != ii.shape:
+        raise ConfigError(f"sims {s.shape} and idx {ii.shape} must be (n, K) of one shape")
+    need = needed_neighbors(stats, rule, session=session is not None)
+    if s.shape[1] < need and s.shape[1] < len(stats.labels):
+        raise ConfigError(f"rule {rule!r} needs {need} neighbours per query, got {s.shape[1]}")
+    M = stats.n_models
+    q = rule_scores(s, ii, stats, rule)
+    ev = knn_mean(s, ii, stats.labels, stats.session.k)
+    if session is not None:
+        q = session_stream_scores(q, ev, stats.prior, stats.session, session)
+    if cost is None:
+        if cost_weight > 0 or max_cost is not None:
+            raise ConfigError("cost_weight / max_cost need the models' costs")
+        cand = np.ones(M, bool) if mask is None else np.asarray(mask, dtype=bool)
+        if cand.shape != (M,) or not cand.any():
+            raise ConfigError(f"mask must be {M} booleans with at least one True")
+        penalty = np.zeros(M)
+    else:
+        if np.shape(cost) != (M,):
+            raise ConfigError(f"cost must have {M} entries, got {np.shape(cost)}")
+        cand, penalty = cost_adjustment(cost, cost_weight=cost_weight, max_cost=max_cost, mask=mask)
+    scores = np.where(cand[None, :], q - penalty[None, :], -np.inf)
+    chosen = pick(scores, np.where(cand, stats.prior, -np.inf)) if len(scores) else np.zeros(0, np.int64)
+    return QueryDecision(chosen.astype(np.int64), scores, ev)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,6 +678,8 @@ class KnobSelection:
     gain_loo: float
     objective: str
     table: list[tuple[PerQueryKnobs, float, float]] = field(default_factory=list, repr=False)
+    gain_se: float | None = None
+    gated: bool = False
 
 
 def _grid_knobs(
@@ -472,6 +713,7 @@ def select_knobs(
     objective: str = "safe",
     rows: np.ndarray | None = None,
     calibrate: bool = True,
+    min_z: float | None = None,
 ) -> KnobSelection:
     """Choose the HKS knobs by two inner protocols on the training store only.
 
@@ -491,6 +733,10 @@ def select_knobs(
         Membership relative to each task's tightness (:func:`task_tightness`, from ``loo``).
     rows : optional
         Route only these items as inner queries (all stored items stay neighbours); for speed.
+    min_z : optional
+        Gate: unless the chosen setting's inner gain over BMA (per inner task, the mean of the two
+        regimes for "safe"/"both") exceeds ``min_z`` paired standard errors over the inner tasks, the
+        setting is replaced by lam = 1 (the best-on-average model for every query), ``gated`` = True.
 
     Notes
     -----
@@ -500,7 +746,7 @@ def select_knobs(
     P is the mean of A (y_i's 1 / (n_t T) share in P is kept: negligible). Ties in the objective keep
     the earlier grid entry (larger lam first), i.e. the setting closer to the prior.
     """
-    grid = GRID if grid is None else grid
+    grid = dict(SMALL_GRID if grid is None else grid)
     labels = np.asarray(labels, dtype=np.float32)
     item_task = np.asarray(item_task, dtype=np.int64)
     T = int(item_task.max()) + 1
@@ -550,26 +796,40 @@ def select_knobs(
                 mu_num = mu_num + W[ar, rt][:, None] * corr
             parts[name] = (se, ey, mu_num, W.sum(axis=1))
         for s_task, s_item, lam in rest:
-            gains = []
+            gains, picks = [], []
             for name, prior, base in (("loto", pr_loto, bma_loto), ("loo", P_all, bma_loo)):
                 se, ey, mu_num, sm = parts[name]
                 q = hks_scores(se, ey, mu_num, prior, k, tau, s_task, s_item, lam, se_member=sm)
+                assert isinstance(q, np.ndarray)
                 pr = prior if np.ndim(prior) == 2 else np.broadcast_to(prior, q.shape)
                 q = q + 1e-9 * pr  # ties to the prior's favourite (fast form of pick)
-                gains.append(task_mean(Yr[ar, q.argmax(axis=1)]) - base)
+                picks.append(q.argmax(axis=1))
+                gains.append(task_mean(Yr[ar, picks[-1]]) - base)
             kn = PerQueryKnobs(k, tau, float(s_task), float(s_item), float(lam), calibrate)
             table.append((kn, gains[0], gains[1]))
             val = _objective(gains[0], gains[1], objective)
             if best is None or val > best[0] + 1e-12:
                 best = (val, len(table) - 1)
+                best_picks = picks
     assert best is not None
     kn, gl, gi = table[best[1]]
-    return KnobSelection(kn, gl, gi, objective, table)
+    # paired per-task gains of the chosen setting (both regimes' mean, or the objective's regime)
+    row_gain = {
+        "loto": Yr[ar, best_picks[0]] - Yr[ar, bma_t[rt]],
+        "loo": Yr[ar, best_picks[1]] - Yr[:, bma_all],
+    }
+    g = row_gain[objective] if objective in row_gain else 0.5 * (row_gain["loto"] + row_gain["loo"])
+    inner = np.unique(rt)
+    per_task = np.array([g[rt == t].mean() for t in inner])
+    g_se = float(per_task.std(ddof=1) / np.sqrt(len(per_task))) if len(per_task) > 1 else float("inf")
+    if min_z is not None and not per_task.mean() > min_z * g_se and kn.lam < 1.0:
+        return KnobSelection(replace(kn, lam=1.0), 0.0, 0.0, objective, table, gain_se=g_se, gated=True)
+    return KnobSelection(kn, gl, gi, objective, table, gain_se=g_se)
 
 
 def select_session_knobs(
     q_by_task: dict[int, np.ndarray],
-    g_by_task: dict[int, np.ndarray],
+    evidence_by_k: dict[int, dict[int, np.ndarray]],
     labels_by_task: dict[int, np.ndarray],
     prior_by_task: dict[int, np.ndarray],
     *,
@@ -579,32 +839,35 @@ def select_session_knobs(
     decay: float = 1.0,
     seed: int = 0,
 ) -> SessionKnobs:
-    """Choose (n0, lam_s) by replaying each training task as sessions (leave-one-task-out).
+    """Choose the session knobs (k, n0, lam_s) by replaying each training task as sessions (LOTO).
 
-    ``q_by_task[t]``, ``g_by_task[t]``: HKS scores and item estimates of task t's items computed
-    without task t (cross-task neighbours, prior P_{-t}); ``labels_by_task[t]`` their labels.
+    ``q_by_task[t]``: the per-query scores of task t's items computed without task t (cross-task
+    neighbours, prior P_{-t}); ``evidence_by_k[k][t]``: their session evidence (kNN mean over the
+    first k cross-task neighbours) for each k of the grid; ``labels_by_task[t]`` their labels.
     Each task is replayed in ``orders`` random orders, truncated to ``max_len`` queries; the objective
     is the task-averaged mean accuracy over all positions. Ties keep the earlier grid entry.
     """
-    grid = SESSION_GRID if grid is None else grid
+    grid = {**SESSION_GRID, **(grid or {})}
     rng = np.random.default_rng(seed)
     perms = {t: [rng.permutation(len(q_by_task[t]))[:max_len] for _ in range(orders)] for t in q_by_task}
     best: tuple[float, SessionKnobs] | None = None
-    for n0, lam_s in product(grid["n0"], grid["lam_s"]):
-        kn = SessionKnobs(float(n0), float(lam_s), decay)
+    for k, n0, lam_s in product(grid["k"], grid["n0"], grid["lam_s"]):
+        if int(k) not in evidence_by_k:
+            continue
+        kn = SessionKnobs(int(k), float(n0), float(lam_s), decay)
+        ev = evidence_by_k[int(k)]
         accs = []
         for t in q_by_task:
             y = labels_by_task[t]
             a = []
             for p in perms[t]:
-                pk = session_replay_picks(q_by_task[t][p], g_by_task[t][p], prior_by_task[t], kn)
+                pk = session_replay_picks(q_by_task[t][p], ev[t][p], prior_by_task[t], kn)
                 a.append(y[p, pk].mean())
             accs.append(np.mean(a))
         val = float(np.mean(accs))
         if best is None or val > best[0] + 1e-12:
             best = (val, kn)
-    assert best is not None
-    return best[1]
+    return DEFAULT_SESSION_KNOBS if best is None else best[1]
 
 
 def with_knobs(
@@ -619,8 +882,28 @@ def with_knobs(
     )
 
 
+SHRINK_LAMBDAS: tuple[float, ...] = (1.0, 0.9, 0.75, 0.5, 0.25, 0.0)
+
+
+def select_shrink_lam(
+    g: np.ndarray, labels: np.ndarray, item_task: np.ndarray, prior_rows: np.ndarray
+) -> float:
+    """lam of the "knn_shrunk" rule by inner leave-one-task-out: g (n x M) the kNN means of the stored
+    items over other tasks, prior_rows their P_{-t}; task-averaged accuracy, ties to the larger lam."""
+    tasks, inv = np.unique(item_task, return_inverse=True)
+    w = 1.0 / np.bincount(inv)[inv] / len(tasks)
+    best: tuple[float, float] | None = None
+    for lam in SHRINK_LAMBDAS:
+        q = (1 - lam) * g + lam * prior_rows + 1e-9 * prior_rows
+        acc = float((labels[np.arange(len(g)), q.argmax(axis=1)] * w).sum())
+        if best is None or acc > best[0] + 1e-12:
+            best = (acc, lam)
+    assert best is not None
+    return best[1]
+
+
 def fit(
-    emb: np.ndarray,
+    emb: np.ndarray | None,
     labels: np.ndarray,
     item_task: np.ndarray,
     n_tasks: int | None = None,
@@ -629,51 +912,90 @@ def fit(
     grid: dict[str, Sequence[float]] | None = None,
     session_grid: dict[str, Sequence[float]] | None = None,
     seed: int = 0,
+    neighbors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    max_rows_per_task: int | None = 60,
+    min_z: float | None = 1.0,
 ) -> PerQueryStats:
     """Everything a Router needs at fit time, from the store alone: statistics, knobs, session knobs.
 
-    Computes the training neighbour lists (exact, O(n^2 d) once), per-task accuracy and tightness,
-    selects the HKS knobs (:func:`select_knobs`) and the session knobs (:func:`select_session_knobs`,
-    replaying each training task as a session against the other tasks). With fewer than 3 tasks the
-    defaults are kept.
+    Computes the training neighbour lists (exact, O(n^2 d) once; or takes them from ``neighbors``, the
+    output of :func:`training_neighbors` at depth >= :func:`fit_depth`, e.g. filtered from one pass shared
+    by the folds of an experiment), per-task accuracy and tightness, selects the HKS knobs
+    (:func:`select_knobs`), the "knn_shrunk" lam (:func:`select_shrink_lam`) and the session knobs
+    (:func:`select_session_knobs`, replaying each training task as a session against the other tasks).
+    With fewer than 3 tasks the defaults are kept. Defaults chosen by the nested protocol (docs/
+    reproduction.md, per-query section): the 108-setting :data:`SMALL_GRID` (the 576-setting
+    :data:`GRID` selects no better and costs 5x), the gate ``min_z`` = 1 (keep BMA unless the chosen
+    setting's inner gain exceeds one paired standard error), 60 inner queries per task.
+    ``max_rows_per_task``: the HKS knob selection routes
+    at most this many items per task as inner queries (a fixed random subset, ``seed``; every item stays
+    a neighbour); its objective is task-averaged, so this trades little precision for speed.
     """
-    grid = GRID if grid is None else grid
+    grid = dict(SMALL_GRID if grid is None else grid)
+    sgrid = {**SESSION_GRID, **(session_grid or {})}
     item_task = np.asarray(item_task, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.float32)
-    kmax = int(min(max(grid["k"]), len(labels) - 1))
-    nb = training_neighbors(emb, item_task, kmax)
+    depth = fit_depth(grid, sgrid)
+    kmax = int(min(depth, len(labels) - 1))
+    if neighbors is None:
+        if emb is None:
+            raise ConfigError("fit needs the embeddings or the training neighbour lists")
+        neighbors = training_neighbors(emb, item_task, kmax)
+    nb = neighbors
     stats = fit_stats(labels, item_task, n_tasks=n_tasks, loo=nb["loo"])
     T = len(stats.task_acc)
     present = np.bincount(item_task, minlength=T) > 0
-    if present.sum() < 3 or kmax < max(grid["k"]):
+    if present.sum() < 3 or kmax < depth or min(nb["cross"][1].shape[1], nb["loo"][1].shape[1]) < depth:
         return stats
-    sel = select_knobs(labels, item_task, nb["cross"], nb["loo"], grid=grid, objective=objective)
+    rows = None
+    if max_rows_per_task is not None:
+        rng = np.random.default_rng([seed, 29])
+        rows = np.sort(
+            np.concatenate(
+                [
+                    rng.permutation(np.flatnonzero(item_task == t))[:max_rows_per_task]
+                    for t in np.flatnonzero(present)
+                ]
+            )
+        )
+    sel = select_knobs(
+        labels, item_task, nb["cross"], nb["loo"], grid=grid, objective=objective, rows=rows, min_z=min_z
+    )
     kn = sel.knobs
     A = stats.task_acc
     P_wo = (A[present].sum(axis=0)[None, :] - A) / (present.sum() - 1)
     se, ey, W = hks_parts(
         *nb["cross"], labels, item_task, T, kn.k, kn.tau, stats.tightness if kn.calibrate else None
     )
-    q, g = hks_scores(
-        se,
-        ey,
-        W @ A,
-        P_wo[item_task],
-        kn.k,
-        kn.tau,
-        kn.s_task,
-        kn.s_item,
-        kn.lam,
-        se_member=W.sum(axis=1),
-        return_g=True,
+    q = hks_scores(
+        se, ey, W @ A, P_wo[item_task], kn.k, kn.tau, kn.s_task, kn.s_item, kn.lam, se_member=W.sum(axis=1)
     )
+    assert isinstance(q, np.ndarray)
+    cs, ci = nb["cross"]
+    g_shrink = knn_mean(cs, ci, labels, kn.shrink_k)
+    kn = replace(kn, shrink_lam=select_shrink_lam(g_shrink, labels, item_task, P_wo[item_task]))
+    sel = replace(sel, knobs=kn)
     tasks = [int(t) for t in np.flatnonzero(present)]
+    rows_of = {t: item_task == t for t in tasks}
+    evidence = {}
+    for k in sorted({int(k) for k in sgrid["k"]}):
+        ev = g_shrink if k == kn.shrink_k else knn_mean(cs, ci, labels, k)
+        evidence[k] = {t: ev[rows_of[t]] for t in tasks}
     sess = select_session_knobs(
-        {t: q[item_task == t] for t in tasks},
-        {t: g[item_task == t] for t in tasks},
-        {t: labels[item_task == t] for t in tasks},
+        {t: q[rows_of[t]] for t in tasks},
+        evidence,
+        {t: labels[rows_of[t]] for t in tasks},
         {t: P_wo[t] for t in tasks},
-        grid=session_grid,
+        grid=sgrid,
         seed=seed,
     )
     return with_knobs(stats, sel, sess)
+
+
+def fit_depth(
+    grid: dict[str, Sequence[float]] | None = None, session_grid: dict[str, Sequence[float]] | None = None
+) -> int:
+    """Neighbours per stored item :func:`fit` needs (largest k of the grids and of the shrunk rule)."""
+    grid = dict(SMALL_GRID if grid is None else grid)
+    sgrid = {**SESSION_GRID, **(session_grid or {})}
+    return int(max(max(grid["k"]), max(sgrid["k"]), DEFAULT_KNOBS.shrink_k))

@@ -289,7 +289,7 @@ class _MLPBase(BaseEstimator):
         self.n_outputs_ = Y.shape[1]
         return self
 
-    def _build_net(self, dim: int, n_out: int):  # type: ignore[no-untyped-def]
+    def _build_net(self, dim: int, n_out: int):
         import torch
 
         layers: list[torch.nn.Module] = []

@@ -16,6 +16,7 @@ m3 = argmax S3 only if P(S~(m3) > S~(m*)) > eta, where m* is the best model on a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,9 @@ def blend(s1_at_k: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
     S1 from a wide neighbourhood estimates each model's accuracy on the new task, but noisily; the
     prior (each model's mean accuracy over the benchmark tasks) is stable but ignores the task.
     lambda = 1 is the best-on-average model itself, so the blend can never be forced to route.
+
+    >>> blend(np.array([0.9, 0.5]), np.array([0.6, 0.7]), lam=0.5).tolist()
+    [0.75, 0.6]
     """
     return (1.0 - lam) * np.asarray(s1_at_k, dtype=np.float64) + lam * np.asarray(prior, dtype=np.float64)
 
@@ -160,8 +164,8 @@ def select_blend(
     curves: dict[int, np.ndarray],
     priors: dict[int, np.ndarray],
     accuracy: np.ndarray,
-    ks: tuple[int, ...] = BLEND_KS,
-    lambdas: tuple[float, ...] = BLEND_LAMBDAS,
+    ks: Sequence[int] = BLEND_KS,
+    lambdas: Sequence[float] = BLEND_LAMBDAS,
     min_z: float = 0.0,
 ) -> BlendChoice:
     """Pick (k, lambda) maximizing the mean accuracy of the chosen model over held-out training tasks.

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from benchroute.errors import ConfigError, NotFittedError
+from benchroute.method import perquery
 from benchroute.method.confidence import ATCEstimator, KernelSmoother, dataset_distance
 from benchroute.method.cost import cheapest_within_trusted, choose, info_column, model_costs
 from benchroute.method.decision import decide, explain
 from benchroute.method.folds import DEFAULT_ALPHAS, ConfidencePairs, FoldEngine, task_key
 from benchroute.method.labels import compact_labels
 from benchroute.method.neighbors import exact_search, normalize
+from benchroute.method.perquery import SessionState
 from benchroute.method.predictors import KNNCorrectness, make_predictor
 from benchroute.method.scores import (
     BLEND_KS,
@@ -124,7 +126,13 @@ class Router:
         return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters (with ``deep``, also ``predictor__<name>`` of a predictor instance)."""
+        """The constructor parameters (with ``deep``, also ``predictor__<name>`` of a predictor instance).
+
+        >>> Router(k=7).get_params()["k"]
+        7
+        >>> Router(k=7, eta=0.7)
+        Router(k=7, eta=0.7)
+        """
         out = {name: getattr(self, name) for name in self._param_names()}
         if deep and hasattr(self.predictor, "get_params"):
             out.update({f"predictor__{k}": v for k, v in self.predictor.get_params(deep=True).items()})
@@ -213,7 +221,12 @@ class Router:
         self._fit_confidence(pairs)
         if self.score == "blend":
             self._fit_blend()
+        self._fit_perquery()
         return self
+
+    def _fit_perquery(self) -> None:
+        """The per-query score's statistics and knobs, chosen by nested protocols on the stored tasks."""
+        self.perquery_ = perquery.fit(self.X_, self.Y_, self.task_index_, len(self.tasks_), seed=self.seed)
 
     def _engine(self, max_k: int = 0) -> FoldEngine:
         k = getattr(self.predictor_, "k", self.k)
@@ -346,7 +359,7 @@ class Router:
 
         ``labeled``: optional few labeled samples of the new task, ``(inputs, Y)`` with Y an
         n_l x M 0/1 matrix in the router's model order, or a list of
-        ``{"input": str, "correct": {model: 0/1}}``; they join the training data (SPEC section 6).
+        ``{"input": str, "correct": {model: 0/1}}``; they join the training data (docs/method.md, section 6).
         ``candidates`` restricts the choice to a subset of models.
 
         Cost-aware choice (costs in ``cost_unit_``: USD per million tokens, or billions of parameters
@@ -561,29 +574,44 @@ class Router:
             return index.search(X, k, normalized=True)
         return exact_search(X, self.X_, k)
 
+    def labeled_matrix(self, correct: Sequence[Any]) -> np.ndarray:
+        """The n x M 0/1 matrix of labeled samples given as ``{model: 0/1}`` per sample, in the router's
+        model order; every model must be given, each value 0 or 1 (a ConfigError names the sample and
+        the model). The one validation of labeled samples (the CLI and the server call it too)."""
+        Y = np.zeros((len(correct), len(self.models_)), dtype=np.float32)
+        for i, row in enumerate(correct):
+            if not isinstance(row, dict):
+                raise ConfigError(f"labeled sample {i}: correct must map every model to 0 or 1")
+            unknown = [m for m in row if m not in self.models_]
+            if unknown:
+                raise ConfigError(
+                    f"labeled sample {i}: unknown model(s) {unknown}",
+                    f"known models: {', '.join(self.models_)}",
+                )
+            missing = [m for m in self.models_ if m not in row]
+            if missing:
+                raise ConfigError(
+                    f"labeled sample {i} lacks results for {missing[:3]}{'...' if len(missing) > 3 else ''}",
+                    "give every model's 0/1 correctness on each labeled input",
+                )
+            for m, v in row.items():
+                if isinstance(v, bool) or v not in (0, 1):
+                    raise ConfigError(f"labeled sample {i}: correctness of {m} must be 0 or 1, got {v!r}")
+                Y[i, self.models_.index(m)] = v
+        return Y
+
     def _labeled(self, labeled: Any) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(labeled, tuple) and len(labeled) == 2:
             inputs, Y = labeled
             Y = np.asarray(Y, dtype=np.float32)
         else:
-            inputs, rows = [], []
             for i, rec in enumerate(labeled):
                 if not isinstance(rec, dict) or "input" not in rec or "correct" not in rec:
                     raise ConfigError(
                         f"labeled sample {i} must be {{'input': str, 'correct': {{model: 0/1}}}}"
                     )
-                row = np.full(len(self.models_), np.nan, dtype=np.float32)
-                for m, v in rec["correct"].items():
-                    row[self.model_position(m)] = float(v)
-                if np.isnan(row).any():
-                    missing = [self.models_[j] for j in np.flatnonzero(np.isnan(row))][:3]
-                    raise ConfigError(
-                        f"labeled sample {i} lacks results for {missing}...",
-                        "give every model's 0/1 correctness on each labeled input",
-                    )
-                inputs.append(rec["input"])
-                rows.append(row)
-            Y = np.stack(rows) if rows else np.zeros((0, len(self.models_)), np.float32)
+            inputs = [rec["input"] for rec in labeled]
+            Y = self.labeled_matrix([rec["correct"] for rec in labeled])
         if Y.ndim != 2 or Y.shape[1] != len(self.models_) or len(Y) != len(inputs):
             raise ConfigError(f"labeled Y must be n x {len(self.models_)} (one column per model)")
         if not np.isin(Y, (0.0, 1.0)).all():
@@ -595,29 +623,67 @@ class Router:
         self._check_fitted()
         return self.predictor_.predict_proba(self.embed(queries))
 
+    def new_session(self) -> SessionState:
+        """A routing session: the evidence of one application's or user's stream of queries.
+
+        Pass it to :meth:`route` with each batch of that stream; it holds a count and one float per
+        model (``to_dict`` / ``SessionState.from_dict`` for storage), so a server can keep many.
+        """
+        self._check_fitted()
+        return SessionState()
+
     def route(
-        self, queries: Sequence[str] | np.ndarray, candidates: Sequence[str] | None = None
+        self,
+        queries: Sequence[str] | np.ndarray,
+        candidates: Sequence[str] | None = None,
+        *,
+        rule: str = "hks",
+        cost_weight: float = 0.0,
+        max_cost: float | None = None,
+        session: SessionState | None = None,
     ) -> list[RouteDecision]:
-        """Per-query routing: argmax_m g_m(x) among candidates; ties go to the best-on-average model."""
-        g = self.predict_proba(queries)
+        """Route each query to a model (:func:`benchroute.method.perquery.decide_queries`).
+
+        ``rule``: "hks" (default: the query's nearest stored questions shrunk toward the accuracy of the
+        benchmark tasks they resemble, then toward the best-on-average model; knobs chosen at fit by
+        nested protocols), or by name "knn" (the former rule: argmax of a k=5 kNN), "knn_shrunk",
+        "task_vote". Ties go to the best-on-average model's side. ``cost_weight`` / ``max_cost`` as in
+        :meth:`recommend` (models of unknown cost are then excluded). ``session`` (from
+        :meth:`new_session`): the queries continue that session's stream, in order; each is routed
+        with the evidence of the session's earlier queries, and the session is updated.
+        """
+        self._check_fitted()
+        X = self.embed(queries)
         mask = self._candidate_mask(candidates)
-        bma = int(np.argmax(np.where(mask, self.task_accuracy_.mean(axis=0), -np.inf)))
-        gm = np.where(mask, g, -np.inf)
-        best = gm.max(axis=1)
+        stats = self.perquery_
+        width = min(perquery.needed_neighbors(stats, rule, session=session is not None), len(self.X_))
+        sims, idx = self._store_search(X, width)
+        with_cost = bool(cost_weight) or max_cost is not None
+        before = 0 if session is None else round(session.n)
+        decision = perquery.decide_queries(
+            sims,
+            idx,
+            stats,
+            rule=rule,
+            mask=mask,
+            cost=self.cost_ if with_cost else None,
+            cost_weight=cost_weight,
+            max_cost=max_cost,
+            session=session,
+        )
         out = []
-        for i in range(len(g)):
-            tied = np.flatnonzero(gm[i] == best[i])
-            j = bma if bma in tied else int(tied[0])
-            why = (
-                "highest predicted correctness"
-                if len(tied) == 1
-                else (
-                    f"{len(tied)} models tie at {best[i]:.2f}; "
-                    + ("the best-on-average model is among them" if j == bma else "first of the tied models")
-                )
-            )
-            per = {self.models_[m]: float(g[i, m]) for m in np.flatnonzero(mask)}
-            out.append(RouteDecision(i, self.models_[j], float(g[i, j]), why, per))
+        for i, j in enumerate(decision.chosen):
+            row = decision.scores[i]
+            tied = int((row >= row[j] - 1e-9).sum())
+            why = f"{rule}: highest predicted accuracy {row[j]:.3f}"
+            if with_cost:
+                why = f"{rule}: best predicted accuracy minus cost ({cost_weight=:g}, {max_cost=})"
+            if tied > 1:
+                why += f"; {tied} models tie, the best-on-average ranking breaks it"
+            if session is not None:
+                why += f"; with the evidence of {before + i} earlier queries of the session"
+            per = {self.models_[m]: float(row[m]) for m in np.flatnonzero(mask) if np.isfinite(row[m])}
+            out.append(RouteDecision(i, self.models_[int(j)], float(row[j]), why, per))
         return out
 
     # ------------------------------------------------------------------ models
@@ -690,11 +756,12 @@ class Router:
         return self
 
     def _refit_learned(self) -> None:
-        """After the model set changed: the confidence pairs, and the blend's (k, lambda) and label rules
-        (both pick among the models, so a choice made for the old set would be stale)."""
+        """After the model set changed: the confidence pairs, the blend's (k, lambda) and label rules, and
+        the per-query knobs (all pick among the models, so a choice made for the old set would be stale)."""
         self._fit_confidence(self._confidence_pairs(excluded=()))
         if self.score == "blend":
             self._fit_blend()
+        self._fit_perquery()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], card_extra: dict[str, Any] | None = None) -> Path:
@@ -728,4 +795,4 @@ def _opt(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router"]
+__all__ = ["ModelScore", "Recommendation", "RouteDecision", "Router", "SessionState"]

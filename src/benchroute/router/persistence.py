@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +16,11 @@ import numpy as np
 
 from benchroute import __version__
 from benchroute.errors import ConfigError, IntegrityError
-from benchroute.files import atomic_write_dir, jsonable
+from benchroute.files import atomic_write_dir, jsonable, read_bytes
 from benchroute.method.folds import ConfidencePairs
 from benchroute.method.labels import compact_labels, is_binary, pack_bits, unpack_bits
 from benchroute.method.neighbors import BACKENDS, INDEX_PARAMS
+from benchroute.method.perquery import PerQueryKnobs, SessionKnobs, fit_stats
 from benchroute.method.predictors import KNNCorrectness, MLPCorrectness
 from benchroute.method.scores import LABEL_GRID, LABEL_RULES, BlendChoice
 
@@ -63,11 +65,17 @@ def save_router(
         "pairs_repeat": router.pairs_.repeat.astype(np.int32),
         "atc_conf": router.pairs_.atc_conf.astype(np.float32),
         "atc_correct": router.pairs_.atc_correct.astype(np.uint8),
+        **(
+            {"perquery_tightness": router.perquery_.tightness.astype(np.float64)}
+            if router.perquery_.tightness is not None
+            else {}
+        ),
     }
     if isinstance(router.predictor_, MLPCorrectness):
         for key, val in router.predictor_.net_.state_dict().items():
             arrays[f"mlp.{key}"] = val.numpy()
     blob = st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    card = model_card(router, card_extra).encode("utf-8")
     payload = {
         "format": "benchroute-router",
         "format_version": FORMAT_VERSION,
@@ -76,12 +84,14 @@ def save_router(
         "tasks": router.tasks_,
         "models": router.models_,
         "arrays_sha256": hashlib.sha256(blob).hexdigest(),
+        "card_sha256": hashlib.sha256(card).hexdigest(),
         "card_extra": jsonable(card_extra or {}),
         "blend": jsonable(vars(router.blend_)) if hasattr(router, "blend_") else None,
         "label_rules": {str(k): v for k, v in router.label_rules_.items()}
         if hasattr(router, "label_rules_")
         else None,
         "cost_unit": router.cost_unit_,
+        "perquery": {"knobs": asdict(router.perquery_.knobs), "session": asdict(router.perquery_.session)},
         "predictor_params": (
             None if isinstance(router.predictor, str) else jsonable(router.predictor.get_params(deep=False))
         ),
@@ -94,7 +104,7 @@ def save_router(
         path,
         {
             "arrays.safetensors": blob,
-            "card.md": model_card(router, card_extra).encode("utf-8"),
+            "card.md": card,
             "router.json": (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8"),
         },
     )
@@ -107,14 +117,18 @@ def load_router(path: str | os.PathLike[str], cls: type[Router]) -> Router:
 
     path = Path(path)
     manifest = path / "router.json"
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-        payload = doc["payload"]
-        ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["sha256"]
-    except FileNotFoundError as exc:
+    if not os.path.lexists(manifest):
         raise IntegrityError(
             f"{manifest}: no saved router here", "pass a directory written by `benchroute fit`"
-        ) from exc
+        )
+    # bounded: a regular file within the manifest cap (a FIFO or /dev/zero is refused unread)
+    raw = read_bytes(manifest, "manifest", IntegrityError)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        payload = doc["payload"]
+        ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["sha256"]
+    except RecursionError:
+        raise IntegrityError(f"{manifest}: JSON nested too deeply", "re-save the router") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise IntegrityError(
             f"{manifest}: not a valid router manifest ({exc})", "re-save the router"
@@ -137,10 +151,15 @@ def load_router(path: str | os.PathLike[str], cls: type[Router]) -> Router:
         # format 1 predates the index choice: those routers searched with the defaults
         payload["params"] = {"index": "auto", "index_params": None, **payload["params"]}
     _check_manifest(payload, manifest, cls)
-    try:
-        blob = (path / "arrays.safetensors").read_bytes()
-    except FileNotFoundError as exc:
-        raise IntegrityError(f"{path / 'arrays.safetensors'}: missing", "re-save the router") from exc
+    if not os.path.lexists(path / "arrays.safetensors"):
+        raise IntegrityError(f"{path / 'arrays.safetensors'}: missing", "re-save the router")
+    blob = read_bytes(path / "arrays.safetensors", "arrays", IntegrityError)
+    if "card_sha256" in payload:  # routers saved before the card was checksummed lack it
+        card = path / "card.md"
+        if not os.path.lexists(card) or (
+            hashlib.sha256(read_bytes(card, "manifest", IntegrityError)).hexdigest() != payload["card_sha256"]
+        ):
+            raise IntegrityError(f"{card}: missing or modified (checksum mismatch)", "re-save the router")
     if hashlib.sha256(blob).hexdigest() != payload["arrays_sha256"]:
         raise IntegrityError(f"{path / 'arrays.safetensors'}: checksum mismatch (corrupt or truncated)")
     try:
@@ -152,7 +171,7 @@ def load_router(path: str | os.PathLike[str], cls: type[Router]) -> Router:
     _check_arrays(arrays, payload, path / "arrays.safetensors")
     try:
         return _from_saved(cls, payload, arrays)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ConfigError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, ConfigError) as exc:
         raise IntegrityError(
             f"{manifest}: inconsistent saved router ({type(exc).__name__}: {exc})", "re-save the router"
         ) from exc
@@ -201,6 +220,15 @@ def _from_saved(cls: type[Router], payload: dict[str, Any], arrays: dict[str, np
         predictor = predictor.fit(router.X_, router.Y_)
     router.predictor_ = predictor
     router._fit_confidence(pairs)
+    pq = payload.get("perquery") or {}  # routers saved before per-query knobs route with the defaults
+    router.perquery_ = fit_stats(
+        router.Y_,
+        router.task_index_,
+        PerQueryKnobs(**pq.get("knobs", {})),
+        SessionKnobs(**pq.get("session", {})),
+        n_tasks=len(router.tasks_),
+    )
+    router.perquery_.tightness = arrays.get("perquery_tightness")
     if payload.get("blend") is not None:
         router.blend_ = BlendChoice(**payload["blend"])
         # routers saved before label rules existed keep the blend's choice whatever the labels say
@@ -275,13 +303,58 @@ _MANIFEST_KEYS: dict[str, Any] = {  # key -> accepted JSON type(s); all required
     "tasks": list,
     "models": list,
     "arrays_sha256": str,
+    "card_sha256": str,
     "card_extra": dict,
     "blend": (dict, type(None)),
     "predictor_params": (dict, type(None)),
     "cost_unit": (str, type(None)),
     "label_rules": (dict, type(None)),
+    "perquery": dict,
 }
-_OPTIONAL_KEYS = {"cost_unit", "label_rules"}
+_OPTIONAL_KEYS = {"cost_unit", "label_rules", "perquery", "card_sha256"}
+_BLEND_FIELDS = {"k", "lam", "inner_accuracy", "bma_inner_accuracy", "gain_se", "gated"}
+#: predictor_params a manifest may carry, each with its check (type and range): an MLP with
+#: hidden=[10**9] would exhaust memory, a string k would crash the first query.
+_PREDICTOR_PARAMS: dict[str, dict[str, Any]] = {
+    "knn": {
+        "k": lambda v: _int_in(v, 1, 10**6),
+        "weights": lambda v: v in ("uniform", "distance"),
+        "backend": lambda v: v in BACKENDS,
+        "index_params": lambda v: v is None or isinstance(v, dict),
+        "labels": lambda v: isinstance(v, str),
+    },
+    "mlp": {
+        "hidden": lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_int_in(h, 1, 8192) for h in v),
+        "lr": lambda v: _finite_number(v) and 0 < v < 10,
+        "epochs": lambda v: _int_in(v, 1, 10**5),
+        "patience": lambda v: _int_in(v, 1, 10**5),
+        "batch_size": lambda v: _int_in(v, 1, 10**6),
+        "val_fraction": lambda v: _finite_number(v) and 0 <= v < 1,
+        "random_state": lambda v: _int_in(v, 0, 2**32 - 1),
+    },
+}
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _check_blend(blend: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's ``blend`` (None: nothing)."""
+    if set(blend) - _BLEND_FIELDS or not {"k", "lam", "inner_accuracy", "bma_inner_accuracy"} <= set(blend):
+        return f"blend must have the fields {sorted(_BLEND_FIELDS)}"
+    if not _int_in(blend["k"], 1, 10**6):
+        return f"blend.k = {blend['k']!r} is not a positive integer"
+    if not (_finite_number(blend["lam"]) and 0 <= blend["lam"] <= 1):
+        return f"blend.lam = {blend['lam']!r} is not a number in [0, 1]"
+    for key in ("inner_accuracy", "bma_inner_accuracy", "gain_se"):
+        if blend.get(key) is not None and not _finite_number(blend[key]):
+            return f"blend.{key} = {blend[key]!r} is not a number"
+    if not isinstance(blend.get("gated", False), bool):
+        return "blend.gated must be true or false"
+    return None
+
+
 _POSITIVE_INTS = {"k": 10**6, "kappa": 10**6, "repeats": 10**6, "cap": 10**9, "draws": 10**7}
 
 
@@ -344,9 +417,51 @@ def _check_manifest(payload: dict[str, Any], manifest: Path, cls: type[Router]) 
             raise bad(f"router parameter {key} = {value!r} is not valid")
     if payload["params"]["embedding_model"] in ("", ".", ".."):
         raise bad("embedding_model is not valid")
+    pq = payload.get("perquery", {})
+    if set(pq) - {"knobs", "session"} or not all(
+        _valid_knobs(pq.get(key, {}), cls_)
+        for key, cls_ in (("knobs", PerQueryKnobs), ("session", SessionKnobs))
+    ):
+        raise bad(f"perquery must hold valid knobs and session knobs, got {pq!r}")
     rules = payload.get("label_rules") or {}
     if not all(k.isdigit() and int(k) in LABEL_GRID and v in LABEL_RULES for k, v in rules.items()):
         raise bad(f"label_rules must map sizes {LABEL_GRID} to rules {LABEL_RULES}")
+    if payload.get("blend") is not None and (problem := _check_blend(payload["blend"])):
+        raise bad(problem)
+    if not all(isinstance(v, str) for v in (payload.get("card_sha256", ""), payload.get("cost_unit") or "")):
+        raise bad("card_sha256 and cost_unit must be strings")
+    predictor = params["predictor"]
+    custom = payload.get("predictor_params")
+    if custom is not None:
+        checks = _PREDICTOR_PARAMS.get(predictor)
+        if checks is None:
+            raise bad(f"predictor_params are not allowed for predictor {predictor!r}")
+        wrong = [k for k, v in custom.items() if k not in checks or not checks[k](v)]
+        if wrong:
+            raise bad(f"predictor_params {wrong[0]} = {custom.get(wrong[0])!r} is not valid")
+
+
+def _valid_knobs(values: Any, cls: type) -> bool:
+    """A JSON object whose fields are those of the knobs dataclass ``cls``, each of its default's type
+    (bool, int, or a finite number for a float) and accepted by its range checks."""
+    defaults = {f.name: f.default for f in fields(cls)}
+    if not isinstance(values, dict) or set(values) - set(defaults):
+        return False
+    for key, value in values.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10**6
+        else:
+            ok = _finite_number(value)
+        if not ok:
+            return False
+    try:
+        cls(**values)
+    except ConfigError:
+        return False
+    return True
 
 
 def _finite_number(v: Any) -> bool:
@@ -392,7 +507,19 @@ def _check_arrays(arrays: dict[str, np.ndarray], payload: dict[str, Any], file: 
     ti = arrays["task_index"]
     if not np.issubdtype(ti.dtype, np.integer) or (len(ti) and (ti.min() < 0 or ti.max() >= t)):
         raise IntegrityError(f"{file}: task_index must index the {t} tasks")
-    unknown = set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct"}
+    tight = arrays.get("perquery_tightness")
+    if tight is not None and (tight.shape != (t,) or not np.isfinite(tight).all()):
+        raise IntegrityError(f"{file}: perquery_tightness must hold {t} finite values")
+    unknown = (
+        set(arrays) - set(shapes) - {"X", "Y", "Y_bits", "atc_conf", "atc_correct", "perquery_tightness"}
+    )
+    mlp = any(k.startswith("mlp.") for k in arrays)
+    if mlp != (payload["params"]["predictor"] == "mlp"):
+        raise IntegrityError(
+            f"{file}: the arrays {'hold' if mlp else 'lack'} MLP weights but the manifest's predictor is "
+            f"{payload['params']['predictor']!r}",
+            "re-save the router",
+        )
     if any(not k.startswith("mlp.") for k in unknown):
         raise IntegrityError(
             f"{file}: unexpected arrays {sorted(k for k in unknown if not k.startswith('mlp.'))}"

@@ -29,7 +29,9 @@ from typing import Any
 import pandas as pd
 
 from benchroute.data.adapters.table import ImportedBenchmark, as_score, build_benchmark, read_json, require
+from benchroute.data.benchmark import BENCHMARK_FILES
 from benchroute.errors import DataError
+from benchroute.files import check_output_dir
 
 METRIC_PREFERENCE = (
     "exact_match",
@@ -266,7 +268,12 @@ def helm_to_benchmark(
 
 
 def import_helm(
-    runs_dir: str | Path, out_dir: str | Path, *, split: str | None = None, metric: str | None = None
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    metric: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Import HELM run directories (one, or all under a folder) as a benchmark directory.
 
@@ -274,5 +281,9 @@ def import_helm(
     the per-prediction stat to score with (default: the first of :data:`METRIC_PREFERENCE` that
     every run of a task reports). Runs of several models on one task are merged, keeping the
     instances every model answered; the summary says how many were dropped.
+    ``force`` replaces a non-empty ``out_dir`` as a whole; it may never hold the source.
     """
-    return helm_to_benchmark(runs_dir, split=split, metric=metric).write(out_dir)
+    check_output_dir(out_dir, option="-o", replaceable=BENCHMARK_FILES, force=force, protect=[runs_dir])
+    return helm_to_benchmark(runs_dir, split=split, metric=metric).write(
+        out_dir, force=force, protect=[runs_dir]
+    )

@@ -43,7 +43,9 @@ from benchroute.data.adapters.table import (
     read_jsonl,
     require,
 )
+from benchroute.data.benchmark import BENCHMARK_FILES
 from benchroute.errors import DataError
+from benchroute.files import check_output_dir
 
 _SAMPLES_NAME = re.compile(
     r"^samples_(?P<task>.+?)(?:_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?))?\.jsonl(?:\.gz)?$"
@@ -91,7 +93,7 @@ def _run_info(run_dir: Path) -> tuple[str, dict[str, str]]:
     name = results.get("model_name")
     if isinstance(name, str) and name:
         return name, groups
-    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    config = results["config"] if isinstance(results.get("config"), dict) else {}
     args = _model_args(config.get("model_args"))
     for key in ("pretrained", "model", "path"):
         if isinstance(args.get(key), str) and args[key]:
@@ -151,7 +153,7 @@ def _read_task_samples(
     for lineno, sample in samples:
         if str(sample.get("filter", "none")) != chosen_filter:
             continue
-        item_id = str(require(sample, "doc_id", int | str, file=path, row=lineno))
+        item_id = str(require(sample, "doc_id", (int, str), file=path, row=lineno))
         if item_id in line_of:
             raise DataError(
                 f"doc_id {item_id} repeated (first on line {line_of[item_id]}) for filter '{chosen_filter}'",
@@ -241,7 +243,12 @@ def lmeval_to_benchmark(
 
 
 def import_lmeval(
-    dir: str | Path, out_dir: str | Path, *, metric: str | None = None, filter: str | None = None
+    dir: str | Path,
+    out_dir: str | Path,
+    *,
+    metric: str | None = None,
+    filter: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Import lm-evaluation-harness ``--log_samples`` output (one folder per model run).
 
@@ -249,5 +256,7 @@ def import_lmeval(
     ``filter`` choose what to score with, for the tasks that log them (see the module docstring
     for the defaults). Models are merged per task on ``doc_id``, keeping the documents every model
     was evaluated on (``--limit`` runs of different sizes); the summary says how many were dropped.
+    ``force`` replaces a non-empty ``out_dir`` as a whole; it may never hold the source.
     """
-    return lmeval_to_benchmark(dir, metric=metric, filter=filter).write(out_dir)
+    check_output_dir(out_dir, option="-o", replaceable=BENCHMARK_FILES, force=force, protect=[dir])
+    return lmeval_to_benchmark(dir, metric=metric, filter=filter).write(out_dir, force=force, protect=[dir])

@@ -2,7 +2,7 @@
 
 Every leaderboard export, whatever its shape, comes down to a *long table*: one row per
 (task, item, model) with the prompt text and the metric value. This module turns such a table into
-the four tables of a benchmark directory (SPEC section 1) in :func:`build_benchmark`, and reads the
+the four tables of a benchmark directory (docs/data-format.md) in :func:`build_benchmark`, and reads the
 JSON/JSONL files the other adapters parse with :func:`read_json` / :func:`read_jsonl`, so that a
 malformed file always becomes one :class:`~benchroute.errors.DataError` naming the file and line.
 
@@ -14,19 +14,25 @@ disappears silently.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
 import math
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+import numpy as np
 import pandas as pd
 
-from benchroute.data.benchmark import write_benchmark
+from benchroute.data.benchmark import BENCHMARK_FILES, write_benchmark
+from benchroute.data.text import cell_text, check_distinct_names
 from benchroute.errors import DataError
+from benchroute.files import check_output_dir, open_regular
 
 DEFAULT_THRESHOLD = 0.5
 """eta_d given to a task whose scores are not all 0/1: correct = score > 0.5 (e.g. a majority of trials)."""
@@ -37,16 +43,14 @@ LONG_COLUMNS = ("task", "item_id", "input", "model", "score")
 # --------------------------------------------------------------------------- reading files
 
 
-def _open_text(path: Path) -> IO[str]:
-    """Open a UTF-8 text file, transparently gunzipping ``*.gz``, as a DataError if unreadable."""
-    try:
-        if path.suffix == ".gz":
-            return gzip.open(path, "rt", encoding="utf-8")
-        return path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("file not found", file=str(path)) from None
-    except OSError as e:
-        raise DataError(f"cannot read file: {e.strerror or e}", file=str(path)) from None
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[IO[str]]:
+    """Open a UTF-8 text file through the read guard (a regular file within the size cap, else one
+    DataError naming it), transparently gunzipping ``*.gz``. Lines end at ``\n`` only."""
+    with open_regular(path, "json") as raw:
+        binary: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw  # type: ignore[assignment]
+        with io.TextIOWrapper(binary, encoding="utf-8", newline="\n") as text:
+            yield text
 
 
 def read_json(path: Path) -> Any:
@@ -60,7 +64,11 @@ def read_json(path: Path) -> Any:
             file=str(path),
             hint="the file is truncated or not JSON; re-export it",
         ) from None
-    except (UnicodeDecodeError, EOFError, OSError) as e:
+    except RecursionError:
+        raise DataError(
+            "JSON nested too deeply", file=str(path), hint="the file is not a results file"
+        ) from None
+    except (UnicodeDecodeError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"cannot decode file: {e}", file=str(path)) from None
 
 
@@ -77,12 +85,14 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise DataError(
                         f"invalid JSON on this line: {e.msg} (column {e.colno})", file=str(path), row=lineno
                     ) from None
+                except RecursionError:
+                    raise DataError("JSON nested too deeply", file=str(path), row=lineno) from None
                 if not isinstance(obj, dict):
                     raise DataError(
                         f"expected a JSON object, got {type(obj).__name__}", file=str(path), row=lineno
                     )
                 yield lineno, obj
-    except (UnicodeDecodeError, EOFError) as e:
+    except (UnicodeDecodeError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"cannot decode file: {e}", file=str(path)) from None
 
 
@@ -143,9 +153,17 @@ class ImportedBenchmark:
     items_dropped: int = 0
     input_mismatches: int = 0
 
-    def write(self, out_dir: str | Path) -> dict[str, Any]:
-        """Write the benchmark directory and return the summary every adapter reports."""
-        out = write_benchmark(Path(out_dir), self.items, self.scores, self.models, self.tasks)
+    def write(
+        self, out_dir: str | Path, *, force: bool = False, protect: Sequence[str | Path] = ()
+    ) -> dict[str, Any]:
+        """Write the benchmark directory (all at once) and return the summary every adapter reports.
+
+        ``out_dir`` must be new, empty or an earlier benchmark unless ``force``; it may never hold
+        one of ``protect`` (the import's source), see :func:`~benchroute.data.benchmark.write_benchmark`.
+        """
+        out = write_benchmark(
+            Path(out_dir), self.items, self.scores, self.models, self.tasks, force=force, protect=protect
+        )
         return self.summary(out)
 
     def summary(self, out: str | Path | None = None) -> dict[str, Any]:
@@ -251,6 +269,7 @@ def build_benchmark(
             f"{int(duplicated.sum())} rows repeat a (task, item, model); first: "
             f"task '{first.task}', item '{first.item_id}', model '{first.model}'"
         )
+    check_distinct_names(sorted(set(long["model"].astype(str))))
     skipped = list(skipped)
     long, dropped = _drop_uncovered(long)
     skipped += dropped
@@ -298,28 +317,32 @@ def _read_table(path: Path, sep: str | None) -> tuple[pd.DataFrame, int]:
     """Read csv/tsv(.gz), parquet or jsonl(.gz) into strings-as-read; also return the row offset.
 
     The offset turns a 0-based data index into the row number a user sees: 2 for delimited text
-    (the header is row 1), 1 for JSON lines and parquet (record number).
+    (the header is row 1), 1 for JSON lines and parquet (record number). The file is opened
+    through the read guard (a regular, readable file, else one DataError saying why).
     """
     name = path.name.lower()
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
-    try:
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path), 1
-        if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            return pd.read_json(path, lines=True, dtype=False), 1
-        if sep is None:
-            sep = "\t" if name.endswith((".tsv", ".tsv.gz", ".tab")) else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8"), 2
-    except DataError:
-        raise
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        # pandas' ParserError/EmptyDataError are ValueErrors; pyarrow's ArrowInvalid too.
-        raise DataError(
-            f"cannot parse as a table: {e}",
-            file=str(path),
-            hint="supported: .csv, .tsv, .csv.gz, .tsv.gz, .parquet, .jsonl (pass sep= for other delimiters)",
-        ) from None
+    compression: Literal["gzip"] | None = "gzip" if name.endswith(".gz") else None
+    with open_regular(path, "data") as handle:
+        try:
+            if name.endswith((".parquet", ".pq")):
+                return pd.read_parquet(handle), 1
+            if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+                return pd.read_json(handle, lines=True, dtype=False, compression=compression), 1
+            if sep is None:
+                sep = "\t" if name.endswith((".tsv", ".tsv.gz", ".tab")) else ","
+            frame = pd.read_csv(
+                handle, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8", compression=compression
+            )
+            return frame, 2
+        except DataError:
+            raise
+        except (ValueError, OSError, UnicodeDecodeError, EOFError, zlib.error, RecursionError) as e:
+            # pandas' ParserError/EmptyDataError are ValueErrors; pyarrow's ArrowInvalid too.
+            raise DataError(
+                f"cannot parse as a table: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                file=str(path),
+                hint="supported: .csv, .tsv, .csv.gz, .tsv.gz, .parquet, .jsonl (--sep for other delimiters)",
+            ) from None
 
 
 def _bad_rows(mask: pd.Series, offset: int) -> str:
@@ -329,14 +352,29 @@ def _bad_rows(mask: pd.Series, offset: int) -> str:
 
 
 def _text_column(df: pd.DataFrame, col: str, *, file: Path, offset: int) -> pd.Series:
-    """A key/text column as str, refusing empty cells (a row we could not place in the matrix)."""
+    """A key/text column as str, refusing empty cells (a row we could not place in the matrix).
+
+    A list or dict cell (JSONL, parquet) is a chat message list joined as text, or refused with its
+    row (:func:`benchroute.data.text.cell_text`): never Python ``repr`` text.
+    """
     values = df[col]
+    if values.dtype == object:
+        values = pd.Series(
+            [
+                v
+                if v is None or isinstance(v, str) or (isinstance(v, float) and math.isnan(v))
+                else cell_text(v, file=str(file), row=i + offset, column=col)
+                for i, v in enumerate(values.tolist())
+            ],
+            index=values.index,
+            dtype=object,
+        )
     empty = values.isna() | (values.astype(str).str.strip() == "")
     if empty.any():
         raise DataError(
             f"empty value in rows {_bad_rows(empty, offset)}",
             file=str(file),
-            row=int(empty.idxmax()) + offset,
+            row=int(np.argmax(empty.to_numpy())) + offset,
             column=col,
         )
     return values.astype(str)
@@ -384,15 +422,23 @@ def table_to_benchmark(
     score = pd.to_numeric(text_score, errors="coerce").astype(float)
     bad = ~score.map(math.isfinite)
     if bad.any():
-        first = int(bad.idxmax())
+        bad_row = int(np.argmax(bad.to_numpy()))
         raise DataError(
-            f"score is not a finite number ({raw_score.iloc[first]!r}); "
+            f"score is not a finite number ({raw_score.iloc[bad_row]!r}); "
             f"bad rows: {_bad_rows(bad, row_offset)}",
             file=str(file),
-            row=first + row_offset,
+            row=bad_row + row_offset,
             column=score_col,
             hint="drop or fill rows without a result before importing",
         )
+    models = text[model_col]
+    first_seen = models.drop_duplicates()
+    check_distinct_names(
+        first_seen.tolist(),
+        file=str(file),
+        rows=[int(i) + row_offset for i in first_seen.index],
+        column=model_col,
+    )
     if item_col is not None:
         item_id = _text_column(df, item_col, file=file, offset=row_offset)
     else:
@@ -434,6 +480,7 @@ def import_table(
     item_col: str | None = None,
     threshold: float | None = None,
     sep: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Import a long table of per-question results (one row per task, question and model).
 
@@ -446,9 +493,13 @@ def import_table(
     text twice in a task is then one question). ``threshold`` is eta_d for every task (correct =
     score > threshold); without it 0/1 scores need none and other tasks get 0.5.
 
+    ``out_dir`` must be new, empty or an earlier benchmark, unless ``force`` (then it is replaced as
+    a whole, atomically); it may never hold ``file`` itself.
+
     Returns a summary: counts of tasks/items/models, the output path, and what was dropped.
     """
     path = Path(file)
+    check_output_dir(out_dir, option="-o", replaceable=BENCHMARK_FILES, force=force, protect=[path])
     df, offset = _read_table(path, sep)
     bench = table_to_benchmark(
         df,
@@ -461,4 +512,4 @@ def import_table(
         file=path,
         row_offset=offset,
     )
-    return bench.write(out_dir)
+    return bench.write(out_dir, force=force, protect=[path])
