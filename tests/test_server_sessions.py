@@ -1,9 +1,11 @@
-"""The session store of the proxy (bounded: cap, TTL, LRU) and which key names a session. The Router's
-session API has not landed yet, so session *routing* is not wired; the key is validated and logged."""
+"""Session routing in the proxy: the bounded store (cap, TTL, LRU), which key names a session, and
+session routing end to end (real uvicorn servers, the set-up of tests/test_server.py): each routed
+query of a session is routed with the evidence of that session's earlier queries."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,13 +81,55 @@ def server(router: Any, upstream: ServerThread) -> Iterator[ServerThread]:  # no
         yield srv
 
 
-def test_session_key_over_http(server: ServerThread, up: Any, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+def _session_queries(caplog: pytest.LogCaptureFixture, rid: str) -> int | None:
+    deadline = time.monotonic() + 30  # the line is written once the last byte is sent
+    while True:
+        for rec in caplog.records:
+            if rec.name == "benchroute.server.access":
+                line = json.loads(rec.getMessage())
+                if line["request_id"] == rid:
+                    assert line["session"] is True and line["status"] == 200, line
+                    return line.get("session_queries")
+        assert time.monotonic() < deadline, f"no access line for {rid}"
+        time.sleep(0.05)
+
+
+def _session_chat(srv: ServerThread, rid: str, header: str | None = None, user: str | None = None) -> None:
+    body: dict[str, Any] = {"model": "benchroute", "messages": [{"role": "user", "content": MATH_Q + rid}]}
+    if user is not None:
+        body["user"] = user
+    headers = {"x-request-id": rid, **({"x-benchroute-session": header} if header else {})}
+    r = _post(srv, "/v1/chat/completions", body, headers=headers)
+    assert r.status_code == 200, r.text
+
+
+def test_session_routing_over_http(server: ServerThread, up: Any, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     caplog.set_level("INFO", logger="benchroute.server.access")
     body = {"model": "benchroute", "messages": [{"role": "user", "content": MATH_Q}]}
     r = _post(server, "/v1/chat/completions", body, headers={"x-benchroute-session": "s" * 300})
     assert r.status_code == 422 and r.json()["error"]["param"] == "x-benchroute-session"
-    r = _post(server, "/v1/chat/completions", {**body, "user": "alice"}, headers={"x-request-id": "sess-1"})
-    assert r.status_code == 200
-    assert up.calls[-1]["model"] == "up-math"
-    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "benchroute.server.access"]
-    assert next(ln for ln in lines if ln["request_id"] == "sess-1")["session"] is True
+    for i in range(3):  # each query is routed with the evidence of the session's earlier ones
+        _session_chat(server, f"conv-a-{i}", header="conv-a")
+        assert _session_queries(caplog, f"conv-a-{i}") == i
+    _session_chat(server, "alice-0", user="alice")  # no header: OpenAI's user field names it
+    _session_chat(server, "alice-1", user="alice")
+    assert _session_queries(caplog, "alice-1") == 1
+    _session_chat(server, "both", header="conv-a", user="alice")  # the header wins
+    assert _session_queries(caplog, "both") == 3
+    assert up.calls[-1]["messages"][0]["content"] == MATH_Q + "both"  # forwarded as sent
+
+
+def test_sessions_are_bounded_in_the_server(
+    router: Any,  # noqa: F811
+    upstream: ServerThread,  # noqa: F811
+    up: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="benchroute.server.access")
+    with ServerThread(
+        create_app(router, parse_config(_config(upstream, sessions={"max_sessions": 1})))
+    ) as srv:
+        for rid, key in (("b-1", "a"), ("b-2", "b"), ("b-3", "a"), ("b-4", "a")):
+            _session_chat(srv, rid, header=key)
+        # one session kept: "b" evicted "a", so a starts over; then a continues
+        assert [_session_queries(caplog, r) for r in ("b-1", "b-2", "b-3", "b-4")] == [0, 0, 0, 1]

@@ -42,6 +42,7 @@ class RequestRecord:
     routing_fallback: str | None = None  # why routing gave way to the best-on-average model
     upstream_fallback: str | None = None  # "<model>: <kind>" when the fallback model answered
     session: bool | None = None  # a session key was given
+    session_queries: int | None = None  # earlier queries of the session the routing used
     routing_ms: float | None = None
     upstream_ms: float | None = None
     ttfb_ms: float | None = None

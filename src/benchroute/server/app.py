@@ -43,6 +43,7 @@ from benchroute.server.metrics import Metrics, new_metrics
 from benchroute.server.middleware import GuardMiddleware
 from benchroute.server.routes import openai, ops, routing
 from benchroute.server.run import serve, tune_for_serving
+from benchroute.server.sessions import SessionStore
 from benchroute.server.state import AppState, model_prices
 
 log = logging.getLogger("benchroute.server")
@@ -115,6 +116,7 @@ def create_app(router: Any, config: ServeConfig) -> FastAPI:
             for m in config.models
         },
         prices=model_prices(router, config),
+        sessions=SessionStore(config.sessions.max_sessions, config.sessions.ttl_s),
     )
     app = FastAPI(
         title="benchroute",

@@ -20,10 +20,12 @@ routing step of every request, for a gain that only lasts as long as the convers
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from benchroute.server.errors import ApiError
 
@@ -43,6 +45,15 @@ def session_key(header: str | None, user: object) -> str | None:
                 )
             return value.strip()
     return None
+
+
+@dataclass
+class RoutingSession:
+    """The router's state of one session (``Router.new_session()``) and the lock that keeps its
+    queries in order: ``Router.route(..., session=state)`` reads and updates it on a worker thread."""
+
+    state: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SessionStore(Generic[T]):
@@ -109,4 +120,4 @@ class SessionStore(Generic[T]):
             self.expired += 1
 
 
-__all__ = ["MAX_KEY_CHARS", "SESSION_HEADER", "SessionStore", "session_key"]
+__all__ = ["MAX_KEY_CHARS", "SESSION_HEADER", "RoutingSession", "SessionStore", "session_key"]

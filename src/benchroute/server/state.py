@@ -16,6 +16,7 @@ from benchroute.server.breaker import CircuitBreaker
 from benchroute.server.config import ResolvedConfig, ServeConfig
 from benchroute.server.embedding import EmbeddingService
 from benchroute.server.metrics import Metrics
+from benchroute.server.sessions import RoutingSession, SessionStore
 
 
 @dataclass
@@ -31,6 +32,7 @@ class AppState:
     bma_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)  # per configured model
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # USD per Mtok in, out
+    sessions: SessionStore[RoutingSession] = field(default_factory=lambda: SessionStore(10_000, 3600.0))
 
     def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         price = self.prices.get(model)

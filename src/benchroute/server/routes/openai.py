@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -17,7 +18,7 @@ from benchroute.server.embedding import BudgetExceeded
 from benchroute.server.errors import ApiError
 from benchroute.server.proxy import Choice, proxy
 from benchroute.server.schemas import ChatMessage, ChatRequest
-from benchroute.server.sessions import SESSION_HEADER, session_key
+from benchroute.server.sessions import SESSION_HEADER, RoutingSession, session_key
 from benchroute.server.state import AppState
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -86,8 +87,25 @@ def last_user_text(messages: list[ChatMessage]) -> str:
     return ""
 
 
-async def choose(state: AppState, req: ChatRequest) -> Choice:
-    """Which configured model answers this chat request."""
+def _route_in_session(
+    router: Any, X: np.ndarray, candidates: list[str], session: RoutingSession | None
+) -> tuple[Any, int | None]:
+    """``router.route`` for one query (on a worker thread), continuing ``session`` if given: its lock
+    keeps the session's queries in order even when a request gives up waiting (the thread finishes)."""
+    if session is None:
+        return router.route(X, candidates)[0], None
+    with session.lock:
+        before = round(session.state.n)
+        return router.route(X, candidates, session=session.state)[0], before
+
+
+async def choose(
+    state: AppState,
+    req: ChatRequest,
+    session: RoutingSession | None = None,
+    record: RequestRecord | None = None,
+) -> Choice:
+    """Which configured model answers this chat request (continuing ``session`` when routed)."""
     resolved, config = state.resolved, state.config
     prof: ResolvedProfile | None = resolved.profiles.get(req.model)
     if prof is None:
@@ -120,12 +138,16 @@ async def choose(state: AppState, req: ChatRequest) -> Choice:
     try:
         async with asyncio.timeout(routing.timeout_ms / 1000):
             X = await state.embeddings.embed([text], "routing", budget_s=routing.budget_ms / 1000)
-            decision = (await run_in_threadpool(state.router.route, X, list(prof.candidates)))[0]
+            decision, before = await run_in_threadpool(
+                _route_in_session, state.router, X, list(prof.candidates), session
+            )
     except BudgetExceeded as exc:
         why = exc.reason
     except TimeoutError:
         why = "routing_timeout"
     else:
+        if record is not None:
+            record.session_queries = before
         return Choice(decision.model, True, decision.reason, decision.probability)
     # never slower than calling the best model: past the budget, the best-on-average candidate answers
     state.metrics.inc("benchroute_routing_fallbacks_total", reason=why)
@@ -134,13 +156,16 @@ async def choose(state: AppState, req: ChatRequest) -> Choice:
 
 
 async def _complete(
-    state: AppState, req: ChatRequest, payload: dict[str, Any], record: RequestRecord
+    state: AppState, req: ChatRequest, payload: dict[str, Any], record: RequestRecord, key: str | None
 ) -> Response:
     # one deadline for routing + the upstream call(s); a stream's body is bounded by the upstream
     # read timeout between chunks instead
     record.requested_model = req.model
     start = time.perf_counter()
-    choice = await choose(state, req)
+    session = None
+    if key is not None:
+        session = state.sessions.get_or_create(key, lambda: RoutingSession(state.router.new_session()))
+    choice = await choose(state, req, session, record)
     if choice.routed:
         record.routing_ms = (time.perf_counter() - start) * 1000
         state.metrics.observe(
@@ -159,8 +184,6 @@ async def _complete(
 @router.post("/chat/completions")
 async def chat_completions(body: ChatBody, request: Request, state: State) -> Response:
     record: RequestRecord = request.state.record
-    # validated and logged now; it selects the router's session state once Router.route takes one
-    record.session = (
-        session_key(request.headers.get(SESSION_HEADER), (body.model_extra or {}).get("user")) is not None
-    )
-    return await within_deadline(state, _complete(state, body, request.state.payload, record))
+    key = session_key(request.headers.get(SESSION_HEADER), (body.model_extra or {}).get("user"))
+    record.session = key is not None
+    return await within_deadline(state, _complete(state, body, request.state.payload, record, key))
