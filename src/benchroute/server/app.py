@@ -5,14 +5,18 @@ app: endpoint groups in ``routes/`` (``routing``: /v1/route, /v1/recommend; ``op
 /v1/chat/completions and /v1/models; ``ops``: /healthz, /readyz, /metrics), shared concerns as
 dependencies in ``deps.py`` (app state, auth, request bodies, limits), request schemas in
 ``schemas.py``, the one error shape in ``errors.py``, the request guard in ``middleware.py``, the
-query-embedding service in ``embedding.py``, forwarding and the SSE relay in ``proxy.py``, metrics
-in ``metrics.py``, serve.yaml in ``config.py`` and uvicorn startup in ``run.py``. docs/server.md is
-the reference.
+query-embedding service (lanes, routing budget, cancellation, truncation) in ``embedding.py``,
+forwarding, fallback and the SSE relay in ``proxy.py``, the upstream circuit breaker in
+``breaker.py``, session state in ``sessions.py``, request ids and the access line in ``access.py``,
+metrics in ``metrics.py``, serve.yaml in ``config.py`` and uvicorn startup in ``run.py``.
+docs/server.md is the reference.
 
 Design choices:
 
-* Query embedding runs on one dedicated worker thread per embedding model, micro-batched; the model
-  loads in the background after the server starts listening. Nothing CPU-bound runs on the event loop.
+* Query embedding runs on one dedicated worker thread per embedding model; the model loads in the
+  background after the server starts listening. Nothing CPU-bound runs on the event loop. A chat
+  request whose query cannot start embedding within ``routing.budget_ms`` is answered by the
+  best-on-average model instead: routing never makes a request slower than calling that model.
 * Overload is rejected, not queued: at most ``limits.max_concurrency`` requests are served at once;
   a request beyond that waits up to ``limits.queue_timeout_s`` (default 0) for a slot, then gets 503
   with ``Retry-After: 1``. A slot is taken only once the whole body has arrived (within

@@ -102,10 +102,10 @@ def _route_in_session(
 async def choose(
     state: AppState,
     req: ChatRequest,
-    session: RoutingSession | None = None,
+    key: str | None = None,
     record: RequestRecord | None = None,
 ) -> Choice:
-    """Which configured model answers this chat request (continuing ``session`` when routed)."""
+    """Which configured model answers this chat request (continuing session ``key`` when routed)."""
     resolved, config = state.resolved, state.config
     prof: ResolvedProfile | None = resolved.profiles.get(req.model)
     if prof is None:
@@ -135,6 +135,9 @@ async def choose(
     if not is_unicode(text):  # route on what can be embedded; the upstream still gets the message as sent
         text = text.encode("utf-8", "replace").decode("utf-8")
     routing = config.routing
+    session = None
+    if key is not None:  # created only here: a fixed profile or a model called by name keeps none
+        session = state.sessions.get_or_create(key, lambda: RoutingSession(state.router.new_session()))
     try:
         async with asyncio.timeout(routing.timeout_ms / 1000):
             X = await state.embeddings.embed([text], "routing", budget_s=routing.budget_ms / 1000)
@@ -162,10 +165,7 @@ async def _complete(
     # read timeout between chunks instead
     record.requested_model = req.model
     start = time.perf_counter()
-    session = None
-    if key is not None:
-        session = state.sessions.get_or_create(key, lambda: RoutingSession(state.router.new_session()))
-    choice = await choose(state, req, session, record)
+    choice = await choose(state, req, key, record)
     if choice.routed:
         record.routing_ms = (time.perf_counter() - start) * 1000
         state.metrics.observe(
