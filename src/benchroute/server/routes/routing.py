@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from benchroute.errors import ConfigError
 from benchroute.files import jsonable
 from benchroute.server.deps import (
     RecommendBody,
@@ -20,7 +21,6 @@ from benchroute.server.deps import (
     within_deadline,
 )
 from benchroute.server.errors import ApiError
-from benchroute.server.schemas import LabeledSample
 from benchroute.server.state import AppState
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -49,32 +49,6 @@ async def route(body: RouteBody, state: State) -> dict[str, Any]:
     }
 
 
-def labeled_matrix(router: Any, labeled: list[LabeledSample]) -> np.ndarray:
-    """The 0/1 correctness of every router model on each labeled sample (422 naming the sample)."""
-    models = list(router.models_)
-    Y = np.zeros((len(labeled), len(models)), dtype=np.float32)
-    for i, sample in enumerate(labeled):
-        unknown = [m for m in sample.correct if m not in models]
-        if unknown:
-            raise ApiError(
-                422,
-                f"labeled[{i}].correct: unknown model(s) {unknown}; known: {', '.join(models)}",
-                param="labeled",
-            )
-        missing = [m for m in models if m not in sample.correct]
-        if missing:
-            raise ApiError(
-                422,
-                f"labeled[{i}].correct lacks {missing}: give every model's 0/1 correctness",
-                param="labeled",
-            )
-        for m, v in sample.correct.items():
-            if v not in (0, 1):
-                raise ApiError(422, f"labeled[{i}].correct.{m} must be 0 or 1, got {v}", param="labeled")
-            Y[i, models.index(m)] = v
-    return Y
-
-
 async def _recommend(
     state: AppState, inputs: list[str], lab_texts: list[str], Y: np.ndarray, candidates: list[str] | None
 ) -> Any:
@@ -98,7 +72,10 @@ async def recommend(body: RecommendBody, state: State) -> dict[str, Any]:
         )
     lab_texts = [s.input for s in labeled]
     check_inputs(lab_texts, config, "labeled.input")
-    Y = labeled_matrix(state.router, labeled)
+    try:  # the one validation of labeled samples, shared with the library and the CLI
+        Y = state.router.labeled_matrix([s.correct for s in labeled])
+    except ConfigError as exc:
+        raise ApiError(422, str(exc), param="labeled") from None
     rec = await within_deadline(state, _recommend(state, list(body.inputs), lab_texts, Y, body.candidates))
     state.metrics.inc("benchroute_routed_total", endpoint="recommend", model=rec.chosen)
     out: dict[str, Any] = rec.to_dict()
