@@ -353,7 +353,8 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f}; fake upstream on loopback"
     )
     report(results)
-    print("(after/before: the before value divided by the after one; > 1 means after is lower)")
+    if len(results) == 2:
+        print("(after/before: the before value divided by the after one; > 1 means after is lower)")
 
 
 if __name__ == "__main__":
