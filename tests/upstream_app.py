@@ -7,6 +7,7 @@ every call, and can be told to fail:
 * ``app.state.upstream.fail = "500"``      answer HTTP 500
 * ``app.state.upstream.fail = "slow"``     sleep ``delay_s`` before answering (to trip timeouts)
 * ``app.state.upstream.fail = "cut"``      stream two chunks, then drop the connection
+* ``app.state.upstream.fail = "429"``      answer HTTP 429 with ``Retry-After: 7``
 * ``POST /control {"fail": ..., "delay_s": ...}`` does the same over HTTP.
 
 ``fail_models`` restricts the failure to some upstream model names.
@@ -59,14 +60,18 @@ def _completion(model: str, text: str) -> dict[str, Any]:
     }
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    obj = {
+def _chunk(
+    model: str, delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None
+) -> bytes:
+    obj: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
+    if usage:
+        obj["usage"] = usage
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
@@ -96,11 +101,16 @@ def create_upstream_app() -> FastAPI:
                     "stream": stream,
                     "messages": body.get("messages"),
                     "authorization": request.headers.get("authorization"),
+                    "request_id": request.headers.get("x-request-id"),
                 }
             )
         mode = state.failing(model)
         if mode == "500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
+        if mode == "429":
+            return JSONResponse(
+                {"error": {"message": "slow down", "type": "rate_limit_error"}}, 429, {"Retry-After": "7"}
+            )
         if mode == "slow":
             await asyncio.sleep(state.delay_s)
         text = f"{model} says hi"
@@ -115,6 +125,8 @@ def create_upstream_app() -> FastAPI:
                 if mode == "cut" and i == 1:
                     raise RuntimeError("connection dropped on purpose")
             yield _chunk(model, {}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield _chunk(model, {}, usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

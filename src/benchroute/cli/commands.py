@@ -737,11 +737,17 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", callback=port_number)] = 8000,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info (one line per request), debug.")
+    ] = "info",
 ) -> None:
     """Serve the routing API and an OpenAI-compatible routing proxy (docs/server.md)."""
-    from benchroute.server.app import serve as run_server
+    from benchroute.server.run import serve as run_server
 
-    run_server(router_dir, config, host=host, port=port)
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level.lower() not in levels:
+        raise typer.BadParameter(f"{log_level!r}: use one of {', '.join(levels)}", param_hint="--log-level")
+    run_server(router_dir, config, host=host, port=port, log_level=log_level.lower())
 
 
 # --------------------------------------------------------------------------- experiments

@@ -21,7 +21,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,6 +47,8 @@ class UpstreamModel(_Strict):
     api_key_env: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     passthrough: bool = False
+    usd_per_mtok_in: float | None = Field(default=None, ge=0)
+    usd_per_mtok_out: float | None = Field(default=None, ge=0)
 
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
@@ -80,8 +82,9 @@ class Profile(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Bearer-token auth. Keys come from an environment variable (comma-separated) and/or a file
-    (one key per line, ``#`` comments). With no key source the server is open (loopback only)."""
+    """Bearer-token auth. Keys come from an environment variable (comma-separated; by default
+    ``BENCHROUTE_API_KEYS`` when it is set and no other source is named) and/or a file (one key per
+    line, ``#`` comments). With no key at all the server refuses to start unless ``allow_anonymous``."""
 
     keys_env: str | None = None
     keys_file: Path | None = None
@@ -115,10 +118,61 @@ class Limits(_Strict):
 
 class EmbeddingConfig(_Strict):
     """Query embedding: micro-batched on one worker thread, with an in-memory LRU cache (queries are
-    never written to the on-disk embedding cache)."""
+    never written to the on-disk embedding cache). Routing queries are embedded before bulk work
+    (/v1/recommend, multi-query /v1/route), which runs in batches of ``bulk_batch_size``.
+    ``backend``: ``auto`` (ONNX Runtime when installed, else torch), ``onnx`` or ``torch``;
+    ``threads``: ONNX Runtime intra-op threads (default: one per core)."""
 
     batch_size: int = Field(default=64, gt=0)
+    bulk_batch_size: int = Field(default=4, gt=0)
     cache_size: int = Field(default=10_000, ge=0)
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(default=None, gt=0)
+
+
+class RoutingConfig(_Strict):
+    """The routing budget of a chat request: past it, the profile's fallback (best-on-average) answers.
+
+    ``budget_ms`` bounds the time the query waits in the embedding queue, ``timeout_ms`` the whole
+    routing step (queue, embedding, kNN)."""
+
+    budget_ms: float = Field(default=50.0, ge=0)
+    timeout_ms: float = Field(default=1000.0, gt=0)
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per upstream: open after ``failures`` consecutive failures, retry one call after ``cooldown_s``."""
+
+    failures: int = Field(default=5, gt=0)
+    cooldown_s: float = Field(default=15.0, gt=0)
+
+
+class CorsConfig(_Strict):
+    """Cross-origin requests from browsers (off unless ``allow_origins`` names an origin or ``*``)."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id", "x-benchroute-session"]
+    )
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com (or '*')")
+        return v
+
+
+class SessionsConfig(_Strict):
+    """Session routing state: at most ``max_sessions``, each dropped after ``ttl_s`` unused (LRU)."""
+
+    max_sessions: int = Field(default=10_000, gt=0)
+    ttl_s: float = Field(default=3600.0, gt=0)
 
 
 class ServeConfig(_Strict):
@@ -130,6 +184,10 @@ class ServeConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: Limits = Field(default_factory=Limits)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
 
     _source: str = PrivateAttr(default="serve.yaml")
 
@@ -182,7 +240,7 @@ def _read_keys_file(source: str, path: Path) -> list[str]:
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             import logging
 
-            logging.getLogger("benchroute.server.app").warning(
+            logging.getLogger("benchroute.server").warning(
                 "auth.keys_file %s is readable by other users; chmod 600 it", path
             )
     except OSError:
@@ -217,6 +275,8 @@ def parse_config(data: Any, source: str = "serve.yaml") -> ServeConfig:
         if up.api_key_env:
             up._api_key = SecretStr(_read_env_secret(source, f"models.{name}.api_key_env", up.api_key_env))
     keys: list[str] = []
+    if cfg.auth.keys_env is None and cfg.auth.keys_file is None and DEFAULT_KEYS_ENV in os.environ:
+        cfg.auth.keys_env = DEFAULT_KEYS_ENV  # the documented default: never silently ignored
     if cfg.auth.keys_env:
         raw = _read_env_secret(source, "auth.keys_env", cfg.auth.keys_env)
         keys += [k.strip() for k in raw.split(",") if k.strip()]
@@ -293,11 +353,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_exposure(config: ServeConfig, host: str) -> None:
-    """Refuse to serve without auth on a non-loopback address unless explicitly allowed."""
-    if not config.auth.enabled and not config.auth.allow_anonymous and not _is_loopback(host):
+    """Refuse to serve without auth unless explicitly allowed, on any address.
+
+    Loopback is not exempt: behind a reverse proxy on the same machine (the recommended set-up)
+    every request arrives from 127.0.0.1, so an open loopback server is open to anyone."""
+    if not config.auth.enabled and not config.auth.allow_anonymous:
+        where = (
+            "on loopback (a reverse proxy in front makes it public)" if _is_loopback(host) else f"on {host}"
+        )
         raise ConfigError(
-            f"{config._source}: auth: no API keys configured, refusing to listen on {host} without auth",
-            "set auth.keys_env / auth.keys_file, or auth.allow_anonymous: true to serve anyone",
+            f"{config._source}: auth: no API keys configured, refusing to listen {where} without auth",
+            f"export {DEFAULT_KEYS_ENV}=<key>[,<key>...] (read by default), set auth.keys_env / "
+            "auth.keys_file, or auth.allow_anonymous: true to serve anyone",
         )
 
 
@@ -385,12 +452,16 @@ def resolve_config(config: ServeConfig, router: Any) -> ResolvedConfig:
 
 __all__ = [
     "AuthConfig",
+    "CircuitBreakerConfig",
+    "CorsConfig",
     "EmbeddingConfig",
     "Limits",
     "Profile",
     "ResolvedConfig",
     "ResolvedProfile",
+    "RoutingConfig",
     "ServeConfig",
+    "SessionsConfig",
     "UpstreamModel",
     "check_exposure",
     "load_config",
