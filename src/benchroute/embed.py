@@ -26,6 +26,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
@@ -572,6 +573,24 @@ class OnnxEncoder:
         return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
 
 
+def quiet_third_party() -> None:
+    """No progress bars ("Loading weights ...") nor info chatter from the model libraries: the CLI shows
+    its own progress and the server logs one line per request."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+
+
 class Embedder:
     """phi(x): normalized float32 sentence embeddings, cached per (model, text).
 
@@ -651,6 +670,7 @@ class Embedder:
         if self._st is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            quiet_third_party()
             from sentence_transformers import SentenceTransformer
 
             try:  # never run code shipped with a model directory (a router.json may name any directory)

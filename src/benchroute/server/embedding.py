@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -86,23 +85,6 @@ class EmbedderEncoder:
         return str(self.embedder.truncate(text))
 
 
-def quiet_third_party() -> None:
-    """No progress bars ("Loading weights ...") nor info chatter from the model libraries in a server log."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    with contextlib.suppress(ImportError):
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-
-
 def check_model(model_name: str, backend: str = "auto") -> None:
     """Fail fast (a :class:`ModelNotAvailableError`) for an embedding model or backend that is not
     installed, without loading it."""
@@ -117,7 +99,6 @@ def load_encoder(model_name: str, backend: str = "auto", threads: int | None = N
     """The query encoder for ``model_name``, loaded (seconds; the first ONNX use also exports the
     model, ~20 s for mpnet, once per machine). ``backend``: ``onnx``, ``torch``, or ``auto`` (ONNX
     Runtime when installed: ~1.5x torch per query on one core, far more when cores are shared)."""
-    quiet_third_party()
     from benchroute.embed import Embedder, onnx_available
 
     if backend == "auto":
@@ -411,5 +392,4 @@ __all__ = [
     "check_model",
     "load_encoder",
     "model_worker",
-    "quiet_third_party",
 ]

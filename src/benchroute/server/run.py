@@ -33,10 +33,11 @@ def serve(
     Raises :class:`ConfigError` / :class:`IntegrityError` / :class:`ModelNotAvailableError` before
     listening if anything is wrong.
     """
+    from benchroute.embed import quiet_third_party
     from benchroute.router.estimator import Router
     from benchroute.server.app import create_app
     from benchroute.server.config import check_exposure, load_config
-    from benchroute.server.embedding import check_model, quiet_third_party
+    from benchroute.server.embedding import check_model
 
     config = load_config(config_path)
     check_exposure(config, host)
