@@ -7,8 +7,8 @@
   random moments, copies the directory (exactly what a SIGKILL at that instant would leave behind,
   since every write has reached the page cache) and loads the copy; then it SIGKILLs the process for
   real. A copy must load as one of the three clean saves, byte for byte (or the previous one), never
-  as anything else. Done for ``Router.save`` as it is and for the staged save through
-  :func:`benchroute.files.atomic_write_dir` that router.py should use.
+  as anything else (``Router.save`` writes the three files as one directory swap through
+  :func:`benchroute.files.atomic_write_dir`).
 * Disk full (ENOSPC) in the middle of each file a save writes.
 * SIGKILL during ``benchroute experiment loto`` (a tiny real benchmark, real MiniLM embeddings): the
   rerun's results.json equals an uninterrupted run's except the timing fields.
@@ -99,33 +99,8 @@ def synthetic_router(seed: int) -> Any:
     )
 
 
-def staged_save(router: Any, path: Path, **kw: Any) -> None:
-    """``Router.save`` with its three files committed together through ``io.atomic_write_dir``.
-
-    This is the proposed router.py fix, applied from outside: the three atomic single-file writes
-    are collected and then swapped in as one directory. Once router.py saves through
-    atomic_write_dir itself, this is just ``router.save``.
-    """
-    import benchroute.router.persistence as router_module
-    from benchroute.files import atomic_write_dir
-
-    if hasattr(router_module, "atomic_write_dir"):
-        router.save(path, **kw)
-        return
-    staged: dict[str, bytes] = {}
-    saved = router_module.atomic_write_bytes, router_module.atomic_write_text
-    router_module.atomic_write_bytes = lambda p, data: staged.__setitem__(Path(p).name, bytes(data))
-    router_module.atomic_write_text = lambda p, text: staged.__setitem__(Path(p).name, text.encode("utf-8"))
-    try:
-        router.save(path, **kw)
-    finally:
-        router_module.atomic_write_bytes, router_module.atomic_write_text = saved
-    atomic_write_dir(path, staged)
-
-
 SAVERS: dict[str, Callable[..., None]] = {
     "Router.save": lambda r, p, **kw: r.save(p, **kw),
-    "staged": staged_save,
 }
 
 
@@ -255,12 +230,6 @@ def test_killed_save_never_loads_a_corrupt_router(
     assert run["rerun"] == "loaded a complete save", "saving again after a kill must work"
 
 
-def test_staged_save_always_leaves_a_complete_router(kill_runs: dict[str, dict[str, Any]]) -> None:
-    run = kill_runs["staged"]
-    assert set(run["snapshots"]) == {"loaded a complete save"}, run["snapshots"]
-    assert run["sigkill"] == "loaded a complete save"
-
-
 def test_router_save_always_leaves_a_complete_router(kill_runs: dict[str, dict[str, Any]]) -> None:
     run = kill_runs["Router.save"]
     assert set(run["snapshots"]) == {"loaded a complete save"}, run["snapshots"]
@@ -317,13 +286,6 @@ def _disk_full_case(tmp_path: Path, mode: str, fail_at: int, ledger: dict[str, C
     loaded = Router.load(target)
     np.testing.assert_array_equal(loaded.X_, old.X_)
     assert loaded.models_ == old.models_
-
-
-@pytest.mark.parametrize("fail_at", [1, 2, 3])
-def test_disk_full_staged_save_keeps_previous_router(
-    tmp_path: Path, fail_at: int, ledger: dict[str, Counter]
-) -> None:
-    _disk_full_case(tmp_path, "staged", fail_at, ledger)
 
 
 @pytest.mark.parametrize("fail_at", [1, 2, 3])
