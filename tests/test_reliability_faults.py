@@ -24,7 +24,6 @@ Counts go to ``.pytest_cache/d/benchroute-reliability/faults.json``.
 from __future__ import annotations
 
 import ast
-import contextlib
 import errno
 import hashlib
 import json
@@ -784,30 +783,12 @@ def test_inputs_path_traversal_is_read_as_data(
     ledger.setdefault("CLI file arguments", Counter())["cases"] += 1
 
 
-def test_fit_out_to_existing_file_never_touches_it(
-    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: dict[str, Counter]
-) -> None:
-    target = tmp_path / "precious.txt"
-    target.write_text("do not overwrite")
-    with contextlib.suppress(Exception):
-        _cli(
-            monkeypatch,
-            "fit",
-            str(tiny["bench"]),
-            "-o",
-            str(target),
-            "--model",
-            SMALL_MODEL,
-            "--cache",
-            str(tiny["cache"]),
-        )
-    assert target.read_text() == "do not overwrite"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
-    ledger.setdefault("CLI file arguments", Counter())["cases"] += 1
-
-
-def test_fit_out_to_existing_file_is_a_clear_error(
-    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_fit_out_to_an_existing_file_is_a_clear_error_and_never_touches_it(
+    tiny: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ledger: dict[str, Counter],
 ) -> None:
     target = tmp_path / "precious.txt"
     target.write_text("do not overwrite")
@@ -823,6 +804,9 @@ def test_fit_out_to_existing_file_is_a_clear_error(
         str(tiny["cache"]),
     )
     assert code == 2 and "not a directory" in capsys.readouterr().err
+    assert target.read_text() == "do not overwrite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+    ledger.setdefault("CLI file arguments", Counter())["cases"] += 1
 
 
 if __name__ == "__main__":
