@@ -396,16 +396,12 @@ def _check_manifest(payload: dict[str, Any], manifest: Path, cls: type[Router]) 
                 )
             )
         elif isinstance(default, bool):
-            ok = isinstance(value, bool)
+            ok = _of_kind(value, default)
         elif isinstance(default, int):
-            ok = (
-                isinstance(value, int)
-                and not isinstance(value, bool)
-                and (key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
-            )
+            ok = _of_kind(value, default) and (key not in _POSITIVE_INTS or 1 <= value <= _POSITIVE_INTS[key])
         elif isinstance(default, float):
             ok = (
-                _finite_number(value)
+                _of_kind(value, default)
                 and (key != "sigma" or value > 0)
                 and (key not in ("t", "eta") or 0 <= value <= 1)
             )
@@ -449,19 +445,24 @@ def _valid_knobs(values: Any, cls: type) -> bool:
         return False
     for key, value in values.items():
         default = defaults[key]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 10**6
-        else:
-            ok = _finite_number(value)
-        if not ok:
+        int_kind = isinstance(default, int) and not isinstance(default, bool)
+        if not _of_kind(value, default) or (int_kind and not 0 < value <= 10**6):
             return False
     try:
         cls(**values)
     except ConfigError:
         return False
     return True
+
+
+def _of_kind(value: Any, default: Any) -> bool:
+    """``value`` is a JSON value of ``default``'s kind: a bool, an int (not a bool), or a finite number
+    for a float."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return _finite_number(value)
 
 
 def _finite_number(v: Any) -> bool:
